@@ -1,0 +1,175 @@
+//! What can go wrong talking to a provider, and whether the router may try another model.
+
+use std::time::Duration;
+
+/// A failed attempt at one provider. Providers build these; the router classifies them.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProviderError {
+    /// No connection could be made (DNS, refused, TLS, reset before a response).
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The provider did not answer in time (request timeout, TTFT deadline, idle stall).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The provider answered with an HTTP error status.
+    #[error("HTTP {status}: {message}")]
+    Http {
+        status: u16,
+        message: String,
+        /// The vendor's error code or type, when it gave one (`rate_limit_exceeded`, `overloaded_error` …).
+        code: Option<String>,
+        /// How long the vendor asked us to wait (`Retry-After`, Gemini `retryDelay`).
+        retry_after: Option<Duration>,
+        /// A quota, billing or spend-limit error: never retried, even when the status is 429.
+        quota: bool,
+    },
+    /// The stream broke after a 200: cut, malformed frame, or an in-band error event.
+    #[error("stream error: {message}")]
+    Stream {
+        message: String,
+        /// The vendor's in-band error type, when it sent one (`overloaded_error` …).
+        code: Option<String>,
+    },
+    /// The request cannot be expressed for this provider (e.g. an unsupported feature).
+    #[error("invalid request for this provider: {0}")]
+    Invalid(String),
+    /// A local engine failed (embedded model missing, decode failure).
+    #[error("engine error: {0}")]
+    Engine(String),
+}
+
+impl ProviderError {
+    pub fn http(status: u16, message: impl Into<String>) -> Self {
+        ProviderError::Http { status, message: message.into(), code: None, retry_after: None, quota: false }
+    }
+
+    pub fn stream(message: impl Into<String>) -> Self {
+        ProviderError::Stream { message: message.into(), code: None }
+    }
+
+    /// Whether the router may move on to the next model (or retry) after this error.
+    /// Never retried: 400, 401, 403, 404, 413, 422 and quota or billing errors; the same request
+    /// would fail the same way, and a hidden retry only delays the error the user must fix.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ProviderError::Connect(_) | ProviderError::Timeout(_) | ProviderError::Stream { .. } => true,
+            ProviderError::Engine(_) => true,
+            ProviderError::Invalid(_) => false,
+            ProviderError::Http { status, quota, .. } => {
+                !quota && matches!(status, 408 | 409 | 429 | 500..=599)
+            }
+        }
+    }
+
+    /// A short stable label for metrics and the attempts header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProviderError::Connect(_) => "connect",
+            ProviderError::Timeout(_) => "timeout",
+            ProviderError::Http { quota: true, .. } => "quota",
+            ProviderError::Http { status: 429, .. } => "rate_limited",
+            ProviderError::Http { status: 529, .. } => "overloaded",
+            ProviderError::Http { status: 500..=599, .. } => "server_error",
+            ProviderError::Http { .. } => "client_error",
+            ProviderError::Stream { .. } => "stream",
+            ProviderError::Invalid(_) => "invalid_request",
+            ProviderError::Engine(_) => "engine",
+        }
+    }
+
+    /// The HTTP status to report to our client when this is the error that ends a request.
+    pub fn client_status(&self) -> u16 {
+        match self {
+            ProviderError::Http { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408 && *status != 409 => *status,
+            ProviderError::Http { status: 429, .. } => 429,
+            ProviderError::Invalid(_) => 400,
+            ProviderError::Timeout(_) => 504,
+            _ => 502,
+        }
+    }
+}
+
+/// Parse a `Retry-After` header value: delta-seconds (possibly fractional) or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Some(Duration::from_secs_f64(secs.min(86_400.0)));
+        }
+        return None;
+    }
+    parse_http_date(v).map(|at| {
+        let now = std::time::SystemTime::now();
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    })
+}
+
+/// Parse a Google duration string such as `"22s"` or `"1.5s"`.
+pub fn parse_google_duration(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+}
+
+/// IMF-fixdate only (`Sun, 06 Nov 1994 08:49:37 GMT`), the form RFC 9110 requires senders to use.
+fn parse_http_date(v: &str) -> Option<std::time::SystemTime> {
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let day: u64 = parts[1].parse().ok()?;
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| *m == parts[2])? as u64
+        + 1;
+    let year: u64 = parts[3].parse().ok()?;
+    let hms: Vec<u64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<Vec<_>>>()?;
+    if hms.len() != 3 || year < 1970 || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("soon"), None);
+        // A date in the past means "now".
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        let at = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
+    }
+
+    #[test]
+    fn google_durations() {
+        assert_eq!(parse_google_duration("22s"), Some(Duration::from_secs(22)));
+        assert_eq!(parse_google_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_google_duration("22"), None);
+    }
+
+    #[test]
+    fn classification_follows_the_design() {
+        for s in [408, 409, 429, 500, 502, 503, 529] {
+            assert!(ProviderError::http(s, "x").is_retryable(), "{s} should fall back");
+        }
+        for s in [400, 401, 403, 404, 413, 422] {
+            assert!(!ProviderError::http(s, "x").is_retryable(), "{s} must not be retried");
+        }
+        let quota = ProviderError::Http { status: 429, message: "q".into(), code: None, retry_after: None, quota: true };
+        assert!(!quota.is_retryable());
+        assert_eq!(quota.kind(), "quota");
+    }
+}

@@ -1,0 +1,196 @@
+//! Server-sent events: an incremental parser that accepts bytes as they arrive (an event may be
+//! split across any number of TCP reads) and a stream adapter over a `reqwest` response body.
+
+use bytes::BytesMut;
+use futures::{Stream, StreamExt};
+
+use super::error::ProviderError;
+
+/// One SSE event: the `event:` name (if any) and the joined `data:` lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Longest event we accept before calling the stream malformed (protects memory).
+pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// Incremental SSE parser (WHATWG rules for `data`, `event`, comments and blank-line dispatch;
+/// `\n`, `\r\n` and `\r` line ends).
+#[derive(Debug, Default)]
+pub struct SseParser {
+    buf: BytesMut,
+    event: Option<String>,
+    data: String,
+    has_data: bool,
+}
+
+impl SseParser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feed bytes; returns every event completed by them.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, ProviderError> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        loop {
+            let Some(pos) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else { break };
+            // A lone '\r' at the very end may be the first half of "\r\n": wait for more.
+            if self.buf[pos] == b'\r' && pos + 1 == self.buf.len() {
+                break;
+            }
+            let line = self.buf.split_to(pos);
+            let skip = if self.buf[0] == b'\r' && self.buf.get(1) == Some(&b'\n') { 2 } else { 1 };
+            let _ = self.buf.split_to(skip);
+            let line = std::str::from_utf8(&line)
+                .map_err(|_| ProviderError::stream("stream frame is not valid UTF-8"))?;
+            if let Some(ev) = self.line(line) {
+                out.push(ev);
+            }
+        }
+        if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
+            return Err(ProviderError::stream("stream event larger than 4 MiB"));
+        }
+        Ok(out)
+    }
+
+    /// The stream ended: dispatch a final event that lacked its blank line, if any.
+    pub fn finish(&mut self) -> Option<SseEvent> {
+        if !self.buf.is_empty() {
+            let rest = self.buf.split();
+            if let Ok(line) = std::str::from_utf8(&rest) {
+                let line = line.to_string();
+                if let Some(ev) = self.line(&line) {
+                    return Some(ev);
+                }
+            }
+        }
+        self.dispatch()
+    }
+
+    fn line(&mut self, line: &str) -> Option<SseEvent> {
+        if line.is_empty() {
+            return self.dispatch();
+        }
+        if line.starts_with(':') {
+            return None;
+        }
+        let (field, value) = match line.find(':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+            }
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_string()),
+            _ => {} // id, retry and unknown fields do not matter to us
+        }
+        None
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        let event = self.event.take();
+        if !self.has_data {
+            return None;
+        }
+        self.has_data = false;
+        Some(SseEvent { event, data: std::mem::take(&mut self.data) })
+    }
+}
+
+/// The events of a streaming HTTP response body. A transport error mid-body becomes a
+/// `ProviderError::Stream`; the end of the body ends the stream (after any unterminated event).
+pub fn events(response: reqwest::Response) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send + 'static {
+    let body = response.bytes_stream();
+    futures::stream::unfold(
+        (body, SseParser::new(), std::collections::VecDeque::new(), false),
+        |(mut body, mut parser, mut pending, mut done)| async move {
+            loop {
+                if let Some(ev) = pending.pop_front() {
+                    return Some((Ok(ev), (body, parser, pending, done)));
+                }
+                if done {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => match parser.push(&chunk) {
+                        Ok(evs) => pending.extend(evs),
+                        Err(e) => return Some((Err(e), (body, parser, pending, true))),
+                    },
+                    Some(Err(e)) => {
+                        let err = ProviderError::stream(format!("connection lost mid-stream: {}", describe_reqwest(e)));
+                        return Some((Err(err), (body, parser, pending, true)));
+                    }
+                    None => {
+                        done = true;
+                        pending.extend(parser.finish());
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A reqwest error's message and causes, without its URL. We never put keys in URLs, but a
+/// base URL is configuration the client need not see.
+pub fn describe_reqwest(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(chunks: &[&[u8]]) -> Vec<SseEvent> {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(p.push(c).unwrap());
+        }
+        out.extend(p.finish());
+        out
+    }
+
+    #[test]
+    fn events_split_anywhere_parse_the_same() {
+        let text = b"event: message_start\ndata: {\"a\":1}\n\n: comment\r\ndata: x\r\ndata: y\r\n\r\ndata: [DONE]\n\n";
+        let whole = parse_all(&[text]);
+        assert_eq!(
+            whole,
+            vec![
+                SseEvent { event: Some("message_start".into()), data: "{\"a\":1}".into() },
+                SseEvent { event: None, data: "x\ny".into() },
+                SseEvent { event: None, data: "[DONE]".into() },
+            ]
+        );
+        for split in 1..text.len() {
+            let (a, b) = text.split_at(split);
+            assert_eq!(parse_all(&[a, b]), whole, "split at {split}");
+        }
+        let bytes: Vec<&[u8]> = text.chunks(1).collect();
+        assert_eq!(parse_all(&bytes), whole);
+    }
+
+    #[test]
+    fn unterminated_last_event_is_kept() {
+        assert_eq!(parse_all(&[b"data: {\"x\":1}"]), vec![SseEvent { event: None, data: "{\"x\":1}".into() }]);
+    }
+}

@@ -1,0 +1,157 @@
+//! Test support: a loopback HTTP server for fake vendor APIs, a request recorder, and SSE bodies
+//! that arrive split across many small writes, hang, or are cut mid-stream.
+//!
+//! Every fake vendor (one file per provider beside this one) reads the scenario from the
+//! upstream model name in the request. The scenarios, the same for every vendor:
+//! - `text`: "Hello, world!" in several chunks, then usage;
+//! - `tool`: one call `get_weather` with `{"city":"Paris"}` in fragments;
+//! - `two_tools`: text "Let me check." then `get_weather` `{"city":"Paris"}` and `get_time` `{"tz":"CET"}`;
+//! - `json`: the text `{"answer":42}`;
+//! - `rate_limited`: 429 with `Retry-After: 2` (Gemini: `retryDelay` "2s");
+//! - `overloaded`: the vendor's overload status (Anthropic 529, others 503);
+//! - `bad_request`: 400; `unauthorized`: 401;
+//! - `quota`: the vendor's quota/billing error (never retried);
+//! - `stall`: status 200, then nothing (before any content);
+//! - `stall_after_content`: "Hel", then nothing;
+//! - `cut`: "Hel", then the connection breaks;
+//! - `malformed`: a frame that is not JSON, before any content;
+//! - `midstream_error`: "Hel", then the vendor's in-band error event.
+#![allow(dead_code)]
+
+pub mod vendors;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+
+/// One request a fake vendor received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Shared state of a fake vendor: what it received and how many response bodies were dropped
+/// before they ended (the client went away or cancelled).
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    pub bodies_dropped_early: Arc<AtomicUsize>,
+}
+
+impl Recorder {
+    pub fn record(&self, r: Recorded) {
+        self.requests.lock().unwrap().push(r);
+    }
+    pub fn all(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+    pub fn last(&self) -> Recorded {
+        self.requests.lock().unwrap().last().cloned().expect("no request recorded")
+    }
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+    pub fn dropped_early(&self) -> usize {
+        self.bodies_dropped_early.load(Ordering::SeqCst)
+    }
+}
+
+/// Build a `Recorded` from the parts an axum handler sees.
+pub fn recorded(uri: &axum::http::Uri, headers: &axum::http::HeaderMap, body: &Bytes) -> Recorded {
+    Recorded {
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string())).collect(),
+        body: serde_json::from_slice(body).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// Serve `router` on a fresh loopback port.
+pub async fn spawn(router: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, router).await.ok();
+    });
+    addr
+}
+
+/// How an SSE body ends after its frames.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum End {
+    /// The body ends normally.
+    Close,
+    /// The body never ends.
+    Hang,
+    /// The connection breaks (the server aborts the chunked body).
+    Cut,
+}
+
+/// An SSE body from whole frames (each already ending in a blank line), written in pieces of
+/// 7 bytes so every event arrives split across reads.
+pub fn sse_body(frames: Vec<String>, end: End, recorder: &Recorder) -> Body {
+    let text: String = frames.concat();
+    let pieces: Vec<Bytes> = text.as_bytes().chunks(7).map(Bytes::copy_from_slice).collect();
+    let guard = DropGuard { counter: recorder.bodies_dropped_early.clone(), armed: true };
+    let stream = futures::stream::unfold((pieces.into_iter(), guard), move |(mut it, mut guard)| async move {
+        match it.next() {
+            Some(p) => {
+                // Yield to the runtime so pieces leave as separate writes.
+                tokio::task::yield_now().await;
+                Some((Ok::<Bytes, std::io::Error>(p), (it, guard)))
+            }
+            None => match end {
+                End::Close => {
+                    guard.armed = false;
+                    None
+                }
+                End::Hang => {
+                    std::future::pending::<()>().await;
+                    None
+                }
+                End::Cut => {
+                    guard.armed = false;
+                    Some((Err(std::io::Error::other("cut")), (it, guard)))
+                }
+            },
+        }
+    });
+    Body::from_stream(stream)
+}
+
+struct DropGuard {
+    counter: Arc<AtomicUsize>,
+    armed: bool,
+}
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.counter.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Wait (in real time, bounded) until `f` holds; for observing another task's side effects.
+pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..200 {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    f()
+}

@@ -1,0 +1,1 @@
+//! Fake anthropic API: being written.

@@ -1,0 +1,1 @@
+//! Fake gemini API: being written.
