@@ -1,8 +1,19 @@
 //! voxgate: a real-time voice-agent server with an in-process OpenAI-compatible LLM gateway.
 //!
 //! # Layout
-//! - [`llm`]: the gateway (types, providers, router, catalog, usage).
+//! - [`llm`]: the gateway: OpenAI-compatible types, one file per provider under
+//!   `llm/providers/`, the router with fallback and breakers, usage and cost.
+//! - [`http`]: the axum router, auth, OpenAI-style errors, `/metrics`.
+//! - [`server`]: binding, exposure checks, graceful shutdown.
+//! - [`config`]: the TOML config and the built-in catalog, validated.
+//! - [`metrics`]: a small Prometheus registry.
+//! - [`bench`]: `voxgate bench` load generators.
 //! - [`secret`]: API keys that never print themselves.
 
+pub mod bench;
+pub mod config;
+pub mod http;
 pub mod llm;
+pub mod metrics;
 pub mod secret;
+pub mod server;

@@ -1,1 +1,114 @@
-fn main() {}
+//! The `voxgate` command: parse arguments, load config, start tracing, call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use voxgate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "voxgate", version, about = "Real-time voice-agent server with an in-process OpenAI-compatible LLM gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (config: --config FILE, else ./voxgate.toml if present, else built-in defaults).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the config; default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Measure voxgate itself.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Gateway overhead against an instant fake upstream: latency through voxgate minus direct.
+    Gateway {
+        /// Request rates to measure, in requests per second.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        rates: Vec<u32>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOXGATE_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, listen } => {
+            let mut config = Config::load(config.as_deref())?;
+            if let Some(l) = listen {
+                config.listen = l.parse().map_err(|_| anyhow::anyhow!("--listen {l:?} is not an address like 127.0.0.1:8080"))?;
+            }
+            let server = voxgate::server::Server::bind(&config).await?;
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal_shutdown(shutdown.clone()));
+            server.run(shutdown, Duration::from_secs(10)).await?;
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Gateway { rates, seconds } } => {
+            let report = voxgate::bench::gateway(&rates, Duration::from_secs(seconds)).await?;
+            println!("{report}");
+            Ok(())
+        }
+    }
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                token.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: no new connections, letting answers finish");
+    token.cancel();
+}

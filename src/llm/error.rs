@@ -55,9 +55,7 @@ impl ProviderError {
             ProviderError::Connect(_) | ProviderError::Timeout(_) | ProviderError::Stream { .. } => true,
             ProviderError::Engine(_) => true,
             ProviderError::Invalid(_) => false,
-            ProviderError::Http { status, quota, .. } => {
-                !quota && matches!(status, 408 | 409 | 429 | 500..=599)
-            }
+            ProviderError::Http { status, quota, .. } => !quota && matches!(status, 408 | 409 | 429 | 500..=599),
         }
     }
 
@@ -80,7 +78,9 @@ impl ProviderError {
     /// The HTTP status to report to our client when this is the error that ends a request.
     pub fn client_status(&self) -> u16 {
         match self {
-            ProviderError::Http { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408 && *status != 409 => *status,
+            ProviderError::Http { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408 && *status != 409 => {
+                *status
+            }
             ProviderError::Http { status: 429, .. } => 429,
             ProviderError::Invalid(_) => 400,
             ProviderError::Timeout(_) => 504,
@@ -117,9 +117,8 @@ fn parse_http_date(v: &str) -> Option<std::time::SystemTime> {
         return None;
     }
     let day: u64 = parts[1].parse().ok()?;
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == parts[2])? as u64
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == parts[2])?
+        as u64
         + 1;
     let year: u64 = parts[3].parse().ok()?;
     let hms: Vec<u64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<Vec<_>>>()?;

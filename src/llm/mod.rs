@@ -1,8 +1,11 @@
 //! The LLM gateway: OpenAI-compatible types, provider adapters, the router with fallback and
 //! breakers, the model catalog with prices, and usage accounting.
 
+pub mod breaker;
 pub mod error;
 pub mod ids;
 pub mod providers;
+pub mod router;
 pub mod sse;
 pub mod types;
+pub mod usage;

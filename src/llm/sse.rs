@@ -44,8 +44,7 @@ impl SseParser {
             let line = self.buf.split_to(pos);
             let skip = if self.buf[0] == b'\r' && self.buf.get(1) == Some(&b'\n') { 2 } else { 1 };
             let _ = self.buf.split_to(skip);
-            let line = std::str::from_utf8(&line)
-                .map_err(|_| ProviderError::stream("stream frame is not valid UTF-8"))?;
+            let line = std::str::from_utf8(&line).map_err(|_| ProviderError::stream("stream frame is not valid UTF-8"))?;
             if let Some(ev) = self.line(line) {
                 out.push(ev);
             }

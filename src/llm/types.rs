@@ -61,8 +61,7 @@ impl ChatRequest {
 
     /// True when the request asks for tools and does not forbid them.
     pub fn tools_enabled(&self) -> bool {
-        self.tools.as_ref().is_some_and(|t| !t.is_empty())
-            && !matches!(&self.tool_choice, Some(ToolChoice::Mode(m)) if m == "none")
+        self.tools.as_ref().is_some_and(|t| !t.is_empty()) && !matches!(&self.tool_choice, Some(ToolChoice::Mode(m)) if m == "none")
     }
 }
 
@@ -287,6 +286,42 @@ impl Event {
             Event::Text(t) => !t.is_empty(),
             Event::ToolCallStart { .. } | Event::ToolCallArgs { .. } => true,
             Event::Finish(_) | Event::Usage(_) => false,
+        }
+    }
+}
+
+/// A whole answer assembled from events: what a non-streaming client receives.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Completion {
+    pub text: String,
+    pub tool_calls: Vec<ToolCall>,
+    pub finish_reason: Option<FinishReason>,
+    pub usage: Option<Usage>,
+}
+
+impl Completion {
+    pub fn push(&mut self, event: &Event) {
+        match event {
+            Event::Text(t) => self.text.push_str(t),
+            Event::ToolCallStart { index, id, name } => {
+                let i = *index as usize;
+                if self.tool_calls.len() <= i {
+                    self.tool_calls.resize_with(i + 1, || ToolCall {
+                        id: String::new(),
+                        kind: function_kind(),
+                        function: FunctionCall { name: String::new(), arguments: String::new() },
+                    });
+                }
+                self.tool_calls[i].id = id.clone();
+                self.tool_calls[i].function.name = name.clone();
+            }
+            Event::ToolCallArgs { index, arguments } => {
+                if let Some(call) = self.tool_calls.get_mut(*index as usize) {
+                    call.function.arguments.push_str(arguments);
+                }
+            }
+            Event::Finish(r) => self.finish_reason = Some(*r),
+            Event::Usage(u) => self.usage = Some(*u),
         }
     }
 }

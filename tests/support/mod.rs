@@ -115,7 +115,7 @@ pub fn sse_body(frames: Vec<String>, end: End, recorder: &Recorder) -> Body {
             }
             None => match end {
                 End::Close => {
-                    guard.armed = false;
+                    guard.disarm();
                     None
                 }
                 End::Hang => {
@@ -123,7 +123,9 @@ pub fn sse_body(frames: Vec<String>, end: End, recorder: &Recorder) -> Body {
                     None
                 }
                 End::Cut => {
-                    guard.armed = false;
+                    guard.disarm();
+                    // Let the last piece leave before the connection breaks.
+                    tokio::task::yield_now().await;
                     Some((Err(std::io::Error::other("cut")), (it, guard)))
                 }
             },
@@ -135,6 +137,12 @@ pub fn sse_body(frames: Vec<String>, end: End, recorder: &Recorder) -> Body {
 struct DropGuard {
     counter: Arc<AtomicUsize>,
     armed: bool,
+}
+
+impl DropGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
 }
 
 impl Drop for DropGuard {
@@ -154,4 +162,24 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     f()
+}
+
+/// Start voxgate itself on a fresh loopback port with `config` (TOML, `listen` is overridden).
+/// Returns the base URL (`http://127.0.0.1:PORT`) and the shared state.
+pub async fn start_voxgate(config: &str, env: &[(&str, &str)]) -> (String, std::sync::Arc<voxgate::http::AppState>) {
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut config = voxgate::config::Config::from_toml(config, &lookup).expect("test config is valid");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let server = voxgate::server::Server::bind(&config).await.expect("server binds");
+    let addr = server.local_addr().unwrap();
+    let state = server.state.clone();
+    tokio::spawn(server.run(tokio_util::sync::CancellationToken::new(), Duration::from_secs(1)));
+    (format!("http://{addr}"), state)
+}
+
+/// Read an SSE response body to the end and return its `data:` payloads.
+pub async fn sse_data(response: reqwest::Response) -> Vec<String> {
+    let text = response.text().await.unwrap_or_default();
+    text.split("\n\n").filter_map(|f| f.strip_prefix("data: ")).map(str::to_string).collect()
 }

@@ -16,6 +16,10 @@ impl Embedded {
         Embedded { model_path }
     }
 
+    pub fn check(&self) -> Result<(), String> {
+        Err("embedded provider not built yet".into())
+    }
+
     pub async fn send(&self, _request: &ChatRequest, _upstream_model: &str, _stream: bool) -> Result<EventStream, ProviderError> {
         Err(ProviderError::Engine("embedded provider not built yet".into()))
     }

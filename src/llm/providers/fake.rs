@@ -206,10 +206,13 @@ mod tests {
     async fn echo_answers_with_the_user_text() {
         let fake = Fake::new();
         let ev = collect(fake.send(&req("hello there"), "echo", true).await.unwrap()).await;
-        let text: String = ev.iter().filter_map(|e| match e {
-            Ok(Event::Text(t)) => Some(t.as_str()),
-            _ => None,
-        }).collect();
+        let text: String = ev
+            .iter()
+            .filter_map(|e| match e {
+                Ok(Event::Text(t)) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
         assert_eq!(text, "You said: hello there");
         assert!(matches!(ev.last(), Some(Ok(Event::Usage(_)))));
     }

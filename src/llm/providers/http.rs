@@ -5,10 +5,10 @@ use futures::StreamExt;
 use reqwest::header::HeaderMap;
 
 use super::{EventStream, HttpSettings};
-use crate::llm::sse::SseEvent;
-use crate::llm::types::Event;
 use crate::llm::error::{parse_retry_after, ProviderError};
 use crate::llm::sse::describe_reqwest;
+use crate::llm::sse::SseEvent;
+use crate::llm::types::Event;
 
 /// Largest error body we read (the rest is dropped).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;

@@ -67,16 +67,8 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str, stream: bool) -
 pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
     let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let err = value.get("error").filter(|e| e.is_object()).unwrap_or(&value);
-    let message = err
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| http::short(body));
-    let code = err
-        .get("code")
-        .and_then(Value::as_str)
-        .or_else(|| err.get("type").and_then(Value::as_str))
-        .map(str::to_string);
+    let message = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| http::short(body));
+    let code = err.get("code").and_then(Value::as_str).or_else(|| err.get("type").and_then(Value::as_str)).map(str::to_string);
     let quota = [err.get("code"), err.get("type")]
         .iter()
         .flatten()
@@ -103,8 +95,7 @@ impl SseDecoder for StreamDecoder {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let chunk: Value =
-            serde_json::from_str(data).map_err(|e| ProviderError::stream(format!("malformed chunk from upstream: {e}")))?;
+        let chunk: Value = serde_json::from_str(data).map_err(|e| ProviderError::stream(format!("malformed chunk from upstream: {e}")))?;
         if let Some(err) = in_band_error(&chunk) {
             return Err(err);
         }
@@ -325,7 +316,11 @@ mod tests {
     #[test]
     fn quota_429_is_not_retryable_but_rate_limit_is() {
         let h = HeaderMap::new();
-        let q = parse_error(429, &h, r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#);
+        let q = parse_error(
+            429,
+            &h,
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        );
         assert!(!q.is_retryable());
         let r = parse_error(429, &h, r#"{"error":{"message":"Rate limit","type":"requests","code":"rate_limit_exceeded"}}"#);
         assert!(r.is_retryable());

@@ -8,14 +8,12 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{json, Value};
 
-use crate::support::{recorded, sse_body, spawn, End, Recorder};
+use crate::support::{recorded, spawn, sse_body, End, Recorder};
 
 /// Start the fake; returns its base URL (ending in `/v1`) and its recorder.
 pub async fn start() -> (String, Recorder) {
     let recorder = Recorder::default();
-    let app = axum::Router::new()
-        .route("/v1/chat/completions", axum::routing::post(handle))
-        .with_state(recorder.clone());
+    let app = axum::Router::new().route("/v1/chat/completions", axum::routing::post(handle)).with_state(recorder.clone());
     let addr: SocketAddr = spawn(app).await;
     (format!("http://{addr}/v1"), recorder)
 }
@@ -45,7 +43,9 @@ fn usage_frame() -> String {
 fn answer(scenario: &str) -> (Vec<&'static str>, Vec<(&'static str, Vec<&'static str>)>) {
     match scenario {
         "tool" => (vec![], vec![("get_weather", vec!["{\"ci", "ty\": \"Par", "is\"}"])]),
-        "two_tools" => (vec!["Let me ", "check."], vec![("get_weather", vec!["{\"city\":", "\"Paris\"}"]), ("get_time", vec!["{\"tz\":\"CET\"}"])]),
+        "two_tools" => {
+            (vec!["Let me ", "check."], vec![("get_weather", vec!["{\"city\":", "\"Paris\"}"]), ("get_time", vec!["{\"tz\":\"CET\"}"])])
+        }
         "json" => (vec!["{\"answer\"", ":42}"], vec![]),
         _ => (vec!["Hello", ", wor", "ld!"], vec![]),
     }
@@ -80,7 +80,11 @@ async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body:
         let body = json!({"id":"chatcmpl-1","object":"chat.completion","created":1,"model":scenario,
             "choices":[{"index":0,"message":message,"finish_reason":finish}],
             "usage":{"prompt_tokens":10,"completion_tokens":4,"total_tokens":14,"prompt_tokens_details":{"cached_tokens":2}}});
-        return Response::builder().status(StatusCode::OK).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap();
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
     }
 
     let mut frames = vec![chunk(json!({"role":"assistant","content":""}), None)];
@@ -96,7 +100,10 @@ async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body:
                 "stall_after_content" => End::Hang,
                 "cut" => End::Cut,
                 _ => {
-                    frames.push(format!("data: {}\n\n", json!({"error":{"message":"upstream overloaded","type":"server_error","code":"overloaded"}})));
+                    frames.push(format!(
+                        "data: {}\n\n",
+                        json!({"error":{"message":"upstream overloaded","type":"server_error","code":"overloaded"}})
+                    ));
                     End::Close
                 }
             }
@@ -106,7 +113,10 @@ async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body:
                 frames.push(chunk(json!({"content": t}), None));
             }
             for (i, (name, args)) in calls.iter().enumerate() {
-                frames.push(chunk(json!({"tool_calls":[{"index":i,"id":format!("call_{i}"),"type":"function","function":{"name":name,"arguments":""}}]}), None));
+                frames.push(chunk(
+                    json!({"tool_calls":[{"index":i,"id":format!("call_{i}"),"type":"function","function":{"name":name,"arguments":""}}]}),
+                    None,
+                ));
                 for a in args {
                     frames.push(chunk(json!({"tool_calls":[{"index":i,"function":{"arguments":a}}]}), None));
                 }
@@ -117,9 +127,5 @@ async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body:
             End::Close
         }
     };
-    Response::builder()
-        .status(200)
-        .header("content-type", "text/event-stream")
-        .body(sse_body(frames, end, &rec))
-        .unwrap()
+    Response::builder().status(200).header("content-type", "text/event-stream").body(sse_body(frames, end, &rec)).unwrap()
 }

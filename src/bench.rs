@@ -1,0 +1,175 @@
+//! `voxgate bench`: load generators that print p50/p95/p99.
+//!
+//! `bench gateway` measures what voxgate adds to a request. An instant fake OpenAI upstream runs
+//! in this process; voxgate runs as a child process (so its peak memory is its own) with a
+//! config pointing at the fake. At each rate, an open-loop generator sends non-streaming chat
+//! completions for the given time, first straight to the fake ("direct"), then through voxgate;
+//! the overhead is the difference of the percentiles. Everything shares the same 2 cores, so
+//! the figure includes contention with the load generator itself: an upper bound.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use serde_json::json;
+use tokio::time::Instant;
+
+const BODY: &str =
+    r#"{"model":"bench","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello."}],"max_tokens":16}"#;
+
+async fn fake_upstream() -> std::io::Result<SocketAddr> {
+    let reply = Bytes::from(
+        json!({
+            "id": "chatcmpl-bench", "object": "chat.completion", "created": 1, "model": "bench",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello!"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
+        })
+        .to_string(),
+    );
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let reply = reply.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], reply) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |t| {
+        let _ = t.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub sent: usize,
+    pub ok: usize,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub achieved_rps: f64,
+}
+
+/// Send `rate` requests per second for `duration` to `url`, open loop.
+async fn load(client: &reqwest::Client, url: &str, rate: u32, duration: Duration) -> Run {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Option<f64>>();
+    let started = Instant::now();
+    let total = (rate as f64 * duration.as_secs_f64()) as usize;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let url: Arc<str> = Arc::from(url);
+    for i in 0..total {
+        let due = started + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            tokio::time::sleep_until(due).await;
+        }
+        let client = client.clone();
+        let url = url.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let ok = match client.post(&*url).header("content-type", "application/json").body(BODY).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            let _ = tx.send(ok.then(|| t0.elapsed().as_secs_f64() * 1000.0));
+        });
+    }
+    drop(tx);
+    let mut lat = Vec::with_capacity(total);
+    let mut sent = 0;
+    while let Some(r) = rx.recv().await {
+        sent += 1;
+        if let Some(ms) = r {
+            lat.push(ms);
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(f64::total_cmp);
+    let at = |q: f64| if lat.is_empty() { f64::NAN } else { lat[((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1] };
+    Run { sent, ok: lat.len(), p50_ms: at(0.5), p95_ms: at(0.95), p99_ms: at(0.99), achieved_rps: sent as f64 / elapsed }
+}
+
+fn peak_rss_mb(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if client.get(format!("{base}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("voxgate did not become ready")
+}
+
+/// Run the gateway overhead benchmark and return a Markdown report.
+pub async fn gateway(rates: &[u32], duration: Duration) -> anyhow::Result<String> {
+    let upstream = fake_upstream().await?;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let dir = std::env::temp_dir().join(format!("voxgate-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join("voxgate.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\n[providers.bench]\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\n\
+             [[models]]\nid = \"bench\"\nprovider = \"bench\"\ninput_usd_per_mtok = 0.4\noutput_usd_per_mtok = 1.6\n"
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("VOXGATE_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let client = reqwest::Client::builder().pool_max_idle_per_host(2048).tcp_nodelay(true).build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&client, &base).await?;
+
+    let direct_url = format!("http://{upstream}/v1/chat/completions");
+    let via_url = format!("{base}/v1/chat/completions");
+    // Warm both paths (connections, allocator).
+    load(&client, &direct_url, 500, Duration::from_secs(1)).await;
+    load(&client, &via_url, 500, Duration::from_secs(1)).await;
+
+    let mut out = String::new();
+    let _ = writeln!(out, "| rate (req/s) | path | sent | ok | achieved req/s | p50 ms | p95 ms | p99 ms |");
+    let _ = writeln!(out, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut overheads = Vec::new();
+    for &rate in rates {
+        let direct = load(&client, &direct_url, rate, duration).await;
+        let via = load(&client, &via_url, rate, duration).await;
+        for (name, r) in [("direct", direct), ("via voxgate", via)] {
+            let _ = writeln!(
+                out,
+                "| {rate} | {name} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} |",
+                r.sent, r.ok, r.achieved_rps, r.p50_ms, r.p95_ms, r.p99_ms
+            );
+        }
+        overheads.push((rate, via.p50_ms - direct.p50_ms, via.p99_ms - direct.p99_ms));
+    }
+    let _ = writeln!(out, "\n| rate (req/s) | overhead p50 ms | overhead p99 ms |");
+    let _ = writeln!(out, "| ---: | ---: | ---: |");
+    for (rate, p50, p99) in overheads {
+        let _ = writeln!(out, "| {rate} | {p50:.3} | {p99:.3} |");
+    }
+    let peak = peak_rss_mb(pid).map_or("unknown".to_string(), |mb| format!("{mb:.1} MB"));
+    let _ = writeln!(out, "\nvoxgate peak resident memory (VmHWM): {peak}");
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}

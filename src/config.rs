@@ -1,0 +1,454 @@
+//! Configuration in two steps: [`RawConfig`] is the TOML file as written (unknown fields are
+//! errors), [`Config`] is the validated form the program uses. The built-in catalog
+//! (`src/llm/catalog.toml`) is parsed with the same [`RawConfig`] and the user's file is laid
+//! over it: a provider, model or route with the same id replaces the built-in one.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// The catalog shipped in the binary.
+pub const CATALOG_TOML: &str = include_str!("llm/catalog.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config is not valid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    /// Where `voxgate models fetch` puts model files (default `./models`, or `VOXGATE_MODELS_DIR`).
+    pub models_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Gateway API keys clients send as `Authorization: Bearer …`; `env:NAME` reads a variable.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Largest request body accepted (default 4 MiB).
+    pub body_limit_bytes: Option<usize>,
+    /// Longest `Retry-After` / `retryDelay` we wait before retrying the last model (default 2000).
+    pub retry_after_ms_max: Option<u64>,
+    /// Consecutive failures that open a provider's breaker (default 3).
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker skips its provider before a probe (default 30000).
+    pub breaker_cooldown_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    Gemini,
+    Embedded,
+    Fake,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    /// `env:NAME` (read from the environment) or the key itself.
+    pub api_key: Option<String>,
+    /// Embedded provider only: the GGUF file (default: the fetched SmolLM2 under `models_dir`).
+    pub model_path: Option<PathBuf>,
+    /// Per-attempt connect timeout (default 5000).
+    pub connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub id: String,
+    pub provider: String,
+    pub upstream: Option<String>,
+    pub input_usd_per_mtok: Option<f64>,
+    pub output_usd_per_mtok: Option<f64>,
+    pub cached_input_usd_per_mtok: Option<f64>,
+    pub cache_write_usd_per_mtok: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub models: Vec<String>,
+    /// Fall back when the first content token has not arrived this long after the attempt began.
+    pub ttft_ms_max: Option<u64>,
+    /// Fall back when the stream goes quiet this long before its first content token; after it,
+    /// end the stream with an in-band error.
+    pub idle_ms_max: Option<u64>,
+    /// Whole-answer limit for non-streaming requests (default 300000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub models_dir: PathBuf,
+    pub api_keys: Vec<Secret>,
+    pub gateway: GatewaySettings,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub body_limit_bytes: usize,
+    pub retry_after_ms_max: u64,
+    pub breaker_failures: u32,
+    pub breaker_cooldown_ms: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub id: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub model_path: Option<PathBuf>,
+    pub connect_timeout_ms: u64,
+}
+
+/// A price in micro-dollars per million tokens: exact for any price with up to six decimals.
+pub type MicroUsdPerMtok = u64;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub id: String,
+    pub provider: String,
+    pub upstream: String,
+    pub input: MicroUsdPerMtok,
+    pub output: MicroUsdPerMtok,
+    pub cached_input: MicroUsdPerMtok,
+    pub cache_write: MicroUsdPerMtok,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub models: Vec<String>,
+    pub ttft_ms_max: u64,
+    pub idle_ms_max: u64,
+    pub timeout_ms: u64,
+}
+
+/// Where the default embedded model lives under `models_dir` (see `models.rs`).
+pub const EMBEDDED_LLM_FILE: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_TTFT_MS_MAX: u64 = 30_000;
+pub const DEFAULT_IDLE_MS_MAX: u64 = 30_000;
+pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
+
+impl Config {
+    /// Load: `--config FILE` if given, else `./voxgate.toml` if present, else built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (raw, origin) = match path {
+            Some(p) => (read_file(p)?, Some(p.to_path_buf())),
+            None if Path::new("voxgate.toml").exists() => (read_file(Path::new("voxgate.toml"))?, Some(PathBuf::from("voxgate.toml"))),
+            None => (RawConfig::default(), None),
+        };
+        tracing::debug!(config = ?origin, "config loaded");
+        Config::from_raw(raw, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse a config text (for tests and embedding).
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        Config::from_raw(raw, env)
+    }
+
+    /// Lay `user` over the built-in catalog and validate.
+    pub fn from_raw(user: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let catalog: RawConfig = toml::from_str(CATALOG_TOML).map_err(|e| ConfigError::Invalid(format!("built-in catalog: {e}")))?;
+
+        let listen_text = user.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("listen = {listen_text:?} is not an address like \"127.0.0.1:8080\"")))?;
+        let models_dir =
+            user.models_dir.clone().or_else(|| env("VOXGATE_MODELS_DIR").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("models"));
+
+        let mut api_keys = Vec::new();
+        for (i, k) in user.auth.api_keys.iter().enumerate() {
+            let key = resolve_secret(k, env, &format!("auth.api_keys[{i}]"))?;
+            if key.expose().is_empty() {
+                return Err(ConfigError::Invalid(format!("auth.api_keys[{i}] is empty")));
+            }
+            api_keys.push(key);
+        }
+
+        // Providers: built-in hosted ones only when their key variable is set; the user's always.
+        let mut providers = BTreeMap::new();
+        for (id, p) in &catalog.providers {
+            if user.providers.contains_key(id) {
+                continue;
+            }
+            let key_var_set = match p.api_key.as_deref().and_then(|k| k.strip_prefix("env:")) {
+                Some(var) => env(var).is_some_and(|v| !v.is_empty()),
+                None => true,
+            };
+            if key_var_set {
+                providers.insert(id.clone(), provider_config(id, p, env, &models_dir)?);
+            }
+        }
+        for (id, p) in &user.providers {
+            providers.insert(id.clone(), provider_config(id, p, env, &models_dir)?);
+        }
+
+        // Models: catalog first, the user's entries replace or add; prices come from the
+        // catalog entry of the same id when the user leaves them out.
+        let mut models: BTreeMap<String, ModelConfig> = BTreeMap::new();
+        for m in &catalog.models {
+            if providers.contains_key(&m.provider) {
+                models.insert(m.id.clone(), model_config(m, None)?);
+            }
+        }
+        for m in &user.models {
+            if !providers.contains_key(&m.provider) {
+                return Err(ConfigError::Invalid(format!(
+                    "model {:?} names provider {:?}, which is not configured (add [providers.{}] or set its key variable)",
+                    m.id, m.provider, m.provider
+                )));
+            }
+            let base = catalog.models.iter().find(|c| c.id == m.id);
+            models.insert(m.id.clone(), model_config(m, base)?);
+        }
+
+        let mut routes = BTreeMap::new();
+        for (name, r) in catalog.routes.iter().chain(user.routes.iter()) {
+            if models.contains_key(name) {
+                return Err(ConfigError::Invalid(format!("route {name:?} has the same name as a model; rename one")));
+            }
+            if r.models.is_empty() {
+                return Err(ConfigError::Invalid(format!("route {name:?} lists no models")));
+            }
+            for m in &r.models {
+                if !models.contains_key(m) {
+                    return Err(ConfigError::Invalid(format!(
+                        "route {name:?} names model {m:?}, which is not in the catalog or [[models]] (or its provider has no key)"
+                    )));
+                }
+            }
+            routes.insert(
+                name.clone(),
+                RouteConfig {
+                    name: name.clone(),
+                    models: r.models.clone(),
+                    ttft_ms_max: r.ttft_ms_max.unwrap_or(DEFAULT_TTFT_MS_MAX),
+                    idle_ms_max: r.idle_ms_max.unwrap_or(DEFAULT_IDLE_MS_MAX),
+                    timeout_ms: r.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                },
+            );
+        }
+
+        let g = &user.gateway;
+        let gateway = GatewaySettings {
+            body_limit_bytes: g.body_limit_bytes.unwrap_or(4 * 1024 * 1024),
+            retry_after_ms_max: g.retry_after_ms_max.unwrap_or(2_000),
+            breaker_failures: g.breaker_failures.unwrap_or(3).max(1),
+            breaker_cooldown_ms: g.breaker_cooldown_ms.unwrap_or(30_000),
+        };
+
+        Ok(Config { listen, models_dir, api_keys, gateway, providers, models, routes })
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// `env:NAME` reads the variable (an error names the variable, never a value); anything else is
+/// the secret itself.
+fn resolve_secret(value: &str, env: &dyn Fn(&str) -> Option<String>, field: &str) -> Result<Secret, ConfigError> {
+    match value.strip_prefix("env:") {
+        Some(var) => env(var)
+            .map(Secret::new)
+            .ok_or_else(|| ConfigError::Invalid(format!("{field} reads environment variable {var}, which is not set"))),
+        None => Ok(Secret::new(value)),
+    }
+}
+
+fn provider_config(
+    id: &str,
+    p: &RawProvider,
+    env: &dyn Fn(&str) -> Option<String>,
+    models_dir: &Path,
+) -> Result<ProviderConfig, ConfigError> {
+    let api_key = match &p.api_key {
+        Some(k) => Some(resolve_secret(k, env, &format!("providers.{id}.api_key"))?),
+        None => None,
+    };
+    let default_base = match p.kind {
+        ProviderKind::Openai => "https://api.openai.com/v1",
+        ProviderKind::Anthropic => "https://api.anthropic.com",
+        ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
+        ProviderKind::Embedded | ProviderKind::Fake => "",
+    };
+    let base_url = p.base_url.clone().unwrap_or_else(|| default_base.to_string());
+    if matches!(p.kind, ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Gemini)
+        && !(base_url.starts_with("http://") || base_url.starts_with("https://"))
+    {
+        return Err(ConfigError::Invalid(format!("providers.{id}.base_url = {base_url:?} must start with http:// or https://")));
+    }
+    let model_path = p.model_path.clone().or_else(|| (p.kind == ProviderKind::Embedded).then(|| models_dir.join(EMBEDDED_LLM_FILE)));
+    Ok(ProviderConfig {
+        id: id.to_string(),
+        kind: p.kind,
+        base_url: base_url.trim_end_matches('/').to_string(),
+        api_key,
+        model_path,
+        connect_timeout_ms: p.connect_timeout_ms.unwrap_or(5_000),
+    })
+}
+
+fn price(value: Option<f64>, fallback: Option<f64>, field: &str, id: &str) -> Result<MicroUsdPerMtok, ConfigError> {
+    let v = value.or(fallback).ok_or_else(|| ConfigError::Invalid(format!("model {id:?} needs {field} (USD per million tokens)")))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(ConfigError::Invalid(format!("model {id:?}: {field} = {v} must be a price of 0 or more")));
+    }
+    Ok((v * 1_000_000.0).round() as u64)
+}
+
+fn model_config(m: &RawModel, base: Option<&RawModel>) -> Result<ModelConfig, ConfigError> {
+    let input = price(m.input_usd_per_mtok, base.and_then(|b| b.input_usd_per_mtok), "input_usd_per_mtok", &m.id)?;
+    let output = price(m.output_usd_per_mtok, base.and_then(|b| b.output_usd_per_mtok), "output_usd_per_mtok", &m.id)?;
+    let cached_input = match m.cached_input_usd_per_mtok.or(base.and_then(|b| b.cached_input_usd_per_mtok)) {
+        Some(v) => price(Some(v), None, "cached_input_usd_per_mtok", &m.id)?,
+        None => input,
+    };
+    let cache_write = match m.cache_write_usd_per_mtok.or(base.and_then(|b| b.cache_write_usd_per_mtok)) {
+        Some(v) => price(Some(v), None, "cache_write_usd_per_mtok", &m.id)?,
+        None => input,
+    };
+    Ok(ModelConfig {
+        id: m.id.clone(),
+        provider: m.provider.clone(),
+        upstream: m.upstream.clone().or_else(|| base.and_then(|b| b.upstream.clone())).unwrap_or_else(|| m.id.clone()),
+        input,
+        output,
+        cached_input,
+        cache_write,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_offline_and_loopback() {
+        let c = Config::from_raw(RawConfig::default(), &no_env).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.providers.contains_key("embedded"));
+        assert!(!c.providers.contains_key("openai"), "no key, no hosted provider");
+        assert_eq!(c.routes["default"].models, vec!["smollm2-135m-instruct"]);
+    }
+
+    #[test]
+    fn catalog_has_twenty_models_from_four_families() {
+        let cat: RawConfig = toml::from_str(CATALOG_TOML).unwrap();
+        assert!(cat.models.len() >= 20, "{}", cat.models.len());
+        for family in ["gpt", "claude", "gemini", "llama"] {
+            assert!(cat.models.iter().any(|m| m.id.starts_with(family)), "no {family} model");
+        }
+        for m in &cat.models {
+            assert!(m.input_usd_per_mtok.is_some() && m.output_usd_per_mtok.is_some(), "{} lacks prices", m.id);
+        }
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let text = r#"
+listen = "127.0.0.1:8080"
+[auth]
+api_keys = ["env:VOXGATE_API_KEY"]
+[providers.openai]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key = "env:OPENAI_API_KEY"
+[[models]]
+id = "gpt-4.1-mini"
+provider = "openai"
+upstream = "gpt-4.1-mini"
+input_usd_per_mtok = 0.40
+output_usd_per_mtok = 1.60
+[routes.voice]
+models = ["gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"]
+ttft_ms_max = 1200
+"#;
+        let env = |k: &str| match k {
+            "VOXGATE_API_KEY" => Some("vk".to_string()),
+            "OPENAI_API_KEY" | "ANTHROPIC_API_KEY" | "GEMINI_API_KEY" => Some("sk-test".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml(text, &env).unwrap();
+        assert_eq!(c.routes["voice"].ttft_ms_max, 1200);
+        assert_eq!(c.models["gpt-4.1-mini"].input, 400_000);
+        assert_eq!(c.models["claude-haiku-4-5"].cache_write, 1_250_000);
+        assert_eq!(c.api_keys.len(), 1);
+        // Without the Anthropic key the route names a model nobody can serve: a clear error.
+        let env2 = |k: &str| match k {
+            "VOXGATE_API_KEY" | "OPENAI_API_KEY" => Some("x".to_string()),
+            _ => None,
+        };
+        let err = Config::from_toml(text, &env2).unwrap_err().to_string();
+        assert!(err.contains("claude-haiku-4-5"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_and_unknown_fields_are_clear_errors() {
+        let err = Config::from_toml("[auth]\napi_keys = [\"env:NOPE\"]\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("NOPE") && err.contains("not set"), "{err}");
+        let err = Config::from_toml("lisen = \"x\"\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = Config::from_toml("[routes.r]\nmodels = [\"ghost\"]\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("ghost"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let env = |k: &str| (k == "K").then(|| "sk-very-secret".to_string());
+        let c = Config::from_toml("[providers.x]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key = \"env:K\"\n", &env)
+            .unwrap();
+        assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+}

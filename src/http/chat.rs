@@ -1,0 +1,433 @@
+//! `POST /v1/chat/completions`: validate the body, run it through the gateway, and answer as a
+//! `chat.completion` object or as an SSE stream of `chat.completion.chunk`s ending in `[DONE]`.
+//! A failure after content has been streamed is sent in-band as `data: {"error":…}` with no
+//! `[DONE]`, so clients cannot mistake a broken answer for a finished one.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::{KeyName, Shared};
+use crate::llm::router::Answer;
+use crate::llm::types::{ChatRequest, Completion, Content, Event, Message, ToolChoice, Usage};
+
+pub async fn completions(
+    State(state): State<Shared>,
+    Extension(KeyName(key)): Extension<KeyName>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(state, key, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(state: Shared, key: String, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.trim_start().to_ascii_lowercase().starts_with("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!("Content-Type must be application/json (got {:?}).", content_type),
+        )
+        .code("unsupported_media_type"));
+    }
+    let limit = state.body_limit_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("The request body is larger than the limit of {limit} bytes."),
+        )
+        .code("request_too_large")
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    let request = parse_request(&bytes)?;
+
+    let answer = state.gateway.start(&request, &key).await.map_err(ApiError::from)?;
+    if request.stream {
+        let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        Ok(stream_response(answer, include_usage))
+    } else {
+        whole_response(answer).await
+    }
+}
+
+fn meta_headers(answer: &Answer) -> Vec<(&'static str, HeaderValue)> {
+    let mut out = Vec::new();
+    if let Ok(v) = HeaderValue::from_str(&answer.model) {
+        out.push(("x-voxgate-model", v));
+    }
+    if let Ok(v) = HeaderValue::from_str(&answer.attempts_header()) {
+        out.push(("x-voxgate-attempts", v));
+    }
+    out
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({
+        "prompt_tokens": u.input_tokens,
+        "completion_tokens": u.output_tokens,
+        "total_tokens": u.input_tokens + u.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
+    })
+}
+
+async fn whole_response(mut answer: Answer) -> Result<Response, ApiError> {
+    let mut completion = Completion::default();
+    while let Some(event) = answer.next().await {
+        match event {
+            Ok(e) => completion.push(&e),
+            Err(e) => {
+                // Nothing has reached the client yet, but the serving model is fixed: report it.
+                let mut api =
+                    ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("model {} failed mid-answer: {e}", answer.model))
+                        .code(e.kind());
+                api.attempts = Some(answer.attempts_header());
+                return Err(api);
+            }
+        }
+    }
+    let tool_calls: Vec<_> = completion.tool_calls.iter().filter(|c| !c.id.is_empty()).collect();
+    let mut message = json!({
+        "role": "assistant",
+        "content": if completion.text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(completion.text) },
+        "refusal": null,
+    });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = json!(tool_calls);
+    }
+    let finish = completion.finish_reason.map_or("stop", |f| f.as_str());
+    let body = json!({
+        "id": answer.id,
+        "object": "chat.completion",
+        "created": answer.created,
+        "model": answer.model,
+        "system_fingerprint": null,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "usage": usage_json(&completion.usage.unwrap_or_default()),
+    });
+    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    for (k, v) in meta_headers(&answer) {
+        response.headers_mut().insert(k, v);
+    }
+    Ok(response)
+}
+
+/// Where the SSE writer is.
+enum Phase {
+    Start,
+    Body,
+    Ended,
+}
+
+struct StreamState {
+    answer: Answer,
+    include_usage: bool,
+    phase: Phase,
+    finished: bool,
+    usage: Option<Usage>,
+}
+
+impl StreamState {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
+        let mut c = json!({
+            "id": self.answer.id,
+            "object": "chat.completion.chunk",
+            "created": self.answer.created,
+            "model": self.answer.model,
+            "system_fingerprint": null,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if self.include_usage {
+            c["usage"] = Value::Null;
+        }
+        format!("data: {c}\n\n")
+    }
+
+    /// The frames for one step, or `None` when the body is over.
+    async fn step(&mut self) -> Option<String> {
+        match self.phase {
+            Phase::Start => {
+                self.phase = Phase::Body;
+                return Some(self.chunk(json!({"role": "assistant", "content": ""}), None));
+            }
+            Phase::Ended => return None,
+            Phase::Body => {}
+        }
+        loop {
+            match self.answer.next().await {
+                Some(Ok(event)) => {
+                    let delta = match event {
+                        Event::Text(t) if t.is_empty() => continue,
+                        Event::Text(t) => json!({"content": t}),
+                        Event::ToolCallStart { index, id, name } => {
+                            json!({"tool_calls": [{"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}}]})
+                        }
+                        Event::ToolCallArgs { index, arguments } => {
+                            json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
+                        }
+                        Event::Finish(reason) => {
+                            self.finished = true;
+                            return Some(self.chunk(json!({}), Some(reason.as_str())));
+                        }
+                        Event::Usage(u) => {
+                            self.usage = Some(u);
+                            continue;
+                        }
+                    };
+                    return Some(self.chunk(delta, None));
+                }
+                Some(Err(e)) => {
+                    self.phase = Phase::Ended;
+                    let err = json!({"error": {
+                        "message": format!("model {} failed mid-answer: {e}", self.answer.model),
+                        "type": "upstream_error",
+                        "param": null,
+                        "code": e.kind(),
+                    }});
+                    return Some(format!("data: {err}\n\n"));
+                }
+                None => {
+                    self.phase = Phase::Ended;
+                    let mut out = String::new();
+                    if !self.finished {
+                        // Never leave a client without a finish reason (agents loop on that).
+                        out.push_str(&self.chunk(json!({}), Some("stop")));
+                    }
+                    if self.include_usage {
+                        let u = json!({
+                            "id": self.answer.id,
+                            "object": "chat.completion.chunk",
+                            "created": self.answer.created,
+                            "model": self.answer.model,
+                            "system_fingerprint": null,
+                            "choices": [],
+                            "usage": usage_json(&self.usage.unwrap_or_default()),
+                        });
+                        out.push_str(&format!("data: {u}\n\n"));
+                    }
+                    out.push_str("data: [DONE]\n\n");
+                    return Some(out);
+                }
+            }
+        }
+    }
+}
+
+fn stream_response(answer: Answer, include_usage: bool) -> Response {
+    let headers = meta_headers(&answer);
+    let state = StreamState { answer, include_usage, phase: Phase::Start, finished: false, usage: None };
+    // When the client goes away, hyper drops this stream, which drops the Answer and with it
+    // the upstream connection (and records the request as cancelled).
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        s.step().await.map(|frame| (Ok::<Bytes, std::convert::Infallible>(Bytes::from(frame)), s))
+    });
+    let mut response = Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response());
+    for (k, v) in headers {
+        response.headers_mut().insert(k, v);
+    }
+    response
+}
+
+/// Parse and check a request body, with errors that say which field is wrong and how.
+pub fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::invalid(format!("We could not parse the JSON body of your request ({e}). The body must be a JSON object."), None)
+            .code("invalid_json")
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ApiError::invalid("The request body must be a JSON object.", None).code("invalid_json"));
+    };
+    match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => {}
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            return Err(ApiError::invalid("You must provide a model parameter (a model id or a route name).", Some("model"))
+                .code("missing_required_parameter"));
+        }
+        Some(_) => return Err(ApiError::invalid("`model` must be a string.", Some("model")).code("invalid_type")),
+    }
+    let messages = match obj.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid("`messages` must not be empty: send at least one message.", Some("messages")).code("empty_array"));
+        }
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("Missing required parameter: `messages`.", Some("messages")).code("missing_required_parameter"))
+        }
+        Some(_) => return Err(ApiError::invalid("`messages` must be an array of message objects.", Some("messages")).code("invalid_type")),
+    };
+    for (i, m) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let role = m.get("role").and_then(Value::as_str);
+        match role {
+            Some("system" | "developer" | "user" | "assistant" | "tool") => {}
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!("Invalid value {other:?} for `{param}.role`: use system, developer, user, assistant or tool."),
+                    Some(&format!("{param}.role")),
+                )
+                .code("invalid_value"));
+            }
+            None => {
+                return Err(
+                    ApiError::invalid(format!("`{param}` must be an object with a string `role`."), Some(&param)).code("invalid_type")
+                )
+            }
+        }
+        let message: Message = serde_json::from_value(m.clone()).map_err(|e| {
+            ApiError::invalid(format!("`{param}` is not a valid {} message: {e}.", role.unwrap_or("")), Some(&param)).code("invalid_type")
+        })?;
+        let content = match &message {
+            Message::System { content, .. } | Message::User { content, .. } | Message::Tool { content, .. } => Some(content),
+            Message::Assistant { content, .. } => content.as_ref(),
+        };
+        if let Some(Content::Parts(parts)) = content {
+            if let Some(p) = parts.iter().find(|p| p.kind != "text") {
+                return Err(ApiError::invalid(
+                    format!("`{param}.content` has a part of type {:?}; voxgate supports text parts only.", p.kind),
+                    Some(&format!("{param}.content")),
+                )
+                .code("unsupported_content"));
+            }
+        }
+        if let Message::Tool { tool_call_id, .. } = &message {
+            if tool_call_id.is_empty() {
+                return Err(ApiError::invalid(
+                    format!("`{param}.tool_call_id` must name the tool call this result answers."),
+                    Some(&format!("{param}.tool_call_id")),
+                ));
+            }
+        }
+    }
+    let request: ChatRequest = serde_json::from_value(value.clone()).map_err(|e| {
+        ApiError::invalid(format!("The request does not match the chat completions schema: {e}."), None).code("invalid_type")
+    })?;
+
+    if let Some(n) = request.n {
+        if n != 1 {
+            return Err(ApiError::invalid("voxgate returns one choice per request: `n` must be 1.", Some("n")).code("unsupported_value"));
+        }
+    }
+    if let Some(t) = request.temperature {
+        if !(0.0..=2.0).contains(&t) {
+            return Err(
+                ApiError::invalid(format!("`temperature` is {t}; it must be between 0 and 2."), Some("temperature")).code("invalid_value")
+            );
+        }
+    }
+    if let Some(p) = request.top_p {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid(format!("`top_p` is {p}; it must be between 0 and 1."), Some("top_p")).code("invalid_value"));
+        }
+    }
+    if request.max_output_tokens() == Some(0) {
+        return Err(ApiError::invalid("`max_tokens` must be at least 1.", Some("max_tokens")).code("invalid_value"));
+    }
+    let tools = request.tools.as_deref().unwrap_or_default();
+    for (i, t) in tools.iter().enumerate() {
+        if t.kind != "function" {
+            return Err(ApiError::invalid(
+                format!("`tools[{i}].type` is {:?}; only \"function\" tools are supported.", t.kind),
+                Some(&format!("tools[{i}].type")),
+            )
+            .code("invalid_value"));
+        }
+        if t.function.name.is_empty() {
+            return Err(ApiError::invalid(
+                format!("`tools[{i}].function.name` must not be empty."),
+                Some(&format!("tools[{i}].function.name")),
+            )
+            .code("invalid_value"));
+        }
+    }
+    match &request.tool_choice {
+        None => {}
+        Some(ToolChoice::Mode(m)) if matches!(m.as_str(), "none" | "auto" | "required") => {
+            if m == "required" && tools.is_empty() {
+                return Err(ApiError::invalid("`tool_choice` is \"required\" but no `tools` were given.", Some("tool_choice"))
+                    .code("invalid_value"));
+            }
+        }
+        Some(ToolChoice::Mode(m)) => {
+            return Err(ApiError::invalid(
+                format!("`tool_choice` {m:?} is not one of none, auto, required, or a named function."),
+                Some("tool_choice"),
+            )
+            .code("invalid_value"));
+        }
+        Some(ToolChoice::Named { function, .. }) => {
+            if !tools.iter().any(|t| t.function.name == function.name) {
+                return Err(ApiError::invalid(
+                    format!("`tool_choice` names function {:?}, which is not in `tools`.", function.name),
+                    Some("tool_choice"),
+                )
+                .code("invalid_value"));
+            }
+        }
+    }
+    Ok(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(body: &str) -> ApiError {
+        parse_request(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn bad_bodies_get_errors_that_name_the_field() {
+        assert_eq!(err("{nope").code.as_deref(), Some("invalid_json"));
+        assert_eq!(err("[1]").code.as_deref(), Some("invalid_json"));
+        assert_eq!(err(r#"{"messages":[{"role":"user","content":"x"}]}"#).param.as_deref(), Some("model"));
+        assert_eq!(err(r#"{"model":"m"}"#).param.as_deref(), Some("messages"));
+        assert_eq!(err(r#"{"model":"m","messages":[]}"#).param.as_deref(), Some("messages"));
+        assert_eq!(err(r#"{"model":"m","messages":"hi"}"#).param.as_deref(), Some("messages"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#).param.as_deref(), Some("messages[0].role"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#).param.as_deref(), Some("messages[0]"));
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#).param.as_deref(), Some("n"));
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#).param.as_deref(),
+            Some("temperature")
+        );
+        assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":"many"}"#).status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#).param.as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"g"}}}"#)
+                .param
+                .as_deref(),
+            Some("tool_choice")
+        );
+    }
+
+    #[test]
+    fn good_bodies_parse_with_unknown_fields_ignored() {
+        let r = parse_request(
+            br#"{"model":"m","messages":[{"role":"developer","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]}],"store":false,"metadata":{"a":"b"},"max_completion_tokens":5,"stop":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.max_output_tokens(), Some(5));
+        assert_eq!(r.stop_sequences(), vec!["x"]);
+        assert!(matches!(r.messages[0], Message::System { .. }));
+    }
+}

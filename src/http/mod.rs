@@ -1,0 +1,163 @@
+//! The HTTP API: axum router, gateway-key auth, OpenAI-style errors, `/metrics`, and serving
+//! with `TCP_NODELAY` and graceful shutdown.
+
+pub mod chat;
+pub mod error;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use axum::Router;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::llm::router::Gateway;
+use crate::secret::Secret;
+use error::ApiError;
+
+/// Everything a handler needs.
+pub struct AppState {
+    pub gateway: Arc<Gateway>,
+    /// (name for usage rows, key)
+    pub keys: Vec<(String, Secret)>,
+    pub body_limit_bytes: usize,
+}
+
+pub type Shared = Arc<AppState>;
+
+impl AppState {
+    pub fn new(config: &Config, gateway: Arc<Gateway>) -> Self {
+        let keys = config.api_keys.iter().enumerate().map(|(i, k)| (format!("key-{}", i + 1), k.clone())).collect();
+        AppState { gateway, keys, body_limit_bytes: config.gateway.body_limit_bytes }
+    }
+}
+
+/// The API key's name, put into request extensions by [`auth`].
+#[derive(Clone, Debug)]
+pub struct KeyName(pub String);
+
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/v1/models", get(models))
+        .route("/v1/usage", get(usage))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "Unknown path. voxgate serves POST /v1/chat/completions, GET /v1/models, GET /v1/usage, GET /metrics and GET /healthz.",
+            )
+            .code("not_found")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "This path does not accept that HTTP method.")
+                .code("method_not_allowed")
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
+        .with_state(state)
+}
+
+/// Serve until `shutdown` is cancelled, then let in-flight responses finish.
+pub async fn serve(listener: tokio::net::TcpListener, state: Shared, shutdown: CancellationToken) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        // Without it a response written in two pieces waits on Nagle + delayed ACK (~40 ms).
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
+    if state.keys.is_empty() {
+        request.extensions_mut().insert(KeyName("anonymous".into()));
+        return next.run(request).await;
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "Missing API key: send it as `Authorization: Bearer <key>`.",
+        )
+        .code("invalid_api_key")
+        .into_response();
+    };
+    // Compare against every key so the time taken does not say which one nearly matched.
+    let mut found = None;
+    for (name, key) in &state.keys {
+        if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
+            found = Some(name.clone());
+        }
+    }
+    match found {
+        Some(name) => {
+            request.extensions_mut().insert(KeyName(name));
+            next.run(request).await
+        }
+        None => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "Incorrect API key provided.")
+            .code("invalid_api_key")
+            .into_response(),
+    }
+}
+
+async fn count_requests(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let path: &'static str = match request.uri().path() {
+        "/v1/chat/completions" => "/v1/chat/completions",
+        "/v1/models" => "/v1/models",
+        "/v1/usage" => "/v1/usage",
+        "/healthz" => "/healthz",
+        "/metrics" => "/metrics",
+        _ => "other",
+    };
+    let response = next.run(request).await;
+    state.gateway.accounts.metrics.inc("voxgate_http_requests_total", &[("path", path), ("status", response.status().as_str())]);
+    response
+}
+
+async fn models(State(state): State<Shared>) -> impl IntoResponse {
+    let gw = &state.gateway;
+    let mut data: Vec<serde_json::Value> =
+        gw.routes().keys().map(|r| json!({"id": r, "object": "model", "created": 0, "owned_by": "voxgate-route"})).collect();
+    data.extend(gw.models().values().map(|m| json!({"id": m.id, "object": "model", "created": 0, "owned_by": m.provider})));
+    axum::Json(json!({"object": "list", "data": data}))
+}
+
+async fn usage(State(state): State<Shared>) -> impl IntoResponse {
+    let book = &state.gateway.accounts.usage;
+    axum::Json(json!({
+        "object": "list",
+        "data": book.rows(),
+        "total_cost_usd": crate::llm::usage::picousd_to_usd(book.total_picousd()),
+    }))
+}
+
+async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.gateway.accounts.metrics.render())
+}

@@ -1,0 +1,137 @@
+//! A per-provider circuit breaker: after `failures_max` consecutive failures the provider is
+//! skipped for `cooldown`; then one request is let through as a probe. A success closes the
+//! breaker, a failed probe opens it again.
+//!
+//! The state is a few words behind a `std::sync::Mutex` touched once or twice per request, never
+//! held across an await. Time is `tokio::time::Instant` so tests can pause it.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+#[derive(Debug)]
+struct Inner {
+    consecutive_failures: u32,
+    open_until: Option<Instant>,
+    probe_in_flight: bool,
+}
+
+#[derive(Debug)]
+pub struct Breaker {
+    failures_max: u32,
+    cooldown: Duration,
+    inner: Mutex<Inner>,
+}
+
+impl Breaker {
+    pub fn new(failures_max: u32, cooldown: Duration) -> Self {
+        Breaker {
+            failures_max: failures_max.max(1),
+            cooldown,
+            inner: Mutex::new(Inner { consecutive_failures: 0, open_until: None, probe_in_flight: false }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> BreakerState {
+        let inner = self.lock();
+        match inner.open_until {
+            None => BreakerState::Closed,
+            Some(until) if Instant::now() < until => BreakerState::Open,
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// May a request go to this provider now? In half-open state only one probe at a time.
+    pub fn try_acquire(&self) -> bool {
+        let mut inner = self.lock();
+        match inner.open_until {
+            None => true,
+            Some(until) if Instant::now() < until => false,
+            Some(_) => {
+                if inner.probe_in_flight {
+                    false
+                } else {
+                    inner.probe_in_flight = true;
+                    true
+                }
+            }
+        }
+    }
+
+    pub fn record_success(&self) {
+        let mut inner = self.lock();
+        inner.consecutive_failures = 0;
+        inner.open_until = None;
+        inner.probe_in_flight = false;
+    }
+
+    /// A failure that says something about the provider's health (not the client's request).
+    pub fn record_failure(&self) {
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
+        let was_probe = inner.probe_in_flight;
+        inner.probe_in_flight = false;
+        if was_probe || inner.consecutive_failures >= self.failures_max {
+            inner.open_until = Some(now + self.cooldown);
+        }
+    }
+
+    /// The attempt was abandoned without a verdict (the client went away): free the probe slot.
+    pub fn release(&self) {
+        self.lock().probe_in_flight = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_then_probes() {
+        let b = Breaker::new(3, Duration::from_secs(30));
+        for _ in 0..2 {
+            assert!(b.try_acquire());
+            b.record_failure();
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.try_acquire());
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(!b.try_acquire());
+
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.try_acquire(), "one probe goes through");
+        assert!(!b.try_acquire(), "only one probe at a time");
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Open, "a failed probe reopens");
+
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(b.try_acquire());
+        b.record_success();
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.try_acquire());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_resets_the_count() {
+        let b = Breaker::new(2, Duration::from_secs(30));
+        b.record_failure();
+        b.record_success();
+        b.record_failure();
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+}

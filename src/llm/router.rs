@@ -1,0 +1,506 @@
+//! The gateway proper: resolve a request to an ordered list of models, try them in turn, and
+//! hand back an [`Answer`] once one of them has produced its first content token.
+//!
+//! Fallback rules (also in `docs/gateway.md`):
+//! - a model is left for the next on connect errors, timeouts, 408, 409, 429, 5xx, 529, an
+//!   in-band error or cut before content, no first token within `ttft_ms_max` (streaming) or
+//!   no answer within `timeout_ms` (non-streaming), and a quiet stream over `idle_ms_max`
+//!   before the first token;
+//! - 400, 401, 403, 404, 413, 422 and quota/billing errors end the request at once;
+//! - once content has been handed on, there is no fallback: a failure ends the answer with an
+//!   error, which the HTTP layer sends in-band with no `[DONE]`;
+//! - a `Retry-After` / `retryDelay` up to `retry_after_ms_max` is waited out and the last model
+//!   retried once; with other models left we move on at once (no dead air);
+//! - a provider with `breaker_failures` consecutive failures is skipped for
+//!   `breaker_cooldown_ms`, then probed with one request.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::{timeout, Instant};
+
+use super::breaker::Breaker;
+use super::error::ProviderError;
+use super::providers::{self, EventStream, HttpSettings, Provider};
+use super::types::{ChatRequest, Event, Usage};
+use super::usage::{cost_picousd, Outcome, Record, UsageBook};
+use crate::config::{
+    Config, GatewaySettings, ModelConfig, ProviderKind, RouteConfig, DEFAULT_IDLE_MS_MAX, DEFAULT_TIMEOUT_MS, DEFAULT_TTFT_MS_MAX,
+};
+use crate::metrics::Metrics;
+
+/// A provider with its breaker.
+pub struct ProviderSlot {
+    pub id: String,
+    pub provider: Provider,
+    pub breaker: Breaker,
+}
+
+/// Where usage and metrics go; shared with every live [`Answer`].
+#[derive(Default)]
+pub struct Accounts {
+    pub usage: UsageBook,
+    pub metrics: Metrics,
+}
+
+/// One try at one model.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub model: String,
+    pub provider: String,
+    /// `ok`, `skipped_breaker_open`, or the error's kind (`rate_limited`, `timeout` …).
+    pub result: String,
+    pub status: Option<u16>,
+    pub message: Option<String>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    UnknownModel(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// The model answered with an error that retrying or falling back cannot fix.
+    #[error("model {model} rejected the request: {error}")]
+    Rejected { model: String, error: ProviderError, attempts: Vec<Attempt> },
+    /// Every model failed (or was skipped).
+    #[error("{}", all_failed_message(.attempts))]
+    AllFailed { attempts: Vec<Attempt>, last: Option<ProviderError> },
+}
+
+fn all_failed_message(attempts: &[Attempt]) -> String {
+    let list: Vec<String> =
+        attempts.iter().map(|a| format!("{} ({}): {}", a.model, a.provider, a.message.as_deref().unwrap_or(&a.result))).collect();
+    format!("all {} attempts failed: {}", attempts.len(), list.join("; "))
+}
+
+impl GatewayError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayError::UnknownModel(_) => "model_not_found",
+            GatewayError::Invalid(_) => "invalid_request",
+            GatewayError::Rejected { .. } => "upstream_rejected",
+            GatewayError::AllFailed { .. } => "all_models_failed",
+        }
+    }
+
+    pub fn attempts(&self) -> &[Attempt] {
+        match self {
+            GatewayError::Rejected { attempts, .. } | GatewayError::AllFailed { attempts, .. } => attempts,
+            _ => &[],
+        }
+    }
+}
+
+/// The ordered candidates and deadlines for one request.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub requested: String,
+    pub candidates: Vec<String>,
+    pub ttft: Duration,
+    pub idle: Duration,
+    pub timeout: Duration,
+}
+
+pub struct Gateway {
+    providers: HashMap<String, Arc<ProviderSlot>>,
+    models: BTreeMap<String, ModelConfig>,
+    routes: BTreeMap<String, RouteConfig>,
+    settings: GatewaySettings,
+    pub accounts: Arc<Accounts>,
+}
+
+impl Gateway {
+    pub fn new(config: &Config) -> Result<Gateway, GatewayError> {
+        let mut providers = HashMap::new();
+        for (id, p) in &config.providers {
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_millis(p.connect_timeout_ms))
+                .tcp_nodelay(true)
+                .pool_idle_timeout(Duration::from_secs(90))
+                .build()
+                .map_err(|e| GatewayError::Invalid(format!("provider {id}: cannot build HTTP client: {e}")))?;
+            let http = HttpSettings { base_url: p.base_url.clone(), api_key: p.api_key.clone(), client };
+            let provider = match p.kind {
+                ProviderKind::Openai => Provider::OpenAi(providers::openai::OpenAi::new(http)),
+                ProviderKind::Anthropic => Provider::Anthropic(providers::anthropic::Anthropic::new(http)),
+                ProviderKind::Gemini => Provider::Gemini(providers::gemini::Gemini::new(http)),
+                ProviderKind::Embedded => Provider::Embedded(providers::embedded::Embedded::new(
+                    p.model_path.clone().unwrap_or_else(|| config.models_dir.join(crate::config::EMBEDDED_LLM_FILE)),
+                )),
+                ProviderKind::Fake => Provider::Fake(providers::fake::Fake::new()),
+            };
+            let breaker = Breaker::new(config.gateway.breaker_failures, Duration::from_millis(config.gateway.breaker_cooldown_ms));
+            providers.insert(id.clone(), Arc::new(ProviderSlot { id: id.clone(), provider, breaker }));
+        }
+        Ok(Gateway {
+            providers,
+            models: config.models.clone(),
+            routes: config.routes.clone(),
+            settings: config.gateway.clone(),
+            accounts: Arc::new(Accounts::default()),
+        })
+    }
+
+    pub fn models(&self) -> &BTreeMap<String, ModelConfig> {
+        &self.models
+    }
+
+    pub fn routes(&self) -> &BTreeMap<String, RouteConfig> {
+        &self.routes
+    }
+
+    pub fn provider(&self, id: &str) -> Option<&Arc<ProviderSlot>> {
+        self.providers.get(id)
+    }
+
+    /// Resolve the request's `model` (a route or a model) and optional `models` list.
+    pub fn plan(&self, request: &ChatRequest) -> Result<Plan, GatewayError> {
+        let route = self.routes.get(&request.model);
+        let mut candidates = Vec::new();
+        let names: Vec<&String> = if !request.models.is_empty() { request.models.iter().collect() } else { vec![&request.model] };
+        for name in names {
+            if let Some(r) = self.routes.get(name) {
+                candidates.extend(r.models.iter().cloned());
+            } else if self.models.contains_key(name) {
+                candidates.push(name.clone());
+            } else {
+                return Err(GatewayError::UnknownModel(self.unknown_message(name)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        candidates.retain(|m| seen.insert(m.clone()));
+        Ok(Plan {
+            requested: request.model.clone(),
+            candidates,
+            ttft: Duration::from_millis(route.map_or(DEFAULT_TTFT_MS_MAX, |r| r.ttft_ms_max)),
+            idle: Duration::from_millis(route.map_or(DEFAULT_IDLE_MS_MAX, |r| r.idle_ms_max)),
+            timeout: Duration::from_millis(route.map_or(DEFAULT_TIMEOUT_MS, |r| r.timeout_ms)),
+        })
+    }
+
+    fn unknown_message(&self, name: &str) -> String {
+        let mut known: Vec<&str> = self.routes.keys().map(String::as_str).collect();
+        known.extend(self.models.keys().map(String::as_str));
+        let shown: Vec<&str> = known.iter().take(12).copied().collect();
+        format!(
+            "The model `{name}` does not exist on this voxgate: it is neither a route nor a model whose provider is configured. Known names: {}{}. Hosted models appear once their provider's key variable (OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY, GROQ_API_KEY) is set.",
+            shown.join(", "),
+            if known.len() > shown.len() { ", …" } else { "" }
+        )
+    }
+
+    /// Run the request through its candidates until one produces content.
+    pub async fn start(&self, request: &ChatRequest, key: &str) -> Result<Answer, GatewayError> {
+        let began = Instant::now();
+        let plan = match self.plan(request) {
+            Ok(p) => p,
+            Err(e) => {
+                self.record_failure(key, &request.model, began);
+                return Err(e);
+            }
+        };
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut last: Option<ProviderError> = None;
+
+        // First pass honours breakers; if every candidate was skipped, try them anyway rather
+        // than answer with an error nobody tried to avoid.
+        for respect_breakers in [true, false] {
+            if !respect_breakers && attempts.iter().any(|a| a.result != "skipped_breaker_open") {
+                break;
+            }
+            for (i, model_id) in plan.candidates.iter().enumerate() {
+                let model = &self.models[model_id];
+                let Some(slot) = self.providers.get(&model.provider).cloned() else { continue };
+                if respect_breakers && !slot.breaker.try_acquire() {
+                    attempts.push(Attempt {
+                        model: model_id.clone(),
+                        provider: slot.id.clone(),
+                        result: "skipped_breaker_open".into(),
+                        status: None,
+                        message: Some("circuit breaker open after recent failures".into()),
+                        elapsed: Duration::ZERO,
+                    });
+                    continue;
+                }
+                let is_last = i + 1 == plan.candidates.len();
+                let mut retried = false;
+                loop {
+                    let t0 = Instant::now();
+                    let result = attempt(&slot, model, request, &plan).await;
+                    let elapsed = t0.elapsed();
+                    match result {
+                        Ok((held, stream)) => {
+                            slot.breaker.record_success();
+                            attempts.push(Attempt {
+                                model: model_id.clone(),
+                                provider: slot.id.clone(),
+                                result: "ok".into(),
+                                status: Some(200),
+                                message: None,
+                                elapsed,
+                            });
+                            self.count_attempts(&attempts);
+                            let ttft = began.elapsed();
+                            let fell_back = attempts.len() > 1;
+                            return Ok(Answer {
+                                id: format!("chatcmpl-{}", super::ids::random_suffix()),
+                                created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                                model: model_id.clone(),
+                                attempts,
+                                held,
+                                stream: Some(stream),
+                                idle: plan.idle,
+                                accounting: Accounting {
+                                    accounts: self.accounts.clone(),
+                                    slot,
+                                    prices: model.clone(),
+                                    key: key.to_string(),
+                                    began,
+                                    ttft: Some(ttft),
+                                    fell_back,
+                                    usage: Usage::default(),
+                                    done: false,
+                                },
+                            });
+                        }
+                        Err(error) => {
+                            tracing::info!(model = %model_id, provider = %slot.id, kind = error.kind(), error = %error, "attempt failed");
+                            let status = match &error {
+                                ProviderError::Http { status, .. } => Some(*status),
+                                _ => None,
+                            };
+                            attempts.push(Attempt {
+                                model: model_id.clone(),
+                                provider: slot.id.clone(),
+                                result: error.kind().into(),
+                                status,
+                                message: Some(error.to_string()),
+                                elapsed,
+                            });
+                            if !error.is_retryable() {
+                                // Our client's request (or our account) is at fault; the
+                                // provider is healthy, so the breaker is left alone.
+                                slot.breaker.release();
+                                self.count_attempts(&attempts);
+                                self.record_failure(key, &plan.requested, began);
+                                return Err(GatewayError::Rejected { model: model_id.clone(), error, attempts });
+                            }
+                            let retry_after = match &error {
+                                ProviderError::Http { retry_after, .. } => *retry_after,
+                                _ => None,
+                            };
+                            slot.breaker.record_failure();
+                            last = Some(error);
+                            let cap = Duration::from_millis(self.settings.retry_after_ms_max);
+                            match retry_after {
+                                Some(wait) if is_last && !retried && wait <= cap => {
+                                    retried = true;
+                                    tokio::time::sleep(wait).await;
+                                    continue;
+                                }
+                                _ => break,
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.count_attempts(&attempts);
+        self.record_failure(key, &plan.requested, began);
+        Err(GatewayError::AllFailed { attempts, last })
+    }
+
+    fn count_attempts(&self, attempts: &[Attempt]) {
+        let m = &self.accounts.metrics;
+        for (i, a) in attempts.iter().enumerate() {
+            m.inc("voxgate_gateway_attempts_total", &[("provider", &a.provider), ("model", &a.model), ("result", &a.result)]);
+            if a.result != "ok" && i + 1 < attempts.len() {
+                m.inc("voxgate_gateway_fallbacks_total", &[("reason", &a.result)]);
+            }
+        }
+        for slot in self.providers.values() {
+            let open = slot.breaker.state() == super::breaker::BreakerState::Open;
+            m.set("voxgate_gateway_breaker_open", &[("provider", &slot.id)], if open { 1.0 } else { 0.0 });
+        }
+    }
+
+    fn record_failure(&self, key: &str, requested: &str, began: Instant) {
+        self.accounts.metrics.inc("voxgate_gateway_requests_total", &[("model", requested), ("outcome", "error")]);
+        self.accounts.usage.record(&Record {
+            key: key.to_string(),
+            model: requested.to_string(),
+            outcome: Outcome::Error,
+            usage: Usage::default(),
+            cost_picousd: 0,
+            fell_back: false,
+            ttft: None,
+            latency: began.elapsed(),
+        });
+    }
+}
+
+/// Call one model and wait for its first content event (holding back role-only and empty
+/// frames), within the deadlines of the plan.
+async fn attempt(
+    slot: &ProviderSlot,
+    model: &ModelConfig,
+    request: &ChatRequest,
+    plan: &Plan,
+) -> Result<(VecDeque<Event>, EventStream), ProviderError> {
+    let idle = plan.idle;
+    let until_content = async {
+        let mut stream = slot.provider.send(request, &model.upstream, request.stream).await?;
+        let mut held = VecDeque::new();
+        loop {
+            match timeout(idle, stream.next()).await {
+                Err(_) => {
+                    return Err(ProviderError::Timeout(format!(
+                        "the stream went quiet for {} ms before its first token (idle_ms_max)",
+                        idle.as_millis()
+                    )));
+                }
+                // Ended without content: an empty answer is still an answer.
+                Ok(None) => return Ok((held, stream)),
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(Some(Ok(event))) => {
+                    let content = event.is_content();
+                    held.push_back(event);
+                    if content {
+                        return Ok((held, stream));
+                    }
+                }
+            }
+        }
+    };
+    let (limit, what) =
+        if request.stream { (plan.ttft, "no first token within ttft_ms_max") } else { (plan.timeout, "no answer within timeout_ms") };
+    match timeout(limit, until_content).await {
+        Ok(result) => result,
+        Err(_) => Err(ProviderError::Timeout(format!("{what} ({} ms)", limit.as_millis()))),
+    }
+}
+
+struct Accounting {
+    accounts: Arc<Accounts>,
+    slot: Arc<ProviderSlot>,
+    prices: ModelConfig,
+    key: String,
+    began: Instant,
+    ttft: Option<Duration>,
+    fell_back: bool,
+    usage: Usage,
+    done: bool,
+}
+
+impl Accounting {
+    fn finish(&mut self, outcome: Outcome) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let cost = cost_picousd(&self.usage, &self.prices);
+        let model = self.prices.id.as_str();
+        let m = &self.accounts.metrics;
+        m.inc("voxgate_gateway_requests_total", &[("model", model), ("outcome", outcome.as_str())]);
+        for (kind, n) in [
+            ("input", self.usage.input_tokens),
+            ("output", self.usage.output_tokens),
+            ("cached_input", self.usage.cached_input_tokens),
+            ("cache_write", self.usage.cache_write_tokens),
+        ] {
+            if n > 0 {
+                m.add("voxgate_gateway_tokens_total", &[("model", model), ("kind", kind)], n as f64);
+            }
+        }
+        m.add("voxgate_gateway_cost_usd_total", &[("model", model)], super::usage::picousd_to_usd(cost));
+        if let Some(t) = self.ttft {
+            m.observe("voxgate_gateway_ttft_seconds", &[("model", model)], t.as_secs_f64());
+        }
+        let latency = self.began.elapsed();
+        if outcome == Outcome::Ok {
+            m.observe("voxgate_gateway_request_duration_seconds", &[("model", model)], latency.as_secs_f64());
+        }
+        self.accounts.usage.record(&Record {
+            key: self.key.clone(),
+            model: model.to_string(),
+            outcome,
+            usage: self.usage,
+            cost_picousd: cost,
+            fell_back: self.fell_back,
+            ttft: self.ttft,
+            latency,
+        });
+    }
+}
+
+/// A committed answer: the model that serves it is fixed. Read it with [`Answer::next`]; the
+/// usage is recorded when it ends, or as cancelled when it is dropped before its end.
+pub struct Answer {
+    pub id: String,
+    pub created: u64,
+    /// The catalog id of the model that served.
+    pub model: String,
+    pub attempts: Vec<Attempt>,
+    held: VecDeque<Event>,
+    stream: Option<EventStream>,
+    idle: Duration,
+    accounting: Accounting,
+}
+
+impl Answer {
+    /// The next event; `None` after the end. After an `Err` the answer is over: the HTTP layer
+    /// reports it in-band (content may already have reached the client).
+    pub async fn next(&mut self) -> Option<Result<Event, ProviderError>> {
+        let event = match self.held.pop_front() {
+            Some(e) => Ok(e),
+            None => {
+                let stream = self.stream.as_mut()?;
+                match timeout(self.idle, stream.next()).await {
+                    Ok(Some(r)) => r,
+                    Ok(None) => {
+                        self.stream = None;
+                        self.accounting.finish(Outcome::Ok);
+                        return None;
+                    }
+                    Err(_) => Err(ProviderError::Timeout(format!("the stream went quiet for {} ms (idle_ms_max)", self.idle.as_millis()))),
+                }
+            }
+        };
+        match event {
+            Ok(Event::Usage(u)) => {
+                self.accounting.usage = u;
+                Some(Ok(Event::Usage(u)))
+            }
+            Ok(e) => Some(Ok(e)),
+            Err(e) => {
+                // Drop the upstream at once; the provider failed mid-answer.
+                self.stream = None;
+                self.held.clear();
+                self.accounting.slot.breaker.record_failure();
+                self.accounting.finish(Outcome::Error);
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// `model=result` for each attempt, for the `x-voxgate-attempts` header.
+    pub fn attempts_header(&self) -> String {
+        attempts_header(&self.attempts)
+    }
+}
+
+pub fn attempts_header(attempts: &[Attempt]) -> String {
+    attempts.iter().map(|a| format!("{}={}", a.model, a.result)).collect::<Vec<_>>().join(", ")
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        // Dropping the stream closes the upstream connection; record what we know.
+        self.stream = None;
+        self.accounting.finish(Outcome::Cancelled);
+    }
+}

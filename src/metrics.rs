@@ -1,0 +1,146 @@
+//! A small Prometheus registry: counters, gauges and histograms keyed by name and labels,
+//! rendered in the text exposition format. Every metric is declared in [`METRICS`] (and listed
+//! in `docs/metrics.md`); label values are model, provider and outcome names, never secrets.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// (name, kind, help) of every metric voxgate exports.
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    ("voxgate_gateway_requests_total", Kind::Counter, "Gateway requests by model that served (or requested name) and outcome."),
+    ("voxgate_gateway_attempts_total", Kind::Counter, "Upstream attempts by provider, model and result (ok or an error kind)."),
+    ("voxgate_gateway_fallbacks_total", Kind::Counter, "Moves to the next model, by the error kind that caused them."),
+    ("voxgate_gateway_tokens_total", Kind::Counter, "Tokens by model and kind (input, output, cached_input, cache_write)."),
+    ("voxgate_gateway_cost_usd_total", Kind::Counter, "List-price cost in USD by model (zero markup)."),
+    ("voxgate_gateway_ttft_seconds", Kind::Histogram, "Time from request to first content token, by model that served."),
+    ("voxgate_gateway_request_duration_seconds", Kind::Histogram, "Time from request to end of answer, by model that served."),
+    ("voxgate_gateway_breaker_open", Kind::Gauge, "1 while a provider's circuit breaker is open, by provider."),
+    ("voxgate_http_requests_total", Kind::Counter, "HTTP requests by route and status code."),
+];
+
+const BUCKETS_S: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    values: BTreeMap<(&'static str, String), f64>,
+    histograms: BTreeMap<(&'static str, String), Histogram>,
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+fn label_text(labels: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let _ = write!(s, "{k}=\"{v}\"");
+    }
+    s
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
+        *self.lock().values.entry((name, label_text(labels))).or_insert(0.0) += v;
+    }
+
+    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
+        self.add(name, labels, 1.0);
+    }
+
+    pub fn set(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
+        self.lock().values.insert((name, label_text(labels)), v);
+    }
+
+    pub fn observe(&self, name: &'static str, labels: &[(&str, &str)], seconds: f64) {
+        let mut inner = self.lock();
+        let h = inner
+            .histograms
+            .entry((name, label_text(labels)))
+            .or_insert_with(|| Histogram { counts: vec![0; BUCKETS_S.len()], ..Histogram::default() });
+        for (i, b) in BUCKETS_S.iter().enumerate() {
+            if seconds <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += seconds;
+        h.count += 1;
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let inner = self.lock();
+        let mut out = String::new();
+        for (name, kind, help) in METRICS {
+            let kind_text = match kind {
+                Kind::Counter => "counter",
+                Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_text}");
+            if *kind == Kind::Histogram {
+                for ((n, labels), h) in inner.histograms.range((*name, String::new())..) {
+                    if n != name {
+                        break;
+                    }
+                    let sep = if labels.is_empty() { "" } else { "," };
+                    for (i, b) in BUCKETS_S.iter().enumerate() {
+                        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", h.counts[i]);
+                    }
+                    let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
+                    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+                    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+                }
+            } else {
+                for ((n, labels), v) in inner.values.range((*name, String::new())..) {
+                    if n != name {
+                        break;
+                    }
+                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms() {
+        let m = Metrics::default();
+        m.inc("voxgate_gateway_requests_total", &[("model", "a\"b"), ("outcome", "ok")]);
+        m.inc("voxgate_gateway_requests_total", &[("model", "a\"b"), ("outcome", "ok")]);
+        m.observe("voxgate_gateway_ttft_seconds", &[("model", "m")], 0.02);
+        let text = m.render();
+        assert!(text.contains("voxgate_gateway_requests_total{model=\"a\\\"b\",outcome=\"ok\"} 2"), "{text}");
+        assert!(text.contains("voxgate_gateway_ttft_seconds_bucket{model=\"m\",le=\"0.025\"} 1"), "{text}");
+        assert!(text.contains("voxgate_gateway_ttft_seconds_bucket{model=\"m\",le=\"0.01\"} 0"), "{text}");
+        assert!(text.contains("voxgate_gateway_ttft_seconds_count{model=\"m\"} 1"), "{text}");
+    }
+}

@@ -1,0 +1,76 @@
+//! Starting and stopping the whole server: check the config is safe to serve, build the
+//! gateway, bind, serve until shutdown, then drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::llm::router::Gateway;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("refusing to listen on {0} without API keys: anyone who can reach it could spend your provider credits. Set [auth] api_keys (e.g. api_keys = [\"env:VOXGATE_API_KEY\"]) or listen on a loopback address such as 127.0.0.1:8080.")]
+    OpenWithoutKeys(std::net::SocketAddr),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Gateway(#[from] crate::llm::router::GatewayError),
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Without gateway keys only loopback listening is allowed.
+pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
+    if config.api_keys.is_empty() && !config.listen.ip().is_loopback() {
+        return Err(ServerError::OpenWithoutKeys(config.listen));
+    }
+    Ok(())
+}
+
+/// A server that has bound its socket and is ready to run.
+pub struct Server {
+    pub listener: tokio::net::TcpListener,
+    pub state: Arc<AppState>,
+}
+
+impl Server {
+    pub async fn bind(config: &Config) -> Result<Server, ServerError> {
+        check_exposure(config)?;
+        let gateway = Arc::new(Gateway::new(config)?);
+        for slot in config.providers.keys().filter_map(|id| gateway.provider(id)) {
+            if let crate::llm::providers::Provider::Embedded(e) = &slot.provider {
+                if let Err(message) = e.check() {
+                    tracing::warn!(provider = %slot.id, "{message}");
+                }
+            }
+        }
+        let listener =
+            tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let state = Arc::new(AppState::new(config, gateway));
+        Ok(Server { listener, state })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `shutdown` is cancelled; in-flight responses get `drain` to finish.
+    pub async fn run(self, shutdown: CancellationToken, drain: Duration) -> Result<(), ServerError> {
+        let addr = self.local_addr()?;
+        tracing::info!(%addr, "voxgate listening");
+        let stopped = shutdown.clone();
+        let serving = http::serve(self.listener, self.state, shutdown);
+        tokio::pin!(serving);
+        tokio::select! {
+            r = &mut serving => r?,
+            _ = async { stopped.cancelled().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(drain_ms = drain.as_millis() as u64, "shutdown deadline passed; closing remaining connections");
+            }
+        }
+        tracing::info!("voxgate stopped");
+        Ok(())
+    }
+}
