@@ -12,18 +12,11 @@ use voxgate::llm::types::{ChatRequest, Event, FinishReason, Usage};
 use voxgate::secret::Secret;
 
 fn provider(base_url: &str) -> Gemini {
-    Gemini::new(HttpSettings {
-        base_url: base_url.to_string(),
-        api_key: Some(Secret::new("test-key")),
-        client: reqwest::Client::new(),
-    })
+    Gemini::new(HttpSettings { base_url: base_url.to_string(), api_key: Some(Secret::new("test-key")), client: reqwest::Client::new() })
 }
 
 fn ask(text: &str) -> ChatRequest {
-    serde_json::from_value(
-        json!({"model": "voice", "messages": [{"role": "user", "content": text}]}),
-    )
-    .unwrap()
+    serde_json::from_value(json!({"model": "voice", "messages": [{"role": "user", "content": text}]})).unwrap()
 }
 
 fn with_weather_tool(mut request: ChatRequest) -> ChatRequest {
@@ -49,10 +42,7 @@ async fn collect(mut stream: EventStream) -> (Vec<Event>, Option<ProviderError>)
 
 async fn run(scenario: &str, request: &ChatRequest, stream: bool) -> Vec<Event> {
     let (base, _rec) = gemini::start().await;
-    let events = provider(&base)
-        .send(request, scenario, stream)
-        .await
-        .unwrap();
+    let events = provider(&base).send(request, scenario, stream).await.unwrap();
     let (events, err) = collect(events).await;
     assert!(err.is_none(), "{scenario}: {err:?}");
     events
@@ -73,79 +63,43 @@ fn calls_of(events: &[Event]) -> Vec<(u32, String, String, Value)> {
     let mut calls: Vec<(u32, String, String, String)> = Vec::new();
     for e in events {
         match e {
-            Event::ToolCallStart { index, id, name } => {
-                calls.push((*index, id.clone(), name.clone(), String::new()))
-            }
+            Event::ToolCallStart { index, id, name } => calls.push((*index, id.clone(), name.clone(), String::new())),
             Event::ToolCallArgs { index, arguments } => {
-                let call = calls
-                    .iter_mut()
-                    .find(|c| c.0 == *index)
-                    .expect("args before start");
+                let call = calls.iter_mut().find(|c| c.0 == *index).expect("args before start");
                 call.3.push_str(arguments);
             }
             _ => {}
         }
     }
-    calls
-        .into_iter()
-        .map(|(i, id, name, args)| (i, id, name, serde_json::from_str(&args).unwrap()))
-        .collect()
+    calls.into_iter().map(|(i, id, name, args)| (i, id, name, serde_json::from_str(&args).unwrap())).collect()
 }
 
-const FAKE_USAGE: Usage = Usage {
-    input_tokens: 10,
-    output_tokens: 7,
-    cached_input_tokens: 2,
-    cache_write_tokens: 0,
-    reasoning_tokens: 3,
-};
+const FAKE_USAGE: Usage = Usage { input_tokens: 10, output_tokens: 7, cached_input_tokens: 2, cache_write_tokens: 0, reasoning_tokens: 3 };
 
 #[tokio::test]
 async fn streamed_text_arrives_whole_with_one_final_usage() {
     let (base, rec) = gemini::start().await;
-    let stream = provider(&base)
-        .send(&ask("Hi"), "text", true)
-        .await
-        .unwrap();
+    let stream = provider(&base).send(&ask("Hi"), "text", true).await.unwrap();
     let (events, err) = collect(stream).await;
     assert!(err.is_none(), "{err:?}");
-    assert_eq!(
-        text_of(&events),
-        "Hello, world!",
-        "thought summaries must not leak"
-    );
+    assert_eq!(text_of(&events), "Hello, world!", "thought summaries must not leak");
     let n = events.len();
     assert_eq!(events[n - 2], Event::Finish(FinishReason::Stop));
     assert_eq!(events[n - 1], Event::Usage(FAKE_USAGE));
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| matches!(e, Event::Usage(_)))
-            .count(),
-        1
-    );
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::Usage(_))).count(), 1);
 
     let r = rec.last();
     assert_eq!(r.path, "/v1beta/models/text:streamGenerateContent");
     assert_eq!(r.query, "alt=sse");
     assert_eq!(r.header("x-goog-api-key"), Some("test-key"));
-    assert!(
-        !r.query.contains("key") && !r.path.contains("test-key"),
-        "key leaked into URL"
-    );
-    assert_eq!(
-        r.body["contents"],
-        json!([{"role": "user", "parts": [{"text": "Hi"}]}])
-    );
+    assert!(!r.query.contains("key") && !r.path.contains("test-key"), "key leaked into URL");
+    assert_eq!(r.body["contents"], json!([{"role": "user", "parts": [{"text": "Hi"}]}]));
 }
 
 #[tokio::test]
 async fn one_shot_text_uses_generate_content() {
     let (base, rec) = gemini::start().await;
-    let stream = provider(&base)
-        .send(&ask("Hi"), "text", false)
-        .await
-        .unwrap();
+    let stream = provider(&base).send(&ask("Hi"), "text", false).await.unwrap();
     let (events, err) = collect(stream).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(
@@ -167,17 +121,11 @@ async fn one_shot_text_uses_generate_content() {
 #[tokio::test]
 async fn base_url_path_prefix_is_kept() {
     let (base, rec) = gemini::start().await;
-    let events = provider(&format!("{base}/proxy/"))
-        .send(&ask("Hi"), "models/text", true)
-        .await
-        .unwrap();
+    let events = provider(&format!("{base}/proxy/")).send(&ask("Hi"), "models/text", true).await.unwrap();
     let (events, err) = collect(events).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(text_of(&events), "Hello, world!");
-    assert_eq!(
-        rec.last().path,
-        "/proxy/v1beta/models/text:streamGenerateContent"
-    );
+    assert_eq!(rec.last().path, "/proxy/v1beta/models/text:streamGenerateContent");
 }
 
 #[tokio::test]
@@ -191,10 +139,7 @@ async fn tool_call_gets_an_id_and_a_tool_calls_finish() {
         assert_eq!((*index, name.as_str()), (0, "get_weather"));
         assert!(id.starts_with("call_") && id.len() > 10, "{id}");
         assert_eq!(args, &json!({"city": "Paris"}));
-        assert!(
-            events.contains(&Event::Finish(FinishReason::ToolCalls)),
-            "stream={stream}"
-        );
+        assert!(events.contains(&Event::Finish(FinishReason::ToolCalls)), "stream={stream}");
         assert!(!events.contains(&Event::Finish(FinishReason::Stop)));
     }
 }
@@ -245,44 +190,20 @@ async fn tool_result_round_trip_names_the_function() {
 
     let requests = rec.all();
     assert_eq!(requests.len(), 2);
-    assert_eq!(
-        requests[0].body["toolConfig"]["functionCallingConfig"]["mode"],
-        "ANY"
-    );
+    assert_eq!(requests[0].body["toolConfig"]["functionCallingConfig"]["mode"], "ANY");
     let body = &requests[1].body;
-    assert_eq!(
-        body["systemInstruction"],
-        json!({"parts": [{"text": "You are a weather bot."}]})
-    );
+    assert_eq!(body["systemInstruction"], json!({"parts": [{"text": "You are a weather bot."}]}));
     let contents = body["contents"].as_array().unwrap();
-    let roles: Vec<&str> = contents
-        .iter()
-        .map(|c| c["role"].as_str().unwrap())
-        .collect();
+    let roles: Vec<&str> = contents.iter().map(|c| c["role"].as_str().unwrap()).collect();
     assert_eq!(roles, ["user", "model", "user"]);
     let call = &contents[1]["parts"][0];
-    assert_eq!(
-        call["functionCall"],
-        json!({"name": "get_weather", "args": {"city": "Paris"}})
-    );
-    assert!(
-        call["thoughtSignature"].is_string(),
-        "Gemini 3 needs a signature: {call}"
-    );
-    assert_eq!(
-        contents[2]["parts"],
-        json!([{"functionResponse": {"name": "get_weather", "response": {"temp_c": 18, "sky": "clear"}}}])
-    );
+    assert_eq!(call["functionCall"], json!({"name": "get_weather", "args": {"city": "Paris"}}));
+    assert!(call["thoughtSignature"].is_string(), "Gemini 3 needs a signature: {call}");
+    assert_eq!(contents[2]["parts"], json!([{"functionResponse": {"name": "get_weather", "response": {"temp_c": 18, "sky": "clear"}}}]));
     let declaration = &body["tools"][0]["functionDeclarations"][0];
     assert_eq!(declaration["name"], "get_weather");
-    assert_eq!(
-        declaration["parametersJsonSchema"]["required"],
-        json!(["city"])
-    );
-    assert_eq!(
-        body["toolConfig"]["functionCallingConfig"],
-        json!({"mode": "AUTO"})
-    );
+    assert_eq!(declaration["parametersJsonSchema"]["required"], json!(["city"]));
+    assert_eq!(body["toolConfig"]["functionCallingConfig"], json!({"mode": "AUTO"}));
     for r in &requests {
         assert_eq!(r.header("x-goog-api-key"), Some("test-key"));
         assert_eq!(r.query, "alt=sse");
@@ -319,16 +240,7 @@ async fn send_error(scenario: &str, stream: bool) -> ProviderError {
 async fn rate_limit_is_retryable_after_the_retry_delay() {
     for stream in [true, false] {
         let e = send_error("rate_limited", stream).await;
-        let ProviderError::Http {
-            status,
-            code,
-            retry_after,
-            quota,
-            ..
-        } = &e
-        else {
-            panic!("{e:?}")
-        };
+        let ProviderError::Http { status, code, retry_after, quota, .. } = &e else { panic!("{e:?}") };
         assert_eq!(*status, 429);
         assert_eq!(code.as_deref(), Some("RESOURCE_EXHAUSTED"));
         assert_eq!(*retry_after, Some(Duration::from_secs(2)));
@@ -341,15 +253,7 @@ async fn rate_limit_is_retryable_after_the_retry_delay() {
 #[tokio::test]
 async fn daily_quota_fails_over_without_a_wait() {
     let e = send_error("quota", true).await;
-    let ProviderError::Http {
-        status,
-        retry_after,
-        quota,
-        ..
-    } = &e
-    else {
-        panic!("{e:?}")
-    };
+    let ProviderError::Http { status, retry_after, quota, .. } = &e else { panic!("{e:?}") };
     assert_eq!(*status, 429);
     assert_eq!(*retry_after, None, "a daily quota will not clear in 22 s");
     assert!(!quota);
@@ -359,26 +263,17 @@ async fn daily_quota_fails_over_without_a_wait() {
 #[tokio::test]
 async fn overload_is_retryable() {
     let e = send_error("overloaded", true).await;
-    assert!(
-        matches!(&e, ProviderError::Http { status: 503, code: Some(c), .. } if c == "UNAVAILABLE"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ProviderError::Http { status: 503, code: Some(c), .. } if c == "UNAVAILABLE"), "{e:?}");
     assert!(e.is_retryable());
 }
 
 #[tokio::test]
 async fn client_errors_are_not_retried() {
     let e = send_error("bad_request", true).await;
-    assert!(
-        matches!(&e, ProviderError::Http { status: 400, code: Some(c), .. } if c == "INVALID_ARGUMENT"),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ProviderError::Http { status: 400, code: Some(c), .. } if c == "INVALID_ARGUMENT"), "{e:?}");
     assert!(!e.is_retryable());
     let e = send_error("unauthorized", false).await;
-    assert!(
-        matches!(&e, ProviderError::Http { status: 401, .. }),
-        "{e:?}"
-    );
+    assert!(matches!(&e, ProviderError::Http { status: 401, .. }), "{e:?}");
     assert!(!e.is_retryable());
 }
 
@@ -391,18 +286,10 @@ async fn stalled_stream_hangs_until_dropped() {
     let waited = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(waited.is_err(), "a stall must hang, not end: {waited:?}");
     drop(stream);
-    assert!(
-        support::eventually(|| rec.dropped_early() == 1).await,
-        "upstream body not released"
-    );
+    assert!(support::eventually(|| rec.dropped_early() == 1).await, "upstream body not released");
 
-    let mut stream = gemini
-        .send(&ask("Hi"), "stall_after_content", true)
-        .await
-        .unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .unwrap();
+    let mut stream = gemini.send(&ask("Hi"), "stall_after_content", true).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap();
     assert_eq!(first.unwrap().unwrap(), Event::Text("Hel".into()));
     let waited = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(waited.is_err(), "a stall must hang, not end: {waited:?}");
@@ -412,9 +299,7 @@ async fn stalled_stream_hangs_until_dropped() {
     // The one-shot method can stall too: its body never ends.
     let request = ask("Hi");
     let stream = gemini.send(&request, "stall", false);
-    assert!(tokio::time::timeout(Duration::from_millis(300), stream)
-        .await
-        .is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(300), stream).await.is_err());
 }
 
 #[tokio::test]
@@ -430,10 +315,7 @@ async fn cut_stream_is_an_error_not_an_end() {
             }
             Err(e) => e,
         };
-        assert!(
-            matches!(err, ProviderError::Stream { .. }),
-            "stream={stream}: {err:?}"
-        );
+        assert!(matches!(err, ProviderError::Stream { .. }), "stream={stream}: {err:?}");
         assert!(err.is_retryable());
     }
 }
@@ -441,10 +323,7 @@ async fn cut_stream_is_an_error_not_an_end() {
 #[tokio::test]
 async fn clean_end_without_finish_reason_is_an_error() {
     let (base, _rec) = gemini::start().await;
-    let stream = provider(&base)
-        .send(&ask("Hi"), "closed_early", true)
-        .await
-        .unwrap();
+    let stream = provider(&base).send(&ask("Hi"), "closed_early", true).await.unwrap();
     let (events, err) = collect(stream).await;
     assert_eq!(events, vec![Event::Text("Hel".into())]);
     let err = err.expect("a body that ends before a finishReason is incomplete");
@@ -465,10 +344,7 @@ async fn malformed_frame_is_an_error() {
             }
             Err(e) => e,
         };
-        assert!(
-            matches!(err, ProviderError::Stream { .. }),
-            "stream={stream}: {err:?}"
-        );
+        assert!(matches!(err, ProviderError::Stream { .. }), "stream={stream}: {err:?}");
         assert!(err.to_string().contains("malformed"), "{err}");
     }
 }
@@ -476,17 +352,11 @@ async fn malformed_frame_is_an_error() {
 #[tokio::test]
 async fn midstream_error_frame_is_an_error() {
     let (base, _rec) = gemini::start().await;
-    let stream = provider(&base)
-        .send(&ask("Hi"), "midstream_error", true)
-        .await
-        .unwrap();
+    let stream = provider(&base).send(&ask("Hi"), "midstream_error", true).await.unwrap();
     let (events, err) = collect(stream).await;
     assert_eq!(events, vec![Event::Text("Hel".into())]);
     let err = err.expect("the error frame must surface");
-    assert!(
-        matches!(&err, ProviderError::Stream { code: Some(c), .. } if c == "UNAVAILABLE"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, ProviderError::Stream { code: Some(c), .. } if c == "UNAVAILABLE"), "{err:?}");
     assert!(err.is_retryable());
 }
 
@@ -497,13 +367,7 @@ async fn requests_gemini_cannot_express_fail_before_sending() {
     let orphan: ChatRequest = serde_json::from_value(json!({"model": "voice", "messages": [
         {"role": "user", "content": "Hi"}, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]}))
     .unwrap();
-    assert!(matches!(
-        gemini.send(&orphan, "text", true).await,
-        Err(ProviderError::Invalid(_))
-    ));
-    assert!(matches!(
-        gemini.send(&ask("Hi"), "text?key=1", true).await,
-        Err(ProviderError::Invalid(_))
-    ));
+    assert!(matches!(gemini.send(&orphan, "text", true).await, Err(ProviderError::Invalid(_))));
+    assert!(matches!(gemini.send(&ask("Hi"), "text?key=1", true).await, Err(ProviderError::Invalid(_))));
     assert_eq!(rec.count(), 0);
 }

@@ -30,9 +30,7 @@ use super::http::{self, decode_sse, SseDecoder};
 use super::{EventStream, HttpSettings};
 use crate::llm::error::ProviderError;
 use crate::llm::sse::SseEvent;
-use crate::llm::types::{
-    ChatRequest, Content, Event, FinishReason, Message, ResponseFormat, ToolChoice, Usage,
-};
+use crate::llm::types::{ChatRequest, Content, Event, FinishReason, Message, ResponseFormat, ToolChoice, Usage};
 
 /// The API version we speak.
 pub const API_VERSION: &str = "2023-06-01";
@@ -50,25 +48,14 @@ impl Anthropic {
         Anthropic { settings }
     }
 
-    pub async fn send(
-        &self,
-        request: &ChatRequest,
-        upstream_model: &str,
-        stream: bool,
-    ) -> Result<EventStream, ProviderError> {
+    pub async fn send(&self, request: &ChatRequest, upstream_model: &str, stream: bool) -> Result<EventStream, ProviderError> {
         let body = request_body(request, upstream_model, stream)?;
         let json_tool = uses_json_tool(&body);
         let mut headers = HeaderMap::new();
         if let Some(key) = &self.settings.api_key {
-            headers.insert(
-                HeaderName::from_static("x-api-key"),
-                http::header_value(key.expose())?,
-            );
+            headers.insert(HeaderName::from_static("x-api-key"), http::header_value(key.expose())?);
         }
-        headers.insert(
-            HeaderName::from_static("anthropic-version"),
-            HeaderValue::from_static(API_VERSION),
-        );
+        headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(API_VERSION));
         let url = self.settings.url("/v1/messages");
         let response = http::post_json(&self.settings, &url, headers, &body, parse_error).await?;
         if stream {
@@ -86,39 +73,26 @@ impl Anthropic {
 fn uses_json_tool(body: &Value) -> bool {
     body.get("tools")
         .and_then(Value::as_array)
-        .is_some_and(|tools| {
-            tools
-                .iter()
-                .any(|t| t.get("name").and_then(Value::as_str) == Some(JSON_TOOL_NAME))
-        })
+        .is_some_and(|tools| tools.iter().any(|t| t.get("name").and_then(Value::as_str) == Some(JSON_TOOL_NAME)))
 }
 
 /// The Messages API request for `request`.
-pub fn request_body(
-    request: &ChatRequest,
-    upstream_model: &str,
-    stream: bool,
-) -> Result<Value, ProviderError> {
+pub fn request_body(request: &ChatRequest, upstream_model: &str, stream: bool) -> Result<Value, ProviderError> {
     if request.n.is_some_and(|n| n > 1) {
-        return Err(ProviderError::Invalid(
-            "Anthropic returns one answer per request; n > 1 is not supported".into(),
-        ));
+        return Err(ProviderError::Invalid("Anthropic returns one answer per request; n > 1 is not supported".into()));
     }
     let (system, messages) = map_messages(&request.messages)?;
     let mut body = Map::new();
     body.insert("model".into(), json!(upstream_model));
-    body.insert(
-        "max_tokens".into(),
-        json!(request
-            .max_output_tokens()
-            .unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)),
-    );
+    body.insert("max_tokens".into(), json!(request.max_output_tokens().unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS)));
     if let Some(system) = system {
         body.insert("system".into(), json!(system));
     }
     body.insert("messages".into(), Value::Array(messages));
     if let Some(t) = request.temperature {
-        body.insert("temperature".into(), json!(t));
+        // OpenAI accepts 0..=2, Anthropic 0..=1: clamp so a fallback from an OpenAI model does
+        // not turn a valid request into a 400.
+        body.insert("temperature".into(), json!(t.min(1.0)));
     }
     if let Some(p) = request.top_p {
         body.insert("top_p".into(), json!(p));
@@ -160,11 +134,7 @@ fn map_messages(messages: &[Message]) -> Result<(Option<String>, Vec<Value>), Pr
                 continue;
             }
             Message::User { content, .. } => ("user", text_blocks(content)),
-            Message::Assistant {
-                content,
-                tool_calls,
-                ..
-            } => {
+            Message::Assistant { content, tool_calls, .. } => {
                 let mut blocks = content.as_ref().map(text_blocks).unwrap_or_default();
                 for call in tool_calls.iter().flatten() {
                     blocks.push(json!({
@@ -176,10 +146,7 @@ fn map_messages(messages: &[Message]) -> Result<(Option<String>, Vec<Value>), Pr
                 }
                 ("assistant", blocks)
             }
-            Message::Tool {
-                content,
-                tool_call_id,
-            } => {
+            Message::Tool { content, tool_call_id } => {
                 let mut block = json!({"type": "tool_result", "tool_use_id": tool_call_id});
                 let text = content.text();
                 if !text.is_empty() {
@@ -204,8 +171,7 @@ fn map_messages(messages: &[Message]) -> Result<(Option<String>, Vec<Value>), Pr
 
 fn turn_json(mut turn: Turn) -> Value {
     // `tool_result` blocks must come first in a user message.
-    turn.blocks
-        .sort_by_key(|b| b.get("type").and_then(Value::as_str) != Some("tool_result"));
+    turn.blocks.sort_by_key(|b| b.get("type").and_then(Value::as_str) != Some("tool_result"));
     // A lone text block is sent as a plain string.
     if let [only] = turn.blocks.as_slice() {
         if only.get("type").and_then(Value::as_str) == Some("text") {
@@ -221,11 +187,7 @@ fn text_blocks(content: &Content) -> Vec<Value> {
         Content::Text(s) => vec![s.as_str()],
         Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
     };
-    texts
-        .into_iter()
-        .filter(|t| !t.is_empty())
-        .map(|t| json!({"type": "text", "text": t}))
-        .collect()
+    texts.into_iter().filter(|t| !t.is_empty()).map(|t| json!({"type": "text", "text": t})).collect()
 }
 
 /// An assistant tool call's arguments as the `input` object Anthropic wants.
@@ -234,7 +196,9 @@ fn parse_arguments(name: &str, arguments: &str) -> Result<Value, ProviderError> 
         return Ok(json!({}));
     }
     let value: Value = serde_json::from_str(arguments).map_err(|e| {
-        ProviderError::Invalid(format!("the arguments of the earlier call to tool `{name}` are not valid JSON ({e}); Anthropic needs them as an object"))
+        ProviderError::Invalid(format!(
+            "the arguments of the earlier call to tool `{name}` are not valid JSON ({e}); Anthropic needs them as an object"
+        ))
     })?;
     if !value.is_object() {
         return Err(ProviderError::Invalid(format!(
@@ -263,12 +227,7 @@ fn map_tools(request: &ChatRequest) -> Result<Option<(Vec<Value>, Value)>, Provi
     }
     let client_tools = !tools.is_empty();
     let json_schema = match &request.response_format {
-        Some(ResponseFormat::JsonSchema { json_schema }) => Some(
-            json_schema
-                .schema
-                .clone()
-                .unwrap_or_else(|| json!({"type": "object"})),
-        ),
+        Some(ResponseFormat::JsonSchema { json_schema }) => Some(json_schema.schema.clone().unwrap_or_else(|| json!({"type": "object"}))),
         Some(ResponseFormat::JsonObject) => Some(json!({"type": "object"})),
         Some(ResponseFormat::Text) | None => None,
     };
@@ -279,15 +238,9 @@ fn map_tools(request: &ChatRequest) -> Result<Option<(Vec<Value>, Value)>, Provi
             "auto" => Some(json!({"type": "auto"})),
             "required" => Some(json!({"type": "any"})),
             // `none` leaves the tools out entirely (`tools_enabled` is false), so this is unreachable.
-            other => {
-                return Err(ProviderError::Invalid(format!(
-                    "unknown tool_choice `{other}`"
-                )))
-            }
+            other => return Err(ProviderError::Invalid(format!("unknown tool_choice `{other}`"))),
         },
-        (Some(ToolChoice::Named { function, .. }), true) => {
-            Some(json!({"type": "tool", "name": function.name}))
-        }
+        (Some(ToolChoice::Named { function, .. }), true) => Some(json!({"type": "tool", "name": function.name})),
     };
     if let Some(schema) = json_schema {
         if tools.iter().any(|t| t["name"] == JSON_TOOL_NAME) {
@@ -330,38 +283,16 @@ fn map_tools(request: &ChatRequest) -> Result<Option<(Vec<Value>, Value)>, Provi
 pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
     let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let err = value.get("error").filter(|e| e.is_object());
-    let message = err
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| http::short(body));
-    let code = err
-        .and_then(|e| e.get("type"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let detail_code = err
-        .and_then(|e| e.pointer("/details/error_code"))
-        .and_then(Value::as_str);
+    let message = err.and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| http::short(body));
+    let code = err.and_then(|e| e.get("type")).and_then(Value::as_str).map(str::to_string);
+    let detail_code = err.and_then(|e| e.pointer("/details/error_code")).and_then(Value::as_str);
     let lower = message.to_ascii_lowercase();
     let quota = status == 402
         || matches!(code.as_deref(), Some("billing_error" | "payment_required"))
         || detail_code == Some("enforced_spend_limit_reached")
         || (matches!(status, 400 | 403 | 429)
-            && [
-                "credit balance",
-                "spend limit",
-                "billing",
-                "out of extra usage",
-            ]
-            .iter()
-            .any(|s| lower.contains(s)));
-    ProviderError::Http {
-        status,
-        message,
-        code,
-        retry_after: http::retry_after(headers),
-        quota,
-    }
+            && ["credit balance", "spend limit", "billing", "out of extra usage"].iter().any(|s| lower.contains(s)));
+    ProviderError::Http { status, message, code, retry_after: http::retry_after(headers), quota }
 }
 
 /// What a content block of the answer turns into.
@@ -436,10 +367,7 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     /// `json_tool`: the request carried the JSON-mode tool (see the module doc).
     pub fn new(json_tool: bool) -> Self {
-        StreamDecoder {
-            json_tool,
-            ..Self::default()
-        }
+        StreamDecoder { json_tool, ..Self::default() }
     }
 
     fn block_start(&mut self, ev: &Value, out: &mut Vec<Event>) -> Result<(), ProviderError> {
@@ -451,39 +379,22 @@ impl StreamDecoder {
                 Block::Text
             }
             Some("tool_use") => {
-                let name = content
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let name = content.get("name").and_then(Value::as_str).unwrap_or_default();
                 // Anthropic starts with `input: {}` and streams the input; a proxy may send it whole.
-                let input = content
-                    .get("input")
-                    .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()));
+                let input = content.get("input").filter(|i| i.as_object().is_some_and(|o| !o.is_empty()));
                 if self.json_tool && name == JSON_TOOL_NAME {
                     if let Some(input) = input {
                         out.push(Event::Text(input.to_string()));
                     }
-                    Block::JsonText {
-                        has_text: input.is_some(),
-                    }
+                    Block::JsonText { has_text: input.is_some() }
                 } else {
                     let tool_index = self.tool_calls;
                     self.tool_calls += 1;
-                    out.push(Event::ToolCallStart {
-                        index: tool_index,
-                        id: tool_id(content),
-                        name: name.to_string(),
-                    });
+                    out.push(Event::ToolCallStart { index: tool_index, id: tool_id(content), name: name.to_string() });
                     if let Some(input) = input {
-                        out.push(Event::ToolCallArgs {
-                            index: tool_index,
-                            arguments: input.to_string(),
-                        });
+                        out.push(Event::ToolCallArgs { index: tool_index, arguments: input.to_string() });
                     }
-                    Block::Tool {
-                        index: tool_index,
-                        has_args: input.is_some(),
-                    }
+                    Block::Tool { index: tool_index, has_args: input.is_some() }
                 }
             }
             _ => Block::Ignored,
@@ -495,28 +406,20 @@ impl StreamDecoder {
     fn block_delta(&mut self, ev: &Value, out: &mut Vec<Event>) -> Result<(), ProviderError> {
         let index = block_index(ev)?;
         let Some(block) = self.blocks.get_mut(&index) else {
-            return Err(ProviderError::stream(format!(
-                "upstream sent a delta for content block {index}, which never started"
-            )));
+            return Err(ProviderError::stream(format!("upstream sent a delta for content block {index}, which never started")));
         };
         let delta = ev.get("delta").unwrap_or(&Value::Null);
         match delta.get("type").and_then(Value::as_str) {
             Some("text_delta") if *block == Block::Text => push_text(delta.get("text"), out),
             Some("input_json_delta") => {
-                let part = delta
-                    .get("partial_json")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let part = delta.get("partial_json").and_then(Value::as_str).unwrap_or_default();
                 if part.is_empty() {
                     return Ok(());
                 }
                 match block {
                     Block::Tool { index, has_args } => {
                         *has_args = true;
-                        out.push(Event::ToolCallArgs {
-                            index: *index,
-                            arguments: part.to_string(),
-                        });
+                        out.push(Event::ToolCallArgs { index: *index, arguments: part.to_string() });
                     }
                     Block::JsonText { has_text } => {
                         *has_text = true;
@@ -534,19 +437,11 @@ impl StreamDecoder {
     fn block_stop(&mut self, ev: &Value, out: &mut Vec<Event>) -> Result<(), ProviderError> {
         let index = block_index(ev)?;
         match self.blocks.get_mut(&index) {
-            Some(Block::Tool {
-                index,
-                has_args: has_args @ false,
-            }) => {
+            Some(Block::Tool { index, has_args: has_args @ false }) => {
                 *has_args = true;
-                out.push(Event::ToolCallArgs {
-                    index: *index,
-                    arguments: "{}".into(),
-                });
+                out.push(Event::ToolCallArgs { index: *index, arguments: "{}".into() });
             }
-            Some(Block::JsonText {
-                has_text: has_text @ false,
-            }) => {
+            Some(Block::JsonText { has_text: has_text @ false }) => {
                 *has_text = true;
                 out.push(Event::Text("{}".into()));
             }
@@ -562,14 +457,9 @@ impl SseDecoder for StreamDecoder {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let ev: Value = serde_json::from_str(data)
-            .map_err(|e| ProviderError::stream(format!("malformed event from upstream: {e}")))?;
+        let ev: Value = serde_json::from_str(data).map_err(|e| ProviderError::stream(format!("malformed event from upstream: {e}")))?;
         // The payload's `type` is authoritative; the SSE event name is the fallback.
-        let kind = ev
-            .get("type")
-            .and_then(Value::as_str)
-            .or(event.event.as_deref())
-            .unwrap_or_default();
+        let kind = ev.get("type").and_then(Value::as_str).or(event.event.as_deref()).unwrap_or_default();
         let mut out = Vec::new();
         match kind {
             "message_start" => {
@@ -616,17 +506,13 @@ impl SseDecoder for StreamDecoder {
         if self.done {
             Ok(Vec::new())
         } else {
-            Err(ProviderError::stream(
-                "upstream closed the stream before message_stop",
-            ))
+            Err(ProviderError::stream("upstream closed the stream before message_stop"))
         }
     }
 }
 
 fn block_index(ev: &Value) -> Result<u64, ProviderError> {
-    ev.get("index").and_then(Value::as_u64).ok_or_else(|| {
-        ProviderError::stream("upstream sent a content block event without an index")
-    })
+    ev.get("index").and_then(Value::as_u64).ok_or_else(|| ProviderError::stream("upstream sent a content block event without an index"))
 }
 
 fn push_text(text: Option<&Value>, out: &mut Vec<Event>) {
@@ -647,15 +533,8 @@ fn tool_id(block: &Value) -> String {
 /// `{"type":"error","error":{"type","message"}}` as a stream error.
 fn in_band_error(ev: &Value) -> ProviderError {
     let err = ev.get("error");
-    let message = err
-        .and_then(|e| e.get("message"))
-        .and_then(Value::as_str)
-        .unwrap_or("upstream sent an error mid-stream")
-        .to_string();
-    let code = err
-        .and_then(|e| e.get("type"))
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let message = err.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("upstream sent an error mid-stream").to_string();
+    let code = err.and_then(|e| e.get("type")).and_then(Value::as_str).map(str::to_string);
     ProviderError::Stream { message, code }
 }
 
@@ -677,48 +556,28 @@ pub fn decode_message(value: &Value, json_tool: bool) -> Result<Vec<Event>, Prov
     if value.get("type").and_then(Value::as_str) == Some("error") {
         return Err(in_band_error(value));
     }
-    let content = value
-        .get("content")
-        .and_then(Value::as_array)
-        .ok_or_else(|| ProviderError::stream("response has no content array"))?;
+    let content = value.get("content").and_then(Value::as_array).ok_or_else(|| ProviderError::stream("response has no content array"))?;
     let mut out = Vec::new();
     let mut tool_calls = 0u32;
     for block in content {
         match block.get("type").and_then(Value::as_str) {
             Some("text") => push_text(block.get("text"), &mut out),
             Some("tool_use") => {
-                let name = block
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let input = block
-                    .get("input")
-                    .filter(|i| !i.is_null())
-                    .cloned()
-                    .unwrap_or_else(|| json!({}));
+                let name = block.get("name").and_then(Value::as_str).unwrap_or_default();
+                let input = block.get("input").filter(|i| !i.is_null()).cloned().unwrap_or_else(|| json!({}));
                 if json_tool && name == JSON_TOOL_NAME {
                     out.push(Event::Text(input.to_string()));
                 } else {
                     let index = tool_calls;
                     tool_calls += 1;
-                    out.push(Event::ToolCallStart {
-                        index,
-                        id: tool_id(block),
-                        name: name.to_string(),
-                    });
-                    out.push(Event::ToolCallArgs {
-                        index,
-                        arguments: input.to_string(),
-                    });
+                    out.push(Event::ToolCallStart { index, id: tool_id(block), name: name.to_string() });
+                    out.push(Event::ToolCallArgs { index, arguments: input.to_string() });
                 }
             }
             _ => {}
         }
     }
-    let reason = value
-        .get("stop_reason")
-        .and_then(Value::as_str)
-        .unwrap_or("end_turn");
+    let reason = value.get("stop_reason").and_then(Value::as_str).unwrap_or("end_turn");
     out.push(Event::Finish(map_stop_reason(reason, tool_calls)));
     let mut usage = RawUsage::default();
     if let Some(u) = value.get("usage") {
@@ -735,10 +594,7 @@ mod tests {
 
     fn ev(data: Value) -> SseEvent {
         let name = data["type"].as_str().map(str::to_string);
-        SseEvent {
-            event: name,
-            data: data.to_string(),
-        }
+        SseEvent { event: name, data: data.to_string() }
     }
 
     fn feed(decoder: &mut StreamDecoder, frames: Vec<Value>) -> Vec<Event> {
@@ -764,9 +620,7 @@ mod tests {
         let events = feed(
             &mut d,
             vec![
-                message_start(
-                    json!({"input_tokens":20,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}),
-                ),
+                message_start(json!({"input_tokens":20,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1})),
                 json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
                 json!({"type":"ping"}),
                 json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Let me check."}}),
@@ -787,34 +641,13 @@ mod tests {
             events,
             vec![
                 Event::Text("Let me check.".into()),
-                Event::ToolCallStart {
-                    index: 0,
-                    id: "toolu_a".into(),
-                    name: "get_weather".into()
-                },
-                Event::ToolCallArgs {
-                    index: 0,
-                    arguments: "{\"city\":".into()
-                },
-                Event::ToolCallArgs {
-                    index: 0,
-                    arguments: "\"Paris\"}".into()
-                },
-                Event::ToolCallStart {
-                    index: 1,
-                    id: "toolu_b".into(),
-                    name: "get_time".into()
-                },
-                Event::ToolCallArgs {
-                    index: 1,
-                    arguments: "{\"tz\":\"CET\"}".into()
-                },
+                Event::ToolCallStart { index: 0, id: "toolu_a".into(), name: "get_weather".into() },
+                Event::ToolCallArgs { index: 0, arguments: "{\"city\":".into() },
+                Event::ToolCallArgs { index: 0, arguments: "\"Paris\"}".into() },
+                Event::ToolCallStart { index: 1, id: "toolu_b".into(), name: "get_time".into() },
+                Event::ToolCallArgs { index: 1, arguments: "{\"tz\":\"CET\"}".into() },
                 Event::Finish(FinishReason::ToolCalls),
-                Event::Usage(Usage {
-                    input_tokens: 20,
-                    output_tokens: 40,
-                    ..Usage::default()
-                }),
+                Event::Usage(Usage { input_tokens: 20, output_tokens: 40, ..Usage::default() }),
             ]
         );
         assert!(d.is_done());
@@ -827,9 +660,7 @@ mod tests {
         let events = feed(
             &mut d,
             vec![
-                message_start(
-                    json!({"input_tokens":8,"cache_creation_input_tokens":3,"cache_read_input_tokens":2,"output_tokens":1}),
-                ),
+                message_start(json!({"input_tokens":8,"cache_creation_input_tokens":3,"cache_read_input_tokens":2,"output_tokens":1})),
                 json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}),
                 json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}),
                 json!({"type":"content_block_stop","index":0}),
@@ -837,22 +668,10 @@ mod tests {
                 json!({"type":"message_stop"}),
             ],
         );
-        let usage = Usage {
-            input_tokens: 13,
-            output_tokens: 4,
-            cached_input_tokens: 2,
-            cache_write_tokens: 3,
-            reasoning_tokens: 0,
-        };
+        let usage = Usage { input_tokens: 13, output_tokens: 4, cached_input_tokens: 2, cache_write_tokens: 3, reasoning_tokens: 0 };
         assert_eq!(events.last(), Some(&Event::Usage(usage)));
         // Usage is reported exactly once.
-        assert_eq!(
-            events
-                .iter()
-                .filter(|e| matches!(e, Event::Usage(_)))
-                .count(),
-            1
-        );
+        assert_eq!(events.iter().filter(|e| matches!(e, Event::Usage(_))).count(), 1);
     }
 
     #[test]
@@ -871,19 +690,9 @@ mod tests {
                 json!({"type":"message_stop"}),
             ],
         );
-        let finishes: Vec<_> = events
-            .iter()
-            .filter(|e| matches!(e, Event::Finish(_)))
-            .collect();
+        let finishes: Vec<_> = events.iter().filter(|e| matches!(e, Event::Finish(_))).collect();
         assert_eq!(finishes, vec![&Event::Finish(FinishReason::Stop)]);
-        assert_eq!(
-            events.last(),
-            Some(&Event::Usage(Usage {
-                input_tokens: 100,
-                output_tokens: 47,
-                ..Usage::default()
-            }))
-        );
+        assert_eq!(events.last(), Some(&Event::Usage(Usage { input_tokens: 100, output_tokens: 47, ..Usage::default() })));
     }
 
     #[test]
@@ -909,16 +718,9 @@ mod tests {
         assert_eq!(
             events,
             vec![
-                Event::ToolCallStart {
-                    index: 0,
-                    id: "toolu_1".into(),
-                    name: "f".into()
-                },
+                Event::ToolCallStart { index: 0, id: "toolu_1".into(), name: "f".into() },
                 // A call without arguments still gets parseable arguments.
-                Event::ToolCallArgs {
-                    index: 0,
-                    arguments: "{}".into()
-                },
+                Event::ToolCallArgs { index: 0, arguments: "{}".into() },
                 Event::Finish(FinishReason::ToolCalls),
             ]
         );
@@ -964,39 +766,22 @@ mod tests {
                 Event::Text("{\"answer\"".into()),
                 Event::Text(":42}".into()),
                 Event::Finish(FinishReason::Stop),
-                Event::Usage(Usage {
-                    input_tokens: 5,
-                    output_tokens: 6,
-                    ..Usage::default()
-                }),
+                Event::Usage(Usage { input_tokens: 5, output_tokens: 6, ..Usage::default() }),
             ]
         );
         let whole = json!({"id":"msg_1","type":"message","role":"assistant","stop_reason":"tool_use",
             "content":[{"type":"tool_use","id":"toolu_j","name":"json","input":{"answer":42}}],
             "usage":{"input_tokens":5,"output_tokens":6}});
-        assert_eq!(
-            decode_message(&whole, true).unwrap()[0],
-            Event::Text("{\"answer\":42}".into())
-        );
+        assert_eq!(decode_message(&whole, true).unwrap()[0], Event::Text("{\"answer\":42}".into()));
         // Without JSON mode the same block is a real tool call.
-        assert!(matches!(
-            decode_message(&whole, false).unwrap()[0],
-            Event::ToolCallStart { .. }
-        ));
+        assert!(matches!(decode_message(&whole, false).unwrap()[0], Event::ToolCallStart { .. }));
     }
 
     #[test]
     fn in_band_error_event_ends_the_stream_with_its_type() {
         let mut d = StreamDecoder::new(false);
-        feed(
-            &mut d,
-            vec![message_start(json!({"input_tokens":1,"output_tokens":1}))],
-        );
-        let e = d
-            .event(ev(
-                json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
-            ))
-            .unwrap_err();
+        feed(&mut d, vec![message_start(json!({"input_tokens":1,"output_tokens":1}))]);
+        let e = d.event(ev(json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}))).unwrap_err();
         match e {
             ProviderError::Stream { message, code } => {
                 assert_eq!(message, "Overloaded");
@@ -1020,24 +805,14 @@ mod tests {
         assert!(matches!(d.end(), Err(ProviderError::Stream { .. })));
         // Even after the stop reason, a stream without message_stop is incomplete.
         let mut d = StreamDecoder::new(false);
-        feed(
-            &mut d,
-            vec![
-                json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}}),
-            ],
-        );
+        feed(&mut d, vec![json!({"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":1}})]);
         assert!(d.end().is_err());
     }
 
     #[test]
     fn malformed_frames_and_orphan_deltas_are_stream_errors() {
         let mut d = StreamDecoder::new(false);
-        let e = d
-            .event(SseEvent {
-                event: Some("content_block_delta".into()),
-                data: "{\"type\":".into(),
-            })
-            .unwrap_err();
+        let e = d.event(SseEvent { event: Some("content_block_delta".into()), data: "{\"type\":".into() }).unwrap_err();
         assert!(e.to_string().contains("malformed"), "{e}");
         let e = d
             .event(ev(json!({"type":"content_block_delta","index":3,"delta":{"type":"input_json_delta","partial_json":"{}"}})))
@@ -1048,22 +823,15 @@ mod tests {
     #[test]
     fn error_bodies_are_classified() {
         let mut h = HeaderMap::new();
-        let overloaded = parse_error(
-            529,
-            &h,
-            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#,
-        );
+        let overloaded =
+            parse_error(529, &h, r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#);
         assert!(overloaded.is_retryable());
         assert_eq!(overloaded.kind(), "overloaded");
         assert!(
             matches!(&overloaded, ProviderError::Http { code: Some(c), message, .. } if c == "overloaded_error" && message == "Overloaded")
         );
 
-        let billing = parse_error(
-            402,
-            &h,
-            r#"{"type":"error","error":{"type":"billing_error","message":"Payment required"}}"#,
-        );
+        let billing = parse_error(402, &h, r#"{"type":"error","error":{"type":"billing_error","message":"Payment required"}}"#);
         assert!(!billing.is_retryable());
         assert_eq!(billing.kind(), "quota");
 
@@ -1074,9 +842,7 @@ mod tests {
             r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#,
         );
         assert!(limited.is_retryable());
-        assert!(
-            matches!(limited, ProviderError::Http { retry_after: Some(d), quota: false, .. } if d == Duration::from_secs(2))
-        );
+        assert!(matches!(limited, ProviderError::Http { retry_after: Some(d), quota: false, .. } if d == Duration::from_secs(2)));
 
         let spend = parse_error(
             429,
@@ -1103,9 +869,7 @@ mod tests {
 
         // A body that is not Anthropic's JSON (a proxy's HTML page) still gives a message.
         let html = parse_error(502, &HeaderMap::new(), "<html>Bad gateway</html>");
-        assert!(
-            matches!(html, ProviderError::Http { code: None, ref message, .. } if message.contains("Bad gateway"))
-        );
+        assert!(matches!(html, ProviderError::Http { code: None, ref message, .. } if message.contains("Bad gateway")));
     }
 
     #[test]
@@ -1150,12 +914,7 @@ mod tests {
                     {"type":"text","text":"And tomorrow?"}]}
             ])
         );
-        let plain = request_body(
-            &req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})),
-            "c",
-            false,
-        )
-        .unwrap();
+        let plain = request_body(&req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})), "c", false).unwrap();
         assert_eq!(plain["max_tokens"], DEFAULT_MAX_OUTPUT_TOKENS);
         assert!(plain.get("stream").is_none());
         assert!(plain.get("system").is_none());
@@ -1168,10 +927,7 @@ mod tests {
             {"role":"assistant","tool_calls":[{"id":"t","type":"function","function":{"name":"f","arguments":"{oops"}}]}
         ]}));
         let e = request_body(&r, "c", false).unwrap_err();
-        assert!(
-            matches!(&e, ProviderError::Invalid(m) if m.contains("`f`") && m.contains("not valid JSON")),
-            "{e}"
-        );
+        assert!(matches!(&e, ProviderError::Invalid(m) if m.contains("`f`") && m.contains("not valid JSON")), "{e}");
         assert!(!e.is_retryable());
     }
 
@@ -1182,9 +938,7 @@ mod tests {
                      {"type":"function","function":{"name":"get_time"}}]});
         let with = |extra: Value| {
             let mut v = base.clone();
-            v.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
             request_body(&req(v), "c", false).unwrap()
         };
         let auto = with(json!({}));
@@ -1194,62 +948,41 @@ mod tests {
             json!([{"name":"get_weather","description":"Weather","input_schema":{"type":"object","properties":{"city":{"type":"string"}}}},
                    {"name":"get_time","input_schema":{"type":"object"}}])
         );
+        assert_eq!(with(json!({"tool_choice":"auto"}))["tool_choice"], json!({"type":"auto"}));
+        assert_eq!(with(json!({"tool_choice":"required"}))["tool_choice"], json!({"type":"any"}));
         assert_eq!(
-            with(json!({"tool_choice":"auto"}))["tool_choice"],
-            json!({"type":"auto"})
-        );
-        assert_eq!(
-            with(json!({"tool_choice":"required"}))["tool_choice"],
-            json!({"type":"any"})
-        );
-        assert_eq!(
-            with(json!({"tool_choice":{"type":"function","function":{"name":"get_time"}}}))
-                ["tool_choice"],
+            with(json!({"tool_choice":{"type":"function","function":{"name":"get_time"}}}))["tool_choice"],
             json!({"type":"tool","name":"get_time"})
         );
         let none = with(json!({"tool_choice":"none"}));
         assert!(none.get("tools").is_none() && none.get("tool_choice").is_none());
-        assert_eq!(
-            with(json!({"parallel_tool_calls":false}))["tool_choice"],
-            json!({"type":"auto","disable_parallel_tool_use":true})
-        );
+        assert_eq!(with(json!({"parallel_tool_calls":false}))["tool_choice"], json!({"type":"auto","disable_parallel_tool_use":true}));
     }
 
     #[test]
     fn json_mode_forces_the_json_tool() {
         let schema = json!({"type":"object","properties":{"answer":{"type":"integer"}},"required":["answer"]});
-        let r = req(
-            json!({"model":"m","messages":[{"role":"user","content":"hi"}],
-            "response_format":{"type":"json_schema","json_schema":{"name":"a","schema":schema}}}),
-        );
+        let r = req(json!({"model":"m","messages":[{"role":"user","content":"hi"}],
+            "response_format":{"type":"json_schema","json_schema":{"name":"a","schema":schema}}}));
         let body = request_body(&r, "c", false).unwrap();
         assert_eq!(body["tool_choice"], json!({"type":"tool","name":"json"}));
         assert_eq!(body["tools"][0]["name"], "json");
         assert_eq!(body["tools"][0]["input_schema"], schema);
         assert!(uses_json_tool(&body));
 
-        let r = req(
-            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}),
-        );
+        let r = req(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"}}));
         let body = request_body(&r, "c", false).unwrap();
         assert_eq!(body["tools"][0]["input_schema"], json!({"type":"object"}));
         assert_eq!(body["tool_choice"], json!({"type":"tool","name":"json"}));
 
         // With client tools on auto, the model may call one of them or answer in JSON.
-        let r = req(
-            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"},
-            "tools":[{"type":"function","function":{"name":"f"}}]}),
-        );
+        let r = req(json!({"model":"m","messages":[{"role":"user","content":"hi"}],"response_format":{"type":"json_object"},
+            "tools":[{"type":"function","function":{"name":"f"}}]}));
         let body = request_body(&r, "c", false).unwrap();
         assert_eq!(body["tool_choice"], json!({"type":"any"}));
         assert_eq!(body["tools"].as_array().unwrap().len(), 2);
 
-        let plain = request_body(
-            &req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})),
-            "c",
-            false,
-        )
-        .unwrap();
+        let plain = request_body(&req(json!({"model":"m","messages":[{"role":"user","content":"hi"}]})), "c", false).unwrap();
         assert!(!uses_json_tool(&plain));
     }
 
@@ -1264,31 +997,12 @@ mod tests {
             decode_message(&msg, false).unwrap(),
             vec![
                 Event::Text("Let me check.".into()),
-                Event::ToolCallStart {
-                    index: 0,
-                    id: "toolu_a".into(),
-                    name: "get_weather".into()
-                },
-                Event::ToolCallArgs {
-                    index: 0,
-                    arguments: "{\"city\":\"Paris\"}".into()
-                },
-                Event::ToolCallStart {
-                    index: 1,
-                    id: "toolu_b".into(),
-                    name: "get_time".into()
-                },
-                Event::ToolCallArgs {
-                    index: 1,
-                    arguments: "{\"tz\":\"CET\"}".into()
-                },
+                Event::ToolCallStart { index: 0, id: "toolu_a".into(), name: "get_weather".into() },
+                Event::ToolCallArgs { index: 0, arguments: "{\"city\":\"Paris\"}".into() },
+                Event::ToolCallStart { index: 1, id: "toolu_b".into(), name: "get_time".into() },
+                Event::ToolCallArgs { index: 1, arguments: "{\"tz\":\"CET\"}".into() },
                 Event::Finish(FinishReason::ToolCalls),
-                Event::Usage(Usage {
-                    input_tokens: 10,
-                    output_tokens: 4,
-                    cached_input_tokens: 2,
-                    ..Usage::default()
-                }),
+                Event::Usage(Usage { input_tokens: 10, output_tokens: 4, cached_input_tokens: 2, ..Usage::default() }),
             ]
         );
     }

@@ -27,9 +27,7 @@ use super::http::{self, decode_sse, SseDecoder};
 use super::{EventStream, HttpSettings};
 use crate::llm::error::{parse_google_duration, ProviderError};
 use crate::llm::sse::SseEvent;
-use crate::llm::types::{
-    ChatRequest, Content, Event, FinishReason, Message, ResponseFormat, ToolChoice, Usage,
-};
+use crate::llm::types::{ChatRequest, Content, Event, FinishReason, Message, ResponseFormat, ToolChoice, Usage};
 
 const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-goog-api-key");
 
@@ -47,12 +45,7 @@ impl Gemini {
         Gemini { settings }
     }
 
-    pub async fn send(
-        &self,
-        request: &ChatRequest,
-        upstream_model: &str,
-        stream: bool,
-    ) -> Result<EventStream, ProviderError> {
+    pub async fn send(&self, request: &ChatRequest, upstream_model: &str, stream: bool) -> Result<EventStream, ProviderError> {
         let body = request_body(request)?;
         let model = model_id(upstream_model)?;
         let mut headers = HeaderMap::new();
@@ -79,19 +72,12 @@ impl Gemini {
 /// The model id as it goes into the URL path. A `models/` prefix (as Google's own listings write
 /// it) is dropped; anything that could change the URL's shape is refused.
 fn model_id(upstream_model: &str) -> Result<&str, ProviderError> {
-    let model = upstream_model
-        .strip_prefix("models/")
-        .unwrap_or(upstream_model);
-    let safe = !model.is_empty()
-        && model
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    let model = upstream_model.strip_prefix("models/").unwrap_or(upstream_model);
+    let safe = !model.is_empty() && model.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
     if safe {
         Ok(model)
     } else {
-        Err(ProviderError::Invalid(format!(
-            "Gemini model id {model:?} may only contain letters, digits, '-', '.' and '_'"
-        )))
+        Err(ProviderError::Invalid(format!("Gemini model id {model:?} may only contain letters, digits, '-', '.' and '_'")))
     }
 }
 
@@ -108,10 +94,7 @@ pub fn request_body(request: &ChatRequest) -> Result<Value, ProviderError> {
         let mut declarations = Vec::with_capacity(tools.len());
         for tool in tools {
             if tool.kind != "function" {
-                return Err(ProviderError::Invalid(format!(
-                    "Gemini supports only function tools, not {:?}",
-                    tool.kind
-                )));
+                return Err(ProviderError::Invalid(format!("Gemini supports only function tools, not {:?}", tool.kind)));
             }
             let mut declaration = json!({ "name": tool.function.name });
             if let Some(description) = &tool.function.description {
@@ -122,10 +105,7 @@ pub fn request_body(request: &ChatRequest) -> Result<Value, ProviderError> {
             }
             declarations.push(declaration);
         }
-        body.insert(
-            "tools".into(),
-            json!([{ "functionDeclarations": declarations }]),
-        );
+        body.insert("tools".into(), json!([{ "functionDeclarations": declarations }]));
         if let Some(choice) = &request.tool_choice {
             body.insert("toolConfig".into(), tool_config(choice)?);
         }
@@ -148,29 +128,18 @@ fn conversation(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), Provid
         match message {
             Message::System { content, .. } => system.extend(text_parts(content)),
             Message::User { content, .. } => push_turn(&mut contents, "user", text_parts(content)),
-            Message::Assistant {
-                content,
-                tool_calls,
-                ..
-            } => {
+            Message::Assistant { content, tool_calls, .. } => {
                 let mut parts = content.as_ref().map(text_parts).unwrap_or_default();
                 for call in tool_calls.iter().flatten() {
                     let args = call_arguments(&call.function.name, &call.function.arguments)?;
                     call_names.insert(&call.id, &call.function.name);
-                    parts.push(
-                        json!({ "functionCall": { "name": call.function.name, "args": args } }),
-                    );
+                    parts.push(json!({ "functionCall": { "name": call.function.name, "args": args } }));
                 }
                 push_turn(&mut contents, "model", parts);
             }
-            Message::Tool {
-                content,
-                tool_call_id,
-            } => {
+            Message::Tool { content, tool_call_id } => {
                 let name = call_names.get(tool_call_id.as_str()).ok_or_else(|| {
-                    ProviderError::Invalid(format!(
-                        "tool message answers call {tool_call_id:?}, which no earlier assistant message made"
-                    ))
+                    ProviderError::Invalid(format!("tool message answers call {tool_call_id:?}, which no earlier assistant message made"))
                 })?;
                 let text = content.text();
                 let response = match serde_json::from_str::<Value>(&text) {
@@ -234,12 +203,8 @@ fn call_arguments(name: &str, arguments: &str) -> Result<Value, ProviderError> {
     }
     match serde_json::from_str::<Value>(arguments) {
         Ok(object @ Value::Object(_)) => Ok(object),
-        Ok(_) => Err(ProviderError::Invalid(format!(
-            "arguments of tool call {name:?} must be a JSON object for Gemini"
-        ))),
-        Err(e) => Err(ProviderError::Invalid(format!(
-            "arguments of tool call {name:?} are not valid JSON: {e}"
-        ))),
+        Ok(_) => Err(ProviderError::Invalid(format!("arguments of tool call {name:?} must be a JSON object for Gemini"))),
+        Err(e) => Err(ProviderError::Invalid(format!("arguments of tool call {name:?} are not valid JSON: {e}"))),
     }
 }
 
@@ -251,11 +216,7 @@ fn tool_config(choice: &ToolChoice) -> Result<Value, ProviderError> {
             "auto" => json!({ "mode": "AUTO" }),
             "required" => json!({ "mode": "ANY" }),
             "none" => json!({ "mode": "NONE" }),
-            other => {
-                return Err(ProviderError::Invalid(format!(
-                    "unknown tool_choice {other:?}"
-                )))
-            }
+            other => return Err(ProviderError::Invalid(format!("unknown tool_choice {other:?}"))),
         },
         ToolChoice::Named { function, .. } => {
             json!({ "mode": "ANY", "allowedFunctionNames": [function.name] })
@@ -309,66 +270,30 @@ fn generation_config(request: &ChatRequest) -> Map<String, Value> {
 pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
     let mut value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     if let Value::Array(items) = &mut value {
-        value = if items.is_empty() {
-            Value::Null
-        } else {
-            items.swap_remove(0)
-        };
+        value = if items.is_empty() { Value::Null } else { items.swap_remove(0) };
     }
-    let err = value
-        .get("error")
-        .filter(|e| e.is_object())
-        .unwrap_or(&Value::Null);
-    let message = err
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| http::short(body));
-    let code = err
-        .get("status")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let details = err
-        .get("details")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let of_type = |kind: &'static str| {
-        details.iter().filter(move |d| {
-            d.get("@type")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.ends_with(kind))
-        })
-    };
+    let err = value.get("error").filter(|e| e.is_object()).unwrap_or(&Value::Null);
+    let message = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| http::short(body));
+    let code = err.get("status").and_then(Value::as_str).map(str::to_string);
+    let details = err.get("details").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let of_type =
+        |kind: &'static str| details.iter().filter(move |d| d.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with(kind)));
 
     let per_day = of_type("google.rpc.QuotaFailure")
         .filter_map(|d| d.get("violations").and_then(Value::as_array))
         .flatten()
         .filter_map(|v| v.get("quotaId").and_then(Value::as_str))
         .any(|id| id.contains("PerDay"));
-    let retry_delay = of_type("google.rpc.RetryInfo")
-        .filter_map(|d| d.get("retryDelay").and_then(Value::as_str))
-        .find_map(parse_google_duration);
-    let retry_after = if per_day {
-        None
-    } else {
-        retry_delay.or_else(|| http::retry_after(headers))
-    };
+    let retry_delay =
+        of_type("google.rpc.RetryInfo").filter_map(|d| d.get("retryDelay").and_then(Value::as_str)).find_map(parse_google_duration);
+    let retry_after = if per_day { None } else { retry_delay.or_else(|| http::retry_after(headers)) };
 
-    let billing_reason = of_type("google.rpc.ErrorInfo")
-        .filter_map(|d| d.get("reason").and_then(Value::as_str))
-        .any(|r| r.contains("BILLING"));
+    let billing_reason =
+        of_type("google.rpc.ErrorInfo").filter_map(|d| d.get("reason").and_then(Value::as_str)).any(|r| r.contains("BILLING"));
     // A 429's message also mentions "billing details"; only outside 429 does it mean "not enabled".
-    let quota =
-        status != 429 && (billing_reason || message.to_ascii_lowercase().contains("billing"));
+    let quota = status != 429 && (billing_reason || message.to_ascii_lowercase().contains("billing"));
 
-    ProviderError::Http {
-        status,
-        message,
-        code,
-        retry_after,
-        quota,
-    }
+    ProviderError::Http { status, message, code, retry_after, quota }
 }
 
 /// Decoder for `streamGenerateContent?alt=sse` frames; also reads a whole `generateContent`
@@ -387,8 +312,7 @@ impl SseDecoder for StreamDecoder {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        let frame: Value = serde_json::from_str(data)
-            .map_err(|e| ProviderError::stream(format!("malformed frame from upstream: {e}")))?;
+        let frame: Value = serde_json::from_str(data).map_err(|e| ProviderError::stream(format!("malformed frame from upstream: {e}")))?;
         self.frame(&frame)
     }
 
@@ -399,9 +323,7 @@ impl SseDecoder for StreamDecoder {
 
     fn end(&mut self) -> Result<Vec<Event>, ProviderError> {
         let Some(mut reason) = self.finish else {
-            return Err(ProviderError::stream(
-                "upstream ended the answer without a finishReason",
-            ));
+            return Err(ProviderError::stream("upstream ended the answer without a finishReason"));
         };
         if reason == FinishReason::Stop && self.next_call > 0 {
             reason = FinishReason::ToolCalls;
@@ -415,44 +337,26 @@ impl SseDecoder for StreamDecoder {
 impl StreamDecoder {
     fn frame(&mut self, frame: &Value) -> Result<Vec<Event>, ProviderError> {
         if let Some(err) = frame.get("error").filter(|e| !e.is_null()) {
-            let message = err
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream sent an error mid-stream")
-                .to_string();
-            let code = err
-                .get("status")
-                .and_then(Value::as_str)
-                .map(str::to_string);
+            let message = err.get("message").and_then(Value::as_str).unwrap_or("upstream sent an error mid-stream").to_string();
+            let code = err.get("status").and_then(Value::as_str).map(str::to_string);
             return Err(ProviderError::Stream { message, code });
         }
         let mut out = Vec::new();
         let candidate = frame
             .get("candidates")
             .and_then(Value::as_array)
-            .and_then(|c| {
-                c.iter()
-                    .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
-            });
+            .and_then(|c| c.iter().find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0));
         if let Some(candidate) = candidate {
-            let parts = candidate
-                .pointer("/content/parts")
-                .and_then(Value::as_array);
+            let parts = candidate.pointer("/content/parts").and_then(Value::as_array);
             for part in parts.into_iter().flatten() {
                 self.part(part, &mut out);
             }
-            if let Some(reason) = candidate
-                .get("finishReason")
-                .and_then(Value::as_str)
-                .filter(|r| !r.is_empty() && *r != "FINISH_REASON_UNSPECIFIED")
+            if let Some(reason) =
+                candidate.get("finishReason").and_then(Value::as_str).filter(|r| !r.is_empty() && *r != "FINISH_REASON_UNSPECIFIED")
             {
                 self.finish = Some(map_finish(reason));
             }
-        } else if frame
-            .pointer("/promptFeedback/blockReason")
-            .and_then(Value::as_str)
-            .is_some()
-        {
+        } else if frame.pointer("/promptFeedback/blockReason").and_then(Value::as_str).is_some() {
             // The prompt itself was blocked: no candidate will come.
             self.finish = Some(FinishReason::ContentFilter);
         }
@@ -475,22 +379,11 @@ impl StreamDecoder {
         if let Some(call) = part.get("functionCall") {
             let index = self.next_call;
             self.next_call += 1;
-            let name = call
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            let args = call
-                .get("args")
-                .filter(|a| !a.is_null())
-                .cloned()
-                .unwrap_or_else(|| json!({}));
+            let name = call.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            let args = call.get("args").filter(|a| !a.is_null()).cloned().unwrap_or_else(|| json!({}));
             let id = format!("call_{}", crate::llm::ids::random_suffix());
             out.push(Event::ToolCallStart { index, id, name });
-            out.push(Event::ToolCallArgs {
-                index,
-                arguments: args.to_string(),
-            });
+            out.push(Event::ToolCallArgs { index, arguments: args.to_string() });
         }
     }
 }
@@ -506,9 +399,7 @@ pub fn decode_response(value: &Value) -> Result<Vec<Event>, ProviderError> {
 fn map_finish(reason: &str) -> FinishReason {
     match reason {
         "MAX_TOKENS" => FinishReason::Length,
-        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => {
-            FinishReason::ContentFilter
-        }
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
     }
 }
@@ -536,10 +427,7 @@ mod tests {
     fn feed(decoder: &mut StreamDecoder, frames: &[&str]) -> Vec<Event> {
         let mut out = Vec::new();
         for f in frames {
-            let event = SseEvent {
-                event: None,
-                data: f.to_string(),
-            };
+            let event = SseEvent { event: None, data: f.to_string() };
             out.extend(decoder.event(event).unwrap());
         }
         out.extend(decoder.end().unwrap());
@@ -566,11 +454,7 @@ mod tests {
                 Event::Text("Hel".into()),
                 Event::Text("lo".into()),
                 Event::Finish(FinishReason::Stop),
-                Event::Usage(Usage {
-                    input_tokens: 5,
-                    output_tokens: 2,
-                    ..Usage::default()
-                }),
+                Event::Usage(Usage { input_tokens: 5, output_tokens: 2, ..Usage::default() }),
             ]
         );
     }
@@ -580,14 +464,9 @@ mod tests {
         let mut d = StreamDecoder::default();
         let ev = feed(
             &mut d,
-            &[
-                r#"{"candidates":[{"content":{"parts":[{"text":"Let me think","thought":true},{"text":"Hi"}]},"finishReason":"STOP"}]}"#,
-            ],
+            &[r#"{"candidates":[{"content":{"parts":[{"text":"Let me think","thought":true},{"text":"Hi"}]},"finishReason":"STOP"}]}"#],
         );
-        assert_eq!(
-            ev,
-            vec![Event::Text("Hi".into()), Event::Finish(FinishReason::Stop)]
-        );
+        assert_eq!(ev, vec![Event::Text("Hi".into()), Event::Finish(FinishReason::Stop)]);
     }
 
     #[test]
@@ -600,19 +479,12 @@ mod tests {
             ],
         );
         assert_eq!(ev.len(), 3, "{ev:?}");
-        let Event::ToolCallStart { index, id, name } = &ev[0] else {
-            panic!("{ev:?}")
-        };
+        let Event::ToolCallStart { index, id, name } = &ev[0] else { panic!("{ev:?}") };
         assert_eq!((*index, name.as_str()), (0, "get_weather"));
         assert!(id.starts_with("call_") && id.len() > "call_".len(), "{id}");
-        let Event::ToolCallArgs { index, arguments } = &ev[1] else {
-            panic!("{ev:?}")
-        };
+        let Event::ToolCallArgs { index, arguments } = &ev[1] else { panic!("{ev:?}") };
         assert_eq!(*index, 0);
-        assert_eq!(
-            serde_json::from_str::<Value>(arguments).unwrap(),
-            json!({"city":"Paris"})
-        );
+        assert_eq!(serde_json::from_str::<Value>(arguments).unwrap(), json!({"city":"Paris"}));
         assert_eq!(ev[2], Event::Finish(FinishReason::ToolCalls));
     }
 
@@ -630,9 +502,7 @@ mod tests {
         let starts: Vec<(u32, String, String)> = ev
             .iter()
             .filter_map(|e| match e {
-                Event::ToolCallStart { index, id, name } => {
-                    Some((*index, id.clone(), name.clone()))
-                }
+                Event::ToolCallStart { index, id, name } => Some((*index, id.clone(), name.clone())),
                 _ => None,
             })
             .collect();
@@ -640,10 +510,7 @@ mod tests {
         assert_eq!((starts[0].0, starts[0].2.as_str()), (0, "get_weather"));
         assert_eq!((starts[1].0, starts[1].2.as_str()), (1, "get_time"));
         assert_ne!(starts[0].1, starts[1].1);
-        assert!(ev.contains(&Event::ToolCallArgs {
-            index: 1,
-            arguments: r#"{"tz":"CET"}"#.into()
-        }));
+        assert!(ev.contains(&Event::ToolCallArgs { index: 1, arguments: r#"{"tz":"CET"}"#.into() }));
         assert_eq!(ev.last(), Some(&Event::Finish(FinishReason::ToolCalls)));
     }
 
@@ -695,33 +562,15 @@ mod tests {
     #[test]
     fn blocked_prompt_finishes_as_content_filter() {
         let mut d = StreamDecoder::default();
-        let ev = feed(
-            &mut d,
-            &[
-                r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":7,"totalTokenCount":7}}"#,
-            ],
-        );
-        assert_eq!(
-            ev,
-            vec![
-                Event::Finish(FinishReason::ContentFilter),
-                Event::Usage(Usage {
-                    input_tokens: 7,
-                    ..Usage::default()
-                }),
-            ]
-        );
+        let ev =
+            feed(&mut d, &[r#"{"promptFeedback":{"blockReason":"SAFETY"},"usageMetadata":{"promptTokenCount":7,"totalTokenCount":7}}"#]);
+        assert_eq!(ev, vec![Event::Finish(FinishReason::ContentFilter), Event::Usage(Usage { input_tokens: 7, ..Usage::default() }),]);
     }
 
     #[test]
     fn ending_without_a_finish_reason_is_a_cut() {
         let mut d = StreamDecoder::default();
-        let ev = d
-            .event(SseEvent {
-                event: None,
-                data: r#"{"candidates":[{"content":{"parts":[{"text":"Hel"}]}}]}"#.into(),
-            })
-            .unwrap();
+        let ev = d.event(SseEvent { event: None, data: r#"{"candidates":[{"content":{"parts":[{"text":"Hel"}]}}]}"#.into() }).unwrap();
         assert_eq!(ev, vec![Event::Text("Hel".into())]);
         assert!(!d.is_done());
         let err = d.end().unwrap_err();
@@ -738,17 +587,10 @@ mod tests {
                 data: r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#.into(),
             })
             .unwrap_err();
-        let ProviderError::Stream { message, code } = &e else {
-            panic!("{e:?}")
-        };
+        let ProviderError::Stream { message, code } = &e else { panic!("{e:?}") };
         assert_eq!(message, "The model is overloaded.");
         assert_eq!(code.as_deref(), Some("UNAVAILABLE"));
-        let e = d
-            .event(SseEvent {
-                event: None,
-                data: r#"{"candidates":[{"content":"#.into(),
-            })
-            .unwrap_err();
+        let e = d.event(SseEvent { event: None, data: r#"{"candidates":[{"content":"#.into() }).unwrap_err();
         assert!(e.to_string().contains("malformed"), "{e}");
     }
 
@@ -761,22 +603,9 @@ mod tests {
         .unwrap();
         assert_eq!(ev[0], Event::Text("Hi ".into()));
         assert!(matches!(&ev[1], Event::ToolCallStart { index: 0, name, .. } if name == "f"));
-        assert_eq!(
-            ev[2],
-            Event::ToolCallArgs {
-                index: 0,
-                arguments: "{}".into()
-            }
-        );
+        assert_eq!(ev[2], Event::ToolCallArgs { index: 0, arguments: "{}".into() });
         assert_eq!(ev[3], Event::Finish(FinishReason::ToolCalls));
-        assert!(matches!(
-            ev[4],
-            Event::Usage(Usage {
-                input_tokens: 3,
-                output_tokens: 2,
-                ..
-            })
-        ));
+        assert!(matches!(ev[4], Event::Usage(Usage { input_tokens: 3, output_tokens: 2, .. })));
         assert!(decode_response(&json!({"candidates":[]})).is_err());
     }
 
@@ -787,21 +616,9 @@ mod tests {
     #[test]
     fn retry_info_sets_retry_after_and_wins_over_the_header() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::RETRY_AFTER,
-            reqwest::header::HeaderValue::from_static("5"),
-        );
+        headers.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from_static("5"));
         let e = parse_error(429, &headers, RATE_LIMITED);
-        let ProviderError::Http {
-            status,
-            code,
-            retry_after,
-            quota,
-            ..
-        } = &e
-        else {
-            panic!("{e:?}")
-        };
+        let ProviderError::Http { status, code, retry_after, quota, .. } = &e else { panic!("{e:?}") };
         assert_eq!(*status, 429);
         assert_eq!(code.as_deref(), Some("RESOURCE_EXHAUSTED"));
         assert_eq!(*retry_after, Some(Duration::from_secs(22)));
@@ -809,26 +626,15 @@ mod tests {
         assert!(e.is_retryable());
         assert_eq!(e.kind(), "rate_limited");
         // Without RetryInfo the header is used.
-        let e = parse_error(
-            503,
-            &headers,
-            r#"{"error":{"code":503,"message":"overloaded","status":"UNAVAILABLE"}}"#,
-        );
-        assert!(
-            matches!(e, ProviderError::Http { retry_after: Some(d), .. } if d == Duration::from_secs(5))
-        );
+        let e = parse_error(503, &headers, r#"{"error":{"code":503,"message":"overloaded","status":"UNAVAILABLE"}}"#);
+        assert!(matches!(e, ProviderError::Http { retry_after: Some(d), .. } if d == Duration::from_secs(5)));
     }
 
     #[test]
     fn daily_quota_fails_over_without_waiting() {
         let body = RATE_LIMITED.replace("PerMinute", "PerDay");
         let e = parse_error(429, &HeaderMap::new(), &body);
-        let ProviderError::Http {
-            retry_after, quota, ..
-        } = &e
-        else {
-            panic!("{e:?}")
-        };
+        let ProviderError::Http { retry_after, quota, .. } = &e else { panic!("{e:?}") };
         assert_eq!(*retry_after, None);
         assert!(!quota);
         assert!(e.is_retryable());
@@ -851,24 +657,16 @@ mod tests {
             &h,
             r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#,
         );
-        assert!(
-            matches!(&key, ProviderError::Http { quota: false, code: Some(c), .. } if c == "INVALID_ARGUMENT")
-        );
+        assert!(matches!(&key, ProviderError::Http { quota: false, code: Some(c), .. } if c == "INVALID_ARGUMENT"));
         assert!(!key.is_retryable());
 
         // Array-wrapped bodies and non-JSON bodies still give a status and a message.
-        let wrapped = parse_error(
-            403,
-            &h,
-            r#"[{"error":{"code":403,"message":"Permission denied","status":"PERMISSION_DENIED"}}]"#,
-        );
+        let wrapped = parse_error(403, &h, r#"[{"error":{"code":403,"message":"Permission denied","status":"PERMISSION_DENIED"}}]"#);
         assert!(
             matches!(&wrapped, ProviderError::Http { code: Some(c), message, .. } if c == "PERMISSION_DENIED" && message == "Permission denied")
         );
         let html = parse_error(502, &h, "<html>Bad Gateway</html>");
-        assert!(
-            matches!(&html, ProviderError::Http { message, code: None, .. } if message.contains("Bad Gateway"))
-        );
+        assert!(matches!(&html, ProviderError::Http { message, code: None, .. } if message.contains("Bad Gateway")));
     }
 
     #[test]
@@ -885,10 +683,7 @@ mod tests {
             ]
         })))
         .unwrap();
-        assert_eq!(
-            body["systemInstruction"],
-            json!({"parts":[{"text":"Be brief."},{"text":"Speak French."}]})
-        );
+        assert_eq!(body["systemInstruction"], json!({"parts":[{"text":"Be brief."},{"text":"Speak French."}]}));
         assert_eq!(
             body["contents"],
             json!([
@@ -956,10 +751,7 @@ mod tests {
             (json!("auto"), json!({"mode":"AUTO"})),
             (json!("required"), json!({"mode":"ANY"})),
             (json!("none"), json!({"mode":"NONE"})),
-            (
-                json!({"type":"function","function":{"name":"get_weather"}}),
-                json!({"mode":"ANY","allowedFunctionNames":["get_weather"]}),
-            ),
+            (json!({"type":"function","function":{"name":"get_weather"}}), json!({"mode":"ANY","allowedFunctionNames":["get_weather"]})),
         ];
         for (choice, mode) in cases {
             let body = request_body(&request(json!({
@@ -970,16 +762,10 @@ mod tests {
             let declaration = &body["tools"][0]["functionDeclarations"][0];
             assert_eq!(declaration["name"], "get_weather");
             assert_eq!(declaration["description"], "Weather by city");
-            assert_eq!(
-                declaration["parametersJsonSchema"],
-                tools[0]["function"]["parameters"]
-            );
+            assert_eq!(declaration["parametersJsonSchema"], tools[0]["function"]["parameters"]);
             assert!(declaration.get("parameters").is_none());
         }
-        let no_choice = request_body(&request(
-            json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools}),
-        ))
-        .unwrap();
+        let no_choice = request_body(&request(json!({"model":"m","messages":[{"role":"user","content":"x"}],"tools":tools}))).unwrap();
         assert!(no_choice.get("toolConfig").is_none());
         let bad = request_body(&request(json!({
             "model":"m","messages":[{"role":"user","content":"x"}],"tools":tools,"tool_choice":"sometimes"
@@ -1005,10 +791,7 @@ mod tests {
             "model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}
         })))
         .unwrap();
-        assert_eq!(
-            body["generationConfig"],
-            json!({"responseMimeType":"application/json"})
-        );
+        assert_eq!(body["generationConfig"], json!({"responseMimeType":"application/json"}));
     }
 
     #[test]

@@ -112,12 +112,7 @@ fn answer(scenario: &str) -> Vec<Vec<Value>> {
     }
 }
 
-async fn handle(
-    State(rec): State<Recorder>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let r = recorded(&uri, &headers, &body);
     rec.record(r.clone());
     let last_segment = uri.path().rsplit('/').next().unwrap_or_default();
@@ -135,10 +130,7 @@ async fn handle(
                 429,
                 "RESOURCE_EXHAUSTED",
                 "You exceeded your current quota, please check your plan and billing details.",
-                vec![
-                    quota_failure("GenerateRequestsPerMinutePerProjectPerModel-FreeTier"),
-                    retry_info("2s"),
-                ],
+                vec![quota_failure("GenerateRequestsPerMinutePerProjectPerModel-FreeTier"), retry_info("2s")],
             )
         }
         "quota" => {
@@ -146,36 +138,12 @@ async fn handle(
                 429,
                 "RESOURCE_EXHAUSTED",
                 "You exceeded your current quota, please check your plan and billing details.",
-                vec![
-                    quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier"),
-                    retry_info("22s"),
-                ],
+                vec![quota_failure("GenerateRequestsPerDayPerProjectPerModel-FreeTier"), retry_info("22s")],
             )
         }
-        "overloaded" => {
-            return error(
-                503,
-                "UNAVAILABLE",
-                "The model is overloaded. Please try again later.",
-                vec![],
-            )
-        }
-        "bad_request" => {
-            return error(
-                400,
-                "INVALID_ARGUMENT",
-                "* GenerateContentRequest.contents: contents is not specified",
-                vec![],
-            )
-        }
-        "unauthorized" => {
-            return error(
-                401,
-                "UNAUTHENTICATED",
-                "Request had invalid authentication credentials.",
-                vec![],
-            )
-        }
+        "overloaded" => return error(503, "UNAVAILABLE", "The model is overloaded. Please try again later.", vec![]),
+        "bad_request" => return error(400, "INVALID_ARGUMENT", "* GenerateContentRequest.contents: contents is not specified", vec![]),
+        "unauthorized" => return error(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.", vec![]),
         _ => {}
     }
 
@@ -187,13 +155,8 @@ async fn handle(
             "stall" => (vec![], End::Hang),
             "stall_after_content" => (vec![r#"{"candidates": ["#.to_string()], End::Hang),
             "cut" => (vec![r#"{"candidates": ["#.to_string()], End::Cut),
-            "malformed" => (
-                vec![r#"{"candidates": [{"content":"#.to_string()],
-                End::Close,
-            ),
-            "midstream_error" => {
-                return error(503, "UNAVAILABLE", "The model is overloaded.", vec![])
-            }
+            "malformed" => (vec![r#"{"candidates": [{"content":"#.to_string()], End::Close),
+            "midstream_error" => return error(503, "UNAVAILABLE", "The model is overloaded.", vec![]),
             _ => {
                 let parts: Vec<Value> = answer(scenario).into_iter().flatten().collect();
                 let whole = response(parts, Some("STOP"), usage(4, true));
@@ -226,9 +189,7 @@ async fn handle(
             // The break comes inside the next frame. (`sse_body` loses the last piece written
             // before a cut, so the "Hel" frame must not be the last thing sent.)
             frames.push(partial);
-            frames.push(
-                r#"data: {"candidates": [{"content": {"parts": [{"text": "lo, wo"#.to_string(),
-            );
+            frames.push(r#"data: {"candidates": [{"content": {"parts": [{"text": "lo, wo"#.to_string());
             End::Cut
         }
         "midstream_error" => {
@@ -248,9 +209,5 @@ async fn handle(
             End::Close
         }
     };
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/event-stream")
-        .body(sse_body(frames, end, &rec))
-        .unwrap()
+    Response::builder().status(StatusCode::OK).header("content-type", "text/event-stream").body(sse_body(frames, end, &rec)).unwrap()
 }
