@@ -1,0 +1,41 @@
+//! The official `openai` Python SDK against the real `voxgate` binary (`voxgate serve`), as a
+//! user would run it. `.ci/run` installs the SDK; without it this test fails and says so.
+
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn the_openai_python_sdk_works_against_voxgate() {
+    let probe = Command::new("python3").args(["-c", "import openai"]).output().expect("python3 is needed for this test");
+    assert!(probe.status.success(), "the openai Python package is missing: run `python3 -m pip install openai` (.ci/run does)");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["serve", "--config", &format!("{dir}/tests/sdk/voxgate.toml"), "--listen", &format!("127.0.0.1:{port}")])
+        .env("VOXGATE_API_KEY", "vk-sdk-test")
+        .env("VOXGATE_LOG", "warn")
+        .spawn()
+        .expect("voxgate starts");
+    let mut ready = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = ready.then(|| {
+        Command::new("python3")
+            .args([&format!("{dir}/tests/sdk/openai_sdk_check.py"), &format!("http://127.0.0.1:{port}/v1"), "vk-sdk-test"])
+            .output()
+            .expect("python3 runs")
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let output = output.expect("voxgate did not start listening");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("openai SDK checks passed"), "{stdout}");
+}
