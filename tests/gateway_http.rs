@@ -270,3 +270,17 @@ async fn models_usage_and_metrics_endpoints() {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn streaming_request_that_fails_everywhere_gets_an_error_status_not_a_200_stream() {
+    // LiteLLM #38610: the client had already received 200 and a first event when the fallback
+    // failed too. voxgate holds everything back until a model produces content.
+    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let mut body = chat("doomed", "hi");
+    body["stream"] = json!(true);
+    let r = post(&base, &body).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "all_models_failed");
+}

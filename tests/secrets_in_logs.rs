@@ -1,0 +1,61 @@
+//! Upstream keys never reach the logs, even at TRACE level with every request failing in the
+//! ways that print the most (auth errors, rate limits, quota errors, cuts).
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+
+const SECRET: &str = "sk-log-SECRET-00112233";
+
+#[derive(Clone, Default)]
+struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn upstream_keys_never_appear_in_trace_logs() {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).with_ansi(false).init();
+
+    for kind in ["openai", "anthropic", "gemini"] {
+        let (url, _) = match kind {
+            "openai" => support::vendors::openai::start().await,
+            "anthropic" => support::vendors::anthropic::start().await,
+            _ => support::vendors::gemini::start().await,
+        };
+        {
+            let config = format!(
+                "[gateway]\nretry_after_ms_max = 0\n[providers.v]\nkind = \"{kind}\"\nbase_url = \"{url}\"\napi_key = \"env:K\"\n\
+                 [[models]]\nid = \"unauthorized\"\nprovider = \"v\"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0\n\
+                 [[models]]\nid = \"quota\"\nprovider = \"v\"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0\n\
+                 [[models]]\nid = \"rate_limited\"\nprovider = \"v\"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0\n\
+                 [[models]]\nid = \"cut\"\nprovider = \"v\"\ninput_usd_per_mtok = 1.0\noutput_usd_per_mtok = 1.0\n"
+            );
+            let (base, _) = support::start_voxgate(&config, &[("K", SECRET)]).await;
+            for model in ["unauthorized", "quota", "rate_limited", "cut"] {
+                let r = reqwest::Client::new()
+                    .post(format!("{base}/v1/chat/completions"))
+                    .json(&json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+                    .send()
+                    .await
+                    .unwrap();
+                let _ = r.text().await;
+            }
+        }
+    }
+    let logs = String::from_utf8_lossy(&buffer.0.lock().unwrap()).to_string();
+    assert!(logs.contains("attempt failed"), "the failures were logged at all");
+    assert!(!logs.contains(SECRET), "an upstream key reached the logs");
+}
