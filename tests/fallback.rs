@@ -220,3 +220,18 @@ async fn when_every_breaker_is_open_the_models_are_tried_anyway() {
     assert_eq!(model, "p-flaky");
     assert!(!c.text.is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_abandoned_by_its_client_does_not_block_the_provider_forever() {
+    let gw = gateway();
+    for _ in 0..2 {
+        collect(&gw, "r500").await.unwrap();
+    }
+    tokio::time::advance(Duration::from_millis(10_001)).await;
+    // The half-open probe goes to p-slow (same provider), and its client gives up mid-attempt.
+    let abandoned = tokio::time::timeout(Duration::from_millis(100), gw.start(&request("slow"), "test")).await;
+    assert!(abandoned.is_err(), "the client gave up before an answer");
+    // The next request may probe again instead of finding the slot taken forever.
+    let (_, attempts, _) = collect(&gw, "r500").await.unwrap();
+    assert_eq!(attempts, ["p-500=server_error", "b-ok=ok"]);
+}

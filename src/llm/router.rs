@@ -226,6 +226,9 @@ impl Gateway {
                     });
                     continue;
                 }
+                // If the client goes away mid-attempt this future is dropped: free a
+                // half-open breaker's probe slot so the provider is not skipped forever.
+                let _probe = ProbeRelease(slot.clone());
                 let is_last = i + 1 == plan.candidates.len();
                 let mut retried = false;
                 loop {
@@ -340,6 +343,14 @@ impl Gateway {
             ttft: None,
             latency: began.elapsed(),
         });
+    }
+}
+
+struct ProbeRelease(Arc<ProviderSlot>);
+
+impl Drop for ProbeRelease {
+    fn drop(&mut self) {
+        self.0.breaker.release();
     }
 }
 
