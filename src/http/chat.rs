@@ -430,4 +430,37 @@ mod tests {
         assert_eq!(r.stop_sequences(), vec!["x"]);
         assert!(matches!(r.messages[0], Message::System { .. }));
     }
+
+    #[test]
+    fn no_body_makes_the_parser_panic() {
+        // Mutate a rich valid body byte by byte (deterministic pseudo-random): every result is
+        // either a request or an error object, never a panic.
+        let valid = br#"{"model":"m","stream":true,"messages":[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"r"}],"tools":[{"type":"function","function":{"name":"f","parameters":{}}}],"tool_choice":"auto","response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{}}},"stop":["a"],"max_tokens":5}"#;
+        assert!(parse_request(valid).is_ok());
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"{}[]\":,0123456789.-eEtrufalsn \\\x00\xff";
+        for _ in 0..20_000 {
+            let mut body = valid.to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() % body.len() as u64) as usize;
+                match next() % 3 {
+                    0 => body[at] = alphabet[(next() % alphabet.len() as u64) as usize],
+                    1 => {
+                        body.remove(at);
+                    }
+                    _ => body.insert(at, alphabet[(next() % alphabet.len() as u64) as usize]),
+                }
+            }
+            if let Err(e) = parse_request(&body) {
+                assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                assert!(!e.message.is_empty());
+            }
+        }
+    }
 }
