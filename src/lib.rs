@@ -5,4 +5,5 @@
 //! - [`secret`]: API keys that never print themselves.
 
 pub mod llm;
+pub mod models;
 pub mod secret;
