@@ -164,9 +164,6 @@ pub struct RouteConfig {
     pub timeout_ms: u64,
 }
 
-/// Where the default embedded model lives under `models_dir` (see `models.rs`).
-pub const EMBEDDED_LLM_FILE: &str = "llm/SmolLM2-135M-Instruct.Q4_1.gguf";
-
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_TTFT_MS_MAX: u64 = 30_000;
 pub const DEFAULT_IDLE_MS_MAX: u64 = 30_000;
@@ -325,7 +322,7 @@ fn provider_config(
     {
         return Err(ConfigError::Invalid(format!("providers.{id}.base_url = {base_url:?} must start with http:// or https://")));
     }
-    let model_path = p.model_path.clone().or_else(|| (p.kind == ProviderKind::Embedded).then(|| models_dir.join(EMBEDDED_LLM_FILE)));
+    let model_path = p.model_path.clone().or_else(|| (p.kind == ProviderKind::Embedded).then(|| crate::models::llm_model_path(models_dir)));
     Ok(ProviderConfig {
         id: id.to_string(),
         kind: p.kind,

@@ -8,6 +8,7 @@
 //! - [`config`]: the TOML config and the built-in catalog, validated.
 //! - [`metrics`]: a small Prometheus registry.
 //! - [`bench`]: `voxgate bench` load generators.
+//! - [`models`]: fetching and verifying the embedded model files (pinned, SHA-256 checked).
 //! - [`secret`]: API keys that never print themselves.
 
 pub mod bench;
@@ -15,5 +16,6 @@ pub mod config;
 pub mod http;
 pub mod llm;
 pub mod metrics;
+pub mod models;
 pub mod secret;
 pub mod server;

