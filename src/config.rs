@@ -184,7 +184,7 @@ impl Config {
     /// Parse a config text (for tests and embedding).
     pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let raw: RawConfig =
-            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: toml_message(text, &e) })?;
         Config::from_raw(raw, env)
     }
 
@@ -202,6 +202,8 @@ impl Config {
         let mut api_keys = Vec::new();
         for (i, k) in user.auth.api_keys.iter().enumerate() {
             let key = resolve_secret(k, env, &format!("auth.api_keys[{i}]"))?;
+            // Clients' bearer tokens are trimmed, so a key must be too or it could never match.
+            let key = Secret::new(key.expose().trim());
             if key.expose().is_empty() {
                 return Err(ConfigError::Invalid(format!("auth.api_keys[{i}] is empty")));
             }
@@ -260,6 +262,13 @@ impl Config {
                     )));
                 }
             }
+            for (field, v) in [("ttft_ms_max", r.ttft_ms_max), ("idle_ms_max", r.idle_ms_max), ("timeout_ms", r.timeout_ms)] {
+                if v == Some(0) {
+                    return Err(ConfigError::Invalid(format!(
+                        "routes.{name}.{field} = 0 would time out every attempt; leave it out for the default"
+                    )));
+                }
+            }
             routes.insert(
                 name.clone(),
                 RouteConfig {
@@ -273,6 +282,9 @@ impl Config {
         }
 
         let g = &user.gateway;
+        if g.body_limit_bytes == Some(0) {
+            return Err(ConfigError::Invalid("gateway.body_limit_bytes = 0 would refuse every request".into()));
+        }
         let gateway = GatewaySettings {
             body_limit_bytes: g.body_limit_bytes.unwrap_or(4 * 1024 * 1024),
             retry_after_ms_max: g.retry_after_ms_max.unwrap_or(2_000),
@@ -286,7 +298,15 @@ impl Config {
 
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: toml_message(&text, &e) })
+}
+
+/// A TOML error as "line N: message", without the quoted source line (it may hold a key).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => format!("line {}: {}", text[..span.start.min(text.len())].matches('\n').count() + 1, e.message()),
+        None => e.message().to_string(),
+    }
 }
 
 /// `env:NAME` reads the variable (an error names the variable, never a value); anything else is
@@ -323,6 +343,9 @@ fn provider_config(
         return Err(ConfigError::Invalid(format!("providers.{id}.base_url = {base_url:?} must start with http:// or https://")));
     }
     let model_path = p.model_path.clone().or_else(|| (p.kind == ProviderKind::Embedded).then(|| crate::models::llm_model_path(models_dir)));
+    if p.connect_timeout_ms == Some(0) {
+        return Err(ConfigError::Invalid(format!("providers.{id}.connect_timeout_ms = 0 would fail every connection")));
+    }
     Ok(ProviderConfig {
         id: id.to_string(),
         kind: p.kind,
@@ -436,7 +459,14 @@ ttft_ms_max = 1200
         let err = Config::from_toml("[auth]\napi_keys = [\"env:NOPE\"]\n", &no_env).unwrap_err().to_string();
         assert!(err.contains("NOPE") && err.contains("not set"), "{err}");
         let err = Config::from_toml("lisen = \"x\"\n", &no_env).unwrap_err().to_string();
-        assert!(err.contains("lisen"), "{err}");
+        assert!(err.contains("lisen") && err.contains("line 1"), "{err}");
+        let err =
+            Config::from_toml("[routes.r]\nmodels = [\"smollm2-135m-instruct\"]\nttft_ms_max = 0\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("ttft_ms_max"), "{err}");
+        // A syntax error on a line holding a literal key does not echo the key.
+        let err =
+            Config::from_toml("[providers.x]\nkind = \"openai\"\napi_key = \"sk-literal-123\" oops\n", &no_env).unwrap_err().to_string();
+        assert!(!err.contains("sk-literal-123") && err.contains("line 3"), "{err}");
         let err = Config::from_toml("[routes.r]\nmodels = [\"ghost\"]\n", &no_env).unwrap_err().to_string();
         assert!(err.contains("ghost"), "{err}");
     }

@@ -44,6 +44,18 @@ provider = "fake"
 upstream = "tool"
 input_usd_per_mtok = 1.0
 output_usd_per_mtok = 2.0
+[[models]]
+id = "silent"
+provider = "fake"
+upstream = "reply="
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[models]]
+id = "inexpressible"
+provider = "fake"
+upstream = "invalid"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
 [routes.voice]
 models = ["broken", "limited", "echo"]
 [routes.doomed]
@@ -283,4 +295,47 @@ async fn streaming_request_that_fails_everywhere_gets_an_error_status_not_a_200_
     assert_eq!(r.headers()["content-type"], "application/json");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "all_models_failed");
+}
+
+#[tokio::test]
+async fn an_answer_without_content_ends_cleanly() {
+    // A reasoning model that spends every token thinking, or a filtered answer: no content at
+    // all. The stream must still end with a finish reason, usage and [DONE].
+    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let mut body = chat("silent", "hi");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let frames = sse_data(post(&base, &body).await).await;
+    assert_eq!(frames.last().map(String::as_str), Some("[DONE]"), "{frames:?}");
+    let usage: Value = serde_json::from_str(&frames[frames.len() - 2]).unwrap();
+    assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let r: Value = post(&base, &chat("silent", "hi")).await.json().await.unwrap();
+    assert_eq!(r["choices"][0]["message"]["content"], "");
+}
+
+#[tokio::test]
+async fn a_request_one_provider_cannot_express_goes_to_the_next_model() {
+    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let mut body = chat("x", "hi");
+    body["model"] = json!("inexpressible");
+    body["models"] = json!(["inexpressible", "echo"]);
+    let r = post(&base, &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-voxgate-attempts"], "inexpressible=invalid_request, echo=ok");
+    // Alone, it is the client's error: 400.
+    let r = post(&base, &chat("inexpressible", "hi")).await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn unknown_model_names_do_not_grow_usage_or_metrics() {
+    let (base, state) = start_voxgate(FAKES, &[]).await;
+    for i in 0..20 {
+        post(&base, &chat(&format!("made-up-{i}"), "hi")).await.bytes().await.unwrap();
+    }
+    let rows = state.gateway.accounts.usage.rows();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0].model.as_str(), rows[0].errors), ("unknown", 20));
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("made-up"));
 }

@@ -82,15 +82,17 @@ impl From<GatewayError> for ApiError {
             GatewayError::Rejected { error, .. } => {
                 let (status, kind) = provider_status(error);
                 let code = match error {
+                    ProviderError::Http { status: 401 | 403, .. } => e.kind().to_string(),
                     ProviderError::Http { code: Some(c), .. } => c.clone(),
                     _ => e.kind().to_string(),
                 };
                 ApiError::new(status, kind, e.to_string()).code(&code)
             }
             GatewayError::AllFailed { attempts, last } => {
-                // All rate-limited: say so (429, with the shortest wait); else a gateway error.
+                // All rate-limited: say so (429, with the last vendor's wait); else a gateway error.
                 let all_429 = !attempts.is_empty() && attempts.iter().all(|a| a.status == Some(429) || a.result == "skipped_breaker_open");
-                let all_timeout = !attempts.is_empty() && attempts.iter().all(|a| a.result == "timeout");
+                let all_timeout = attempts.iter().any(|a| a.result == "timeout")
+                    && attempts.iter().all(|a| a.result == "timeout" || a.result == "skipped_breaker_open");
                 let status = if all_429 {
                     StatusCode::TOO_MANY_REQUESTS
                 } else if all_timeout {

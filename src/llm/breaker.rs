@@ -17,6 +17,12 @@ pub enum BreakerState {
     HalfOpen,
 }
 
+/// Leave to send one request; `probe` when it is the half-open breaker's single probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    pub probe: bool,
+}
+
 #[derive(Debug)]
 struct Inner {
     consecutive_failures: u32,
@@ -53,19 +59,17 @@ impl Breaker {
         }
     }
 
-    /// May a request go to this provider now? In half-open state only one probe at a time.
-    pub fn try_acquire(&self) -> bool {
+    /// May a request go to this provider now? `None`: no (open, or a probe is already out).
+    /// In half-open state the one request let through holds the probe.
+    pub fn try_acquire(&self) -> Option<Permit> {
         let mut inner = self.lock();
         match inner.open_until {
-            None => true,
-            Some(until) if Instant::now() < until => false,
+            None => Some(Permit { probe: false }),
+            Some(until) if Instant::now() < until => None,
+            Some(_) if inner.probe_in_flight => None,
             Some(_) => {
-                if inner.probe_in_flight {
-                    false
-                } else {
-                    inner.probe_in_flight = true;
-                    true
-                }
+                inner.probe_in_flight = true;
+                Some(Permit { probe: true })
             }
         }
     }
@@ -89,9 +93,12 @@ impl Breaker {
         }
     }
 
-    /// The attempt was abandoned without a verdict (the client went away): free the probe slot.
-    pub fn release(&self) {
-        self.lock().probe_in_flight = false;
+    /// The probe ended without a verdict (the client went away, or the request itself was
+    /// at fault): free the slot for the next probe. Only the probe's holder calls this.
+    pub fn release(&self, permit: Permit) {
+        if permit.probe {
+            self.lock().probe_in_flight = false;
+        }
     }
 }
 
@@ -103,27 +110,27 @@ mod tests {
     async fn opens_after_consecutive_failures_then_probes() {
         let b = Breaker::new(3, Duration::from_secs(30));
         for _ in 0..2 {
-            assert!(b.try_acquire());
+            assert!(b.try_acquire().is_some());
             b.record_failure();
         }
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.try_acquire());
+        assert!(b.try_acquire().is_some());
         b.record_failure();
         assert_eq!(b.state(), BreakerState::Open);
-        assert!(!b.try_acquire());
+        assert!(b.try_acquire().is_none());
 
         tokio::time::advance(Duration::from_secs(31)).await;
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert!(b.try_acquire(), "one probe goes through");
-        assert!(!b.try_acquire(), "only one probe at a time");
+        assert_eq!(b.try_acquire(), Some(Permit { probe: true }), "one probe goes through");
+        assert!(b.try_acquire().is_none(), "only one probe at a time");
         b.record_failure();
         assert_eq!(b.state(), BreakerState::Open, "a failed probe reopens");
 
         tokio::time::advance(Duration::from_secs(31)).await;
-        assert!(b.try_acquire());
+        assert!(b.try_acquire().is_some());
         b.record_success();
         assert_eq!(b.state(), BreakerState::Closed);
-        assert!(b.try_acquire());
+        assert!(b.try_acquire().is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -122,7 +122,7 @@ fn parse_http_date(v: &str) -> Option<std::time::SystemTime> {
         + 1;
     let year: u64 = parts[3].parse().ok()?;
     let hms: Vec<u64> = parts[4].split(':').map(|x| x.parse().ok()).collect::<Option<Vec<_>>>()?;
-    if hms.len() != 3 || year < 1970 || !(1..=31).contains(&day) {
+    if hms.len() != 3 || !(1970..=9999).contains(&year) || !(1..=31).contains(&day) || hms[0] > 23 || hms[1] > 59 || hms[2] > 60 {
         return None;
     }
     // Days from civil date (Howard Hinnant's algorithm).
@@ -133,7 +133,7 @@ fn parse_http_date(v: &str) -> Option<std::time::SystemTime> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + hms[0] * 3600 + hms[1] * 60 + hms[2];
-    Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    std::time::UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -150,6 +150,9 @@ mod tests {
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
         let at = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         assert_eq!(at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
+        // Absurd dates are refused, not a panic.
+        assert_eq!(parse_retry_after("Sun, 06 Nov 300000000000 08:49:37 GMT"), None);
+        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 99999999999999:49:37 GMT"), None);
     }
 
     #[test]

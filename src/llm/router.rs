@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::{timeout, Instant};
 
-use super::breaker::Breaker;
+use super::breaker::{Breaker, Permit};
 use super::error::ProviderError;
 use super::providers::{self, EventStream, HttpSettings, Provider};
 use super::types::{ChatRequest, Event, Usage};
@@ -173,8 +173,15 @@ impl Gateway {
         }
         let mut seen = std::collections::HashSet::new();
         candidates.retain(|m| seen.insert(m.clone()));
+        // The name requests are booked under: the route or model asked for, else (a `models`
+        // list with a free-form `model`) the first candidate. Never an arbitrary client string.
+        let requested = if route.is_some() || self.models.contains_key(&request.model) {
+            request.model.clone()
+        } else {
+            candidates.first().cloned().unwrap_or_else(|| "unknown".to_string())
+        };
         Ok(Plan {
-            requested: request.model.clone(),
+            requested,
             candidates,
             ttft: Duration::from_millis(route.map_or(DEFAULT_TTFT_MS_MAX, |r| r.ttft_ms_max)),
             idle: Duration::from_millis(route.map_or(DEFAULT_IDLE_MS_MAX, |r| r.idle_ms_max)),
@@ -199,7 +206,8 @@ impl Gateway {
         let plan = match self.plan(request) {
             Ok(p) => p,
             Err(e) => {
-                self.record_failure(key, &request.model, began);
+                // Not the client's string: unknown names must not grow the books and metrics.
+                self.record_failure(key, "unknown", began);
                 return Err(e);
             }
         };
@@ -215,7 +223,8 @@ impl Gateway {
             for (i, model_id) in plan.candidates.iter().enumerate() {
                 let model = &self.models[model_id];
                 let Some(slot) = self.providers.get(&model.provider).cloned() else { continue };
-                if respect_breakers && !slot.breaker.try_acquire() {
+                let permit = if respect_breakers { slot.breaker.try_acquire() } else { Some(Permit { probe: false }) };
+                let Some(permit) = permit else {
                     attempts.push(Attempt {
                         model: model_id.clone(),
                         provider: slot.id.clone(),
@@ -225,10 +234,10 @@ impl Gateway {
                         elapsed: Duration::ZERO,
                     });
                     continue;
-                }
+                };
                 // If the client goes away mid-attempt this future is dropped: free a
                 // half-open breaker's probe slot so the provider is not skipped forever.
-                let _probe = ProbeRelease(slot.clone());
+                let _probe = ProbeRelease(slot.clone(), permit);
                 let is_last = i + 1 == plan.candidates.len();
                 let mut retried = false;
                 loop {
@@ -256,7 +265,7 @@ impl Gateway {
                                 attempts,
                                 held,
                                 stream: Some(stream),
-                                idle: plan.idle,
+                                idle: if request.stream { plan.idle } else { plan.timeout },
                                 accounting: Accounting {
                                     accounts: self.accounts.clone(),
                                     slot,
@@ -284,10 +293,16 @@ impl Gateway {
                                 message: Some(error.to_string()),
                                 elapsed,
                             });
+                            if matches!(error, ProviderError::Invalid(_)) && !is_last {
+                                // Our adapter cannot express this request for this model (a
+                                // prompt over the embedded model's context, say): the next
+                                // model may; the provider is healthy.
+                                last = Some(error);
+                                break;
+                            }
                             if !error.is_retryable() {
                                 // Our client's request (or our account) is at fault; the
                                 // provider is healthy, so the breaker is left alone.
-                                slot.breaker.release();
                                 self.count_attempts(&attempts);
                                 self.record_failure(key, &plan.requested, began);
                                 return Err(GatewayError::Rejected { model: model_id.clone(), error, attempts });
@@ -346,11 +361,11 @@ impl Gateway {
     }
 }
 
-struct ProbeRelease(Arc<ProviderSlot>);
+struct ProbeRelease(Arc<ProviderSlot>, Permit);
 
 impl Drop for ProbeRelease {
     fn drop(&mut self) {
-        self.0.breaker.release();
+        self.0.breaker.release(self.1);
     }
 }
 
@@ -362,7 +377,8 @@ async fn attempt(
     request: &ChatRequest,
     plan: &Plan,
 ) -> Result<(VecDeque<Event>, EventStream), ProviderError> {
-    let idle = plan.idle;
+    // Non-streaming answers arrive whole, so only `timeout_ms` applies to them.
+    let idle = if request.stream { plan.idle } else { plan.timeout };
     let until_content = async {
         let mut stream = slot.provider.send(request, &model.upstream, request.stream).await?;
         let mut held = VecDeque::new();
@@ -375,7 +391,8 @@ async fn attempt(
                     )));
                 }
                 // Ended without content: an empty answer is still an answer.
-                Ok(None) => return Ok((held, stream)),
+                // (The provider's stream is finished and must not be polled again.)
+                Ok(None) => return Ok((held, Box::pin(futures::stream::empty()) as EventStream)),
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(Some(Ok(event))) => {
                     let content = event.is_content();

@@ -21,6 +21,8 @@ pub const MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct SseParser {
     buf: BytesMut,
+    /// How much of `buf` is known to hold no line end (so long lines are scanned once).
+    scanned: usize,
     event: Option<String>,
     data: String,
     has_data: bool,
@@ -36,11 +38,17 @@ impl SseParser {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         loop {
-            let Some(pos) = self.buf.iter().position(|&b| b == b'\n' || b == b'\r') else { break };
+            let Some(found) = self.buf[self.scanned..].iter().position(|&b| b == b'\n' || b == b'\r') else {
+                self.scanned = self.buf.len();
+                break;
+            };
+            let pos = self.scanned + found;
             // A lone '\r' at the very end may be the first half of "\r\n": wait for more.
             if self.buf[pos] == b'\r' && pos + 1 == self.buf.len() {
+                self.scanned = pos;
                 break;
             }
+            self.scanned = 0;
             let line = self.buf.split_to(pos);
             let skip = if self.buf[0] == b'\r' && self.buf.get(1) == Some(&b'\n') { 2 } else { 1 };
             let _ = self.buf.split_to(skip);
@@ -58,6 +66,7 @@ impl SseParser {
     /// The stream ended: dispatch a final event that lacked its blank line, if any.
     pub fn finish(&mut self) -> Option<SseEvent> {
         if !self.buf.is_empty() {
+            self.scanned = 0;
             let rest = self.buf.split();
             if let Ok(line) = std::str::from_utf8(&rest) {
                 let line = line.to_string();

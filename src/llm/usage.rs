@@ -21,7 +21,7 @@ use crate::config::ModelConfig;
 pub fn cost_picousd(usage: &Usage, model: &ModelConfig) -> u128 {
     let cached = usage.cached_input_tokens.min(usage.input_tokens);
     let written = usage.cache_write_tokens.min(usage.input_tokens - cached);
-    let fresh = usage.input_tokens - cached - written;
+    let fresh = usage.input_tokens - cached - written; // cannot underflow: both are capped above
     fresh as u128 * model.input as u128
         + cached as u128 * model.cached_input as u128
         + written as u128 * model.cache_write as u128
@@ -68,7 +68,7 @@ pub struct Record {
 const SAMPLES_MAX: usize = 10_000;
 
 /// The most recent latency samples (bounded), for percentiles.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Samples(VecDeque<f64>);
 
 impl Samples {
@@ -112,6 +112,12 @@ struct Row {
     latency_ms: Samples,
 }
 
+impl Row {
+    fn snapshot(&self) -> Row {
+        Row { ttft_ms: self.ttft_ms.clone(), latency_ms: self.latency_ms.clone(), ..*self }
+    }
+}
+
 /// One row of `GET /v1/usage`.
 #[derive(Debug, Clone, Serialize)]
 pub struct UsageRow {
@@ -149,11 +155,11 @@ impl UsageBook {
         if r.fell_back {
             row.fallbacks += 1;
         }
-        row.input_tokens += r.usage.input_tokens;
-        row.output_tokens += r.usage.output_tokens;
-        row.cached_input_tokens += r.usage.cached_input_tokens;
-        row.cache_write_tokens += r.usage.cache_write_tokens;
-        row.cost_picousd += r.cost_picousd;
+        row.input_tokens = row.input_tokens.saturating_add(r.usage.input_tokens);
+        row.output_tokens = row.output_tokens.saturating_add(r.usage.output_tokens);
+        row.cached_input_tokens = row.cached_input_tokens.saturating_add(r.usage.cached_input_tokens);
+        row.cache_write_tokens = row.cache_write_tokens.saturating_add(r.usage.cache_write_tokens);
+        row.cost_picousd = row.cost_picousd.saturating_add(r.cost_picousd);
         if let Some(t) = r.ttft {
             row.ttft_ms.push(t.as_secs_f64() * 1000.0);
         }
@@ -163,11 +169,16 @@ impl UsageBook {
     }
 
     pub fn rows(&self) -> Vec<UsageRow> {
-        let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        rows.iter()
+        // Copy under the lock, sort for percentiles outside it: recording never waits on a report.
+        let copied: Vec<((String, String), Row)> = {
+            let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
+            rows.iter().map(|(k, r)| (k.clone(), r.snapshot())).collect()
+        };
+        copied
+            .into_iter()
             .map(|((key, model), r)| UsageRow {
-                key: key.clone(),
-                model: model.clone(),
+                key,
+                model,
                 requests: r.requests,
                 errors: r.errors,
                 cancelled: r.cancelled,

@@ -7,6 +7,7 @@
 //! - `flaky-N`: the first N calls fail with 503, later ones succeed;
 //! - `stall-N`: send N tokens, then hang;
 //! - `cut-N`: send N tokens, then break the stream;
+//! - `invalid`: refuse the request as one this provider cannot express;
 //! - `tool`: call the request's first tool with `{"text": <last user text>}`;
 //! - `json`: answer `{"answer": <last user text>}`;
 //! - `reply=WORDS_WITH_UNDERSCORES`: answer those words (underscores become spaces);
@@ -38,6 +39,7 @@ struct Script {
     cut_after: Option<usize>,
     tool: bool,
     json: bool,
+    invalid: bool,
     reply: Option<String>,
 }
 
@@ -62,6 +64,7 @@ fn parse(name: &str) -> Script {
             ("cut", Some(n)) => s.cut_after = Some(n as usize),
             ("tool", _) => s.tool = true,
             ("json", _) => s.json = true,
+            ("invalid", _) => s.invalid = true,
             _ => {}
         }
     }
@@ -124,6 +127,9 @@ impl Fake {
                 retry_after: script.retry_s.map(Duration::from_secs),
                 quota: false,
             });
+        }
+        if script.invalid {
+            return Err(ProviderError::Invalid("the fake provider cannot express this request".into()));
         }
         if call <= script.flaky {
             return Err(ProviderError::http(503, format!("fake upstream is flaky (call {call} of {})", script.flaky)));

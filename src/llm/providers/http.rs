@@ -43,7 +43,13 @@ pub async fn post_json(
     }
     let headers = response.headers().clone();
     let body = read_limited(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
-    Err(on_error(status, &headers, &String::from_utf8_lossy(&body)))
+    let mut error = on_error(status, &headers, &String::from_utf8_lossy(&body));
+    if let ProviderError::Http { status: 401 | 403, message, .. } = &mut error {
+        // Vendors echo part of the rejected key ("Incorrect API key provided: sk-…abcd"):
+        // never pass that on to clients or logs.
+        *message = format!("the provider rejected voxgate's credentials (HTTP {status}): check this provider's api_key");
+    }
+    Err(error)
 }
 
 /// Read a whole (non-streaming) JSON answer.

@@ -6,7 +6,7 @@
 //! delta (never appended twice), the id repeated on every fragment, `delta.reasoning`, a missing
 //! `[DONE]` after a finish reason, and vLLM's `{"object":"error"}` frames.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use reqwest::header::{HeaderMap, AUTHORIZATION};
 use serde_json::{json, Value};
@@ -59,7 +59,22 @@ pub fn request_body(request: &ChatRequest, upstream_model: &str, stream: bool) -
     } else {
         obj.remove("stream_options");
     }
+    if is_reasoning_model(upstream_model) {
+        // OpenAI's reasoning models answer 400 to `max_tokens` and to sampling settings.
+        if let Some(v) = obj.remove("max_tokens") {
+            obj.entry("max_completion_tokens").or_insert(v);
+        }
+        obj.remove("temperature");
+        obj.remove("top_p");
+    }
     Ok(body)
+}
+
+/// OpenAI's reasoning models (o-series, GPT-5 family) take `max_completion_tokens` only and no
+/// sampling settings.
+fn is_reasoning_model(model: &str) -> bool {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    m.starts_with("gpt-5") && !m.starts_with("gpt-5-chat") || ["o1", "o3", "o4"].iter().any(|p| m == *p || m.starts_with(&format!("{p}-")))
 }
 
 /// OpenAI error bodies: `{"error":{"message","type","param","code"}}`; vLLM sometimes sends
@@ -80,7 +95,10 @@ pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderErro
 /// Streaming decoder for `chat.completion.chunk` frames.
 #[derive(Default)]
 pub struct StreamDecoder {
-    started_calls: HashSet<u32>,
+    /// Upstream tool-call index → our dense index.
+    indexes: HashMap<u64, u32>,
+    /// Our index → the call's id.
+    ids: Vec<String>,
     finished: bool,
     done: bool,
 }
@@ -133,31 +151,50 @@ impl SseDecoder for StreamDecoder {
 
 impl StreamDecoder {
     fn delta(&mut self, delta: &Value, out: &mut Vec<Event>) {
-        if let Some(text) = delta.get("content").and_then(Value::as_str) {
-            if !text.is_empty() {
-                out.push(Event::Text(text.to_string()));
+        for field in ["content", "refusal"] {
+            if let Some(text) = delta.get(field).and_then(Value::as_str) {
+                if !text.is_empty() {
+                    out.push(Event::Text(text.to_string()));
+                }
             }
         }
         let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) else { return };
-        for (position, call) in calls.iter().enumerate() {
-            let index = call.get("index").and_then(Value::as_u64).unwrap_or(position as u64) as u32;
+        for call in calls {
             let function = call.get("function");
-            if !self.started_calls.contains(&index) {
-                let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
-                let id = call
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("call_{}", crate::llm::ids::random_suffix()));
-                self.started_calls.insert(index);
-                out.push(Event::ToolCallStart { index, id, name: name.to_string() });
-            }
+            let id = call.get("id").and_then(Value::as_str).filter(|s| !s.is_empty());
+            let index = self.our_index(call.get("index").and_then(Value::as_u64), id);
+            let index = match index {
+                Some(i) => i,
+                None => {
+                    let ours = self.ids.len() as u32;
+                    let id = id.map(str::to_string).unwrap_or_else(|| format!("call_{}", crate::llm::ids::random_suffix()));
+                    if let Some(up) = call.get("index").and_then(Value::as_u64) {
+                        self.indexes.insert(up, ours);
+                    }
+                    self.ids.push(id.clone());
+                    let name = function.and_then(|f| f.get("name")).and_then(Value::as_str).unwrap_or_default();
+                    out.push(Event::ToolCallStart { index: ours, id, name: name.to_string() });
+                    ours
+                }
+            };
             if let Some(args) = function.and_then(|f| f.get("arguments")).and_then(Value::as_str) {
                 if !args.is_empty() {
                     out.push(Event::ToolCallArgs { index, arguments: args.to_string() });
                 }
             }
+        }
+    }
+
+    /// Which of our calls a fragment continues, or `None` for a new call. Hosts differ: some
+    /// repeat the id on every fragment, some omit `index`; a new id always starts a new call.
+    fn our_index(&self, upstream: Option<u64>, id: Option<&str>) -> Option<u32> {
+        let known = match upstream {
+            Some(up) => self.indexes.get(&up).copied(),
+            None => self.ids.len().checked_sub(1).map(|i| i as u32),
+        }?;
+        match id {
+            Some(id) if self.ids[known as usize] != id => None,
+            _ => Some(known),
         }
     }
 }
@@ -187,9 +224,11 @@ pub fn decode_completion(value: &Value) -> Result<Vec<Event>, ProviderError> {
         .ok_or_else(|| ProviderError::stream("response has no choices"))?;
     let message = choice.get("message").cloned().unwrap_or(Value::Null);
     let mut out = Vec::new();
-    if let Some(text) = message.get("content").and_then(Value::as_str) {
-        if !text.is_empty() {
-            out.push(Event::Text(text.to_string()));
+    for field in ["content", "refusal"] {
+        if let Some(text) = message.get(field).and_then(Value::as_str) {
+            if !text.is_empty() {
+                out.push(Event::Text(text.to_string()));
+            }
         }
     }
     if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
@@ -336,5 +375,46 @@ mod tests {
         assert_eq!(body["model"], "gpt-4.1-mini");
         assert_eq!(body["stream_options"]["include_usage"], true);
         assert!(body.get("models").is_none());
+    }
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens_and_no_sampling() {
+        let req: ChatRequest = serde_json::from_value(json!({
+            "model": "m", "messages": [{"role":"user","content":"hi"}], "max_tokens": 50, "temperature": 0.2
+        }))
+        .unwrap();
+        let body = request_body(&req, "gpt-5-mini", true).unwrap();
+        assert_eq!(body["max_completion_tokens"], 50);
+        assert!(body.get("max_tokens").is_none() && body.get("temperature").is_none());
+        let body = request_body(&req, "gpt-4.1-mini", true).unwrap();
+        assert_eq!(body["max_tokens"], 50);
+        assert_eq!(body["temperature"], 0.2);
+        assert!(is_reasoning_model("o4-mini") && !is_reasoning_model("gpt-4o") && !is_reasoning_model("llama-3.3-70b"));
+    }
+
+    #[test]
+    fn fragments_without_index_and_new_ids_make_dense_calls() {
+        let mut d = StreamDecoder::default();
+        let ev = feed(
+            &mut d,
+            &[
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"a","type":"function","function":{"name":"f","arguments":"{\"x\""}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":":1}"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"id":"b","type":"function","function":{"name":"g","arguments":"{}"}}]}}]}"#,
+                r#"{"choices":[{"index":0,"delta":{"refusal":"no"},"finish_reason":"tool_calls"}]}"#,
+            ],
+        );
+        assert_eq!(
+            ev,
+            vec![
+                Event::ToolCallStart { index: 0, id: "a".into(), name: "f".into() },
+                Event::ToolCallArgs { index: 0, arguments: "{\"x\"".into() },
+                Event::ToolCallArgs { index: 0, arguments: ":1}".into() },
+                Event::ToolCallStart { index: 1, id: "b".into(), name: "g".into() },
+                Event::ToolCallArgs { index: 1, arguments: "{}".into() },
+                Event::Text("no".into()),
+                Event::Finish(FinishReason::ToolCalls),
+            ]
+        );
     }
 }
