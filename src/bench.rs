@@ -94,6 +94,17 @@ async fn load(client: &reqwest::Client, url: &str, rate: u32, duration: Duration
     Run { sent, ok: lat.len(), p50_ms: at(0.5), p95_ms: at(0.95), p99_ms: at(0.99), achieved_rps: sent as f64 / elapsed }
 }
 
+/// CPU seconds (user + system) the process has used so far; Linux `/proc`, 100 ticks a second.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 fn peak_rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -147,12 +158,19 @@ pub async fn gateway(rates: &[u32], duration: Duration) -> anyhow::Result<String
     load(&client, &via_url, 500, Duration::from_secs(1)).await;
 
     let mut out = String::new();
+    let _ =
+        writeln!(out, "{} s per rate per path; voxgate, the load generator and the fake upstream share every CPU\n", duration.as_secs());
     let _ = writeln!(out, "| rate (req/s) | path | sent | ok | achieved req/s | p50 ms | p95 ms | p99 ms |");
     let _ = writeln!(out, "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut overheads = Vec::new();
+    let mut cpu_rows = Vec::new();
     for &rate in rates {
         let direct = load(&client, &direct_url, rate, duration).await;
+        let cpu_before = cpu_seconds(pid);
         let via = load(&client, &via_url, rate, duration).await;
+        if let (Some(a), Some(b)) = (cpu_before, cpu_seconds(pid)) {
+            cpu_rows.push((rate, (b - a) / via.sent.max(1) as f64 * 1e6, (b - a) / duration.as_secs_f64() * 100.0));
+        }
         for (name, r) in [("direct", direct), ("via voxgate", via)] {
             let _ = writeln!(
                 out,
@@ -166,6 +184,11 @@ pub async fn gateway(rates: &[u32], duration: Duration) -> anyhow::Result<String
     let _ = writeln!(out, "| ---: | ---: | ---: |");
     for (rate, p50, p99) in overheads {
         let _ = writeln!(out, "| {rate} | {p50:.3} | {p99:.3} |");
+    }
+    let _ = writeln!(out, "\n| rate (req/s) | voxgate CPU per request µs | voxgate CPU % of one core |");
+    let _ = writeln!(out, "| ---: | ---: | ---: |");
+    for (rate, per_request_us, percent) in cpu_rows {
+        let _ = writeln!(out, "| {rate} | {per_request_us:.0} | {percent:.0} |");
     }
     let peak = peak_rss_mb(pid).map_or("unknown".to_string(), |mb| format!("{mb:.1} MB"));
     let _ = writeln!(out, "\nvoxgate peak resident memory (VmHWM): {peak}");

@@ -246,7 +246,50 @@ fn stream_response(answer: Answer, include_usage: bool) -> Response {
 }
 
 /// Parse and check a request body, with errors that say which field is wrong and how.
+/// Well-formed bodies take one typed parse; only a body that fails it is walked as a JSON
+/// value to say precisely what is wrong.
 pub fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+    match serde_json::from_slice::<ChatRequest>(bytes) {
+        Ok(request) if !request.model.is_empty() && !request.messages.is_empty() => {
+            check_messages(&request.messages)?;
+            check_request(request)
+        }
+        _ => diagnose(bytes),
+    }
+}
+
+fn check_messages(messages: &[Message]) -> Result<(), ApiError> {
+    messages.iter().enumerate().try_for_each(|(i, m)| check_message(i, m))
+}
+
+/// Only text parts; a tool result names its call.
+fn check_message(i: usize, message: &Message) -> Result<(), ApiError> {
+    let content = match message {
+        Message::System { content, .. } | Message::User { content, .. } | Message::Tool { content, .. } => Some(content),
+        Message::Assistant { content, .. } => content.as_ref(),
+    };
+    if let Some(Content::Parts(parts)) = content {
+        if let Some(p) = parts.iter().find(|p| p.kind != "text") {
+            return Err(ApiError::invalid(
+                format!("`messages[{i}].content` has a part of type {:?}; voxgate supports text parts only.", p.kind),
+                Some(&format!("messages[{i}].content")),
+            )
+            .code("unsupported_content"));
+        }
+    }
+    if let Message::Tool { tool_call_id, .. } = message {
+        if tool_call_id.is_empty() {
+            return Err(ApiError::invalid(
+                format!("`messages[{i}].tool_call_id` must name the tool call this result answers."),
+                Some(&format!("messages[{i}].tool_call_id")),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The slow path: find and name what is wrong in a body the typed parse refused.
+fn diagnose(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid(format!("We could not parse the JSON body of your request ({e}). The body must be a JSON object."), None)
             .code("invalid_json")
@@ -293,32 +336,16 @@ pub fn parse_request(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         let message: Message = serde_json::from_value(m.clone()).map_err(|e| {
             ApiError::invalid(format!("`{param}` is not a valid {} message: {e}.", role.unwrap_or("")), Some(&param)).code("invalid_type")
         })?;
-        let content = match &message {
-            Message::System { content, .. } | Message::User { content, .. } | Message::Tool { content, .. } => Some(content),
-            Message::Assistant { content, .. } => content.as_ref(),
-        };
-        if let Some(Content::Parts(parts)) = content {
-            if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                return Err(ApiError::invalid(
-                    format!("`{param}.content` has a part of type {:?}; voxgate supports text parts only.", p.kind),
-                    Some(&format!("{param}.content")),
-                )
-                .code("unsupported_content"));
-            }
-        }
-        if let Message::Tool { tool_call_id, .. } = &message {
-            if tool_call_id.is_empty() {
-                return Err(ApiError::invalid(
-                    format!("`{param}.tool_call_id` must name the tool call this result answers."),
-                    Some(&format!("{param}.tool_call_id")),
-                ));
-            }
-        }
+        check_message(i, &message)?;
     }
-    let request: ChatRequest = serde_json::from_value(value.clone()).map_err(|e| {
+    let request: ChatRequest = serde_json::from_value(value).map_err(|e| {
         ApiError::invalid(format!("The request does not match the chat completions schema: {e}."), None).code("invalid_type")
     })?;
+    check_request(request)
+}
 
+/// Checks on a typed request: values in range, tools and tool choice consistent.
+fn check_request(request: ChatRequest) -> Result<ChatRequest, ApiError> {
     if let Some(n) = request.n {
         if n != 1 {
             return Err(ApiError::invalid("voxgate returns one choice per request: `n` must be 1.", Some("n")).code("unsupported_value"));

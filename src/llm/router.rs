@@ -340,9 +340,12 @@ impl Gateway {
                 m.inc("voxgate_gateway_fallbacks_total", &[("reason", &a.result)]);
             }
         }
-        for slot in self.providers.values() {
-            let open = slot.breaker.state() == super::breaker::BreakerState::Open;
-            m.set("voxgate_gateway_breaker_open", &[("provider", &slot.id)], if open { 1.0 } else { 0.0 });
+        // Only the providers this request touched can have changed state.
+        for a in attempts.iter().filter(|a| a.result != "skipped_breaker_open") {
+            if let Some(slot) = self.providers.get(&a.provider) {
+                let open = slot.breaker.state() == super::breaker::BreakerState::Open;
+                m.set("voxgate_gateway_breaker_open", &[("provider", &slot.id)], if open { 1.0 } else { 0.0 });
+            }
         }
     }
 
