@@ -74,3 +74,19 @@ impl Server {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_listening_needs_keys() {
+        let env = |k: &str| (k == "VK").then(|| "key".to_string());
+        let open = Config::from_toml("listen = \"0.0.0.0:8080\"\n", &env).unwrap();
+        assert!(matches!(check_exposure(&open), Err(ServerError::OpenWithoutKeys(_))));
+        assert!(check_exposure(&Config::from_toml("listen = \"127.0.0.1:8080\"\n", &env).unwrap()).is_ok());
+        assert!(check_exposure(&Config::from_toml("listen = \"[::1]:8080\"\n", &env).unwrap()).is_ok());
+        let keyed = Config::from_toml("listen = \"0.0.0.0:8080\"\n[auth]\napi_keys = [\"env:VK\"]\n", &env).unwrap();
+        assert!(check_exposure(&keyed).is_ok());
+    }
+}

@@ -48,6 +48,12 @@ upstream = "stall-2"
 input_usd_per_mtok = 1.0
 output_usd_per_mtok = 1.0
 [[models]]
+id = "p-cut-late"
+provider = "primary"
+upstream = "cut-2"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 1.0
+[[models]]
 id = "p-flaky"
 provider = "primary"
 upstream = "flaky-1"
@@ -82,6 +88,8 @@ idle_ms_max = 800
 models = ["p-stall-late", "b-ok"]
 ttft_ms_max = 5000
 idle_ms_max = 800
+[routes.cut_late]
+models = ["p-cut-late", "b-ok"]
 [routes.down]
 models = ["p-500", "b-500"]
 [routes.flaky_only]
@@ -234,4 +242,26 @@ async fn a_probe_abandoned_by_its_client_does_not_block_the_provider_forever() {
     // The next request may probe again instead of finding the slot taken forever.
     let (_, attempts, _) = collect(&gw, "r500").await.unwrap();
     assert_eq!(attempts, ["p-500=server_error", "b-ok=ok"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cut_after_content_ends_with_an_error_and_the_backup_is_never_called() {
+    let gw = gateway();
+    let mut answer = gw.start(&request("cut_late"), "test").await.unwrap();
+    assert_eq!(answer.model, "p-cut-late");
+    let mut texts = Vec::new();
+    let mut error = None;
+    while let Some(e) = answer.next().await {
+        match e {
+            Ok(Event::Text(t)) => texts.push(t),
+            Ok(_) => {}
+            Err(e) => error = Some(e),
+        }
+    }
+    assert_eq!(texts, ["You", " said:"]);
+    assert_eq!(error.expect("an in-band error").kind(), "stream");
+    assert_eq!(answer.attempts.len(), 1, "no second attempt after content");
+    drop(answer);
+    let rows = gw.accounts.usage.rows();
+    assert_eq!((rows[0].model.as_str(), rows[0].errors), ("p-cut-late", 1));
 }
