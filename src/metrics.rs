@@ -2,7 +2,8 @@
 //! rendered in the text exposition format. Every metric is declared in [`METRICS`] (and listed
 //! in `docs/metrics.md`); label values are model, provider and outcome names, never secrets.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
 
@@ -35,10 +36,11 @@ struct Histogram {
     count: u64,
 }
 
+/// Values keyed by metric name, then by rendered label text (`model="a",outcome="ok"`).
 #[derive(Debug, Default)]
 struct Inner {
-    values: BTreeMap<(&'static str, String), f64>,
-    histograms: BTreeMap<(&'static str, String), Histogram>,
+    values: BTreeMap<&'static str, HashMap<String, f64>>,
+    histograms: BTreeMap<&'static str, HashMap<String, Histogram>>,
 }
 
 #[derive(Debug, Default)]
@@ -46,16 +48,46 @@ pub struct Metrics {
     inner: Mutex<Inner>,
 }
 
-fn label_text(labels: &[(&str, &str)]) -> String {
-    let mut s = String::new();
+thread_local! {
+    /// Scratch space for label text: a lookup of an existing series allocates nothing.
+    static LABELS: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Render `labels` into `out` (cleared first), escaping `\`, `"` and newlines in values.
+fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
+    out.clear();
     for (i, (k, v)) in labels.iter().enumerate() {
         if i > 0 {
-            s.push(',');
+            out.push(',');
         }
-        let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
-        let _ = write!(s, "{k}=\"{v}\"");
+        out.push_str(k);
+        out.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
     }
-    s
+}
+
+/// Run `f` on the series `labels` of `map`, creating it with `new` when it does not exist.
+fn with_series<T>(map: &mut HashMap<String, T>, labels: &[(&str, &str)], new: impl FnOnce() -> T, f: impl FnOnce(&mut T)) {
+    LABELS.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        write_labels(&mut buf, labels);
+        match map.get_mut(buf.as_str()) {
+            Some(v) => f(v),
+            None => {
+                let mut v = new();
+                f(&mut v);
+                map.insert(buf.clone(), v);
+            }
+        }
+    });
 }
 
 impl Metrics {
@@ -64,7 +96,8 @@ impl Metrics {
     }
 
     pub fn add(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
-        *self.lock().values.entry((name, label_text(labels))).or_insert(0.0) += v;
+        let mut inner = self.lock();
+        with_series(inner.values.entry(name).or_default(), labels, || 0.0, |x| *x += v);
     }
 
     pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
@@ -72,22 +105,22 @@ impl Metrics {
     }
 
     pub fn set(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
-        self.lock().values.insert((name, label_text(labels)), v);
+        let mut inner = self.lock();
+        with_series(inner.values.entry(name).or_default(), labels, || 0.0, |x| *x = v);
     }
 
     pub fn observe(&self, name: &'static str, labels: &[(&str, &str)], seconds: f64) {
         let mut inner = self.lock();
-        let h = inner
-            .histograms
-            .entry((name, label_text(labels)))
-            .or_insert_with(|| Histogram { counts: vec![0; BUCKETS_S.len()], ..Histogram::default() });
-        for (i, b) in BUCKETS_S.iter().enumerate() {
-            if seconds <= *b {
-                h.counts[i] += 1;
+        let new = || Histogram { counts: vec![0; BUCKETS_S.len()], ..Histogram::default() };
+        with_series(inner.histograms.entry(name).or_default(), labels, new, |h| {
+            for (i, b) in BUCKETS_S.iter().enumerate() {
+                if seconds <= *b {
+                    h.counts[i] += 1;
+                }
             }
-        }
-        h.sum += seconds;
-        h.count += 1;
+            h.sum += seconds;
+            h.count += 1;
+        });
     }
 
     /// The Prometheus text format.
@@ -102,10 +135,9 @@ impl Metrics {
             };
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind_text}");
             if *kind == Kind::Histogram {
-                for ((n, labels), h) in inner.histograms.range((*name, String::new())..) {
-                    if n != name {
-                        break;
-                    }
+                let mut series: Vec<_> = inner.histograms.get(name).into_iter().flatten().collect();
+                series.sort_by(|a, b| a.0.cmp(b.0));
+                for (labels, h) in series {
                     let sep = if labels.is_empty() { "" } else { "," };
                     for (i, b) in BUCKETS_S.iter().enumerate() {
                         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", h.counts[i]);
@@ -115,10 +147,9 @@ impl Metrics {
                     let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
                 }
             } else {
-                for ((n, labels), v) in inner.values.range((*name, String::new())..) {
-                    if n != name {
-                        break;
-                    }
+                let mut series: Vec<_> = inner.values.get(name).into_iter().flatten().collect();
+                series.sort_by(|a, b| a.0.cmp(b.0));
+                for (labels, v) in series {
                     let _ = writeln!(out, "{name}{{{labels}}} {v}");
                 }
             }

@@ -136,16 +136,24 @@ pub struct UsageRow {
     pub latency_ms: Option<Percentiles>,
 }
 
-/// Usage per (key, model), kept in memory for the life of the process.
+/// Usage per (key, model), kept in memory for the life of the process. Two levels so that
+/// recording into an existing row looks up by `&str` and allocates nothing.
 #[derive(Debug, Default)]
 pub struct UsageBook {
-    rows: Mutex<BTreeMap<(String, String), Row>>,
+    rows: Mutex<BTreeMap<String, BTreeMap<String, Row>>>,
 }
 
 impl UsageBook {
     pub fn record(&self, r: &Record) {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-        let row = rows.entry((r.key.clone(), r.model.clone())).or_default();
+        if !rows.contains_key(&r.key) {
+            rows.insert(r.key.clone(), BTreeMap::new());
+        }
+        let by_model = rows.get_mut(&r.key).expect("inserted above");
+        if !by_model.contains_key(&r.model) {
+            by_model.insert(r.model.clone(), Row::default());
+        }
+        let row = by_model.get_mut(&r.model).expect("inserted above");
         row.requests += 1;
         match r.outcome {
             Outcome::Ok => {}
@@ -172,7 +180,7 @@ impl UsageBook {
         // Copy under the lock, sort for percentiles outside it: recording never waits on a report.
         let copied: Vec<((String, String), Row)> = {
             let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
-            rows.iter().map(|(k, r)| (k.clone(), r.snapshot())).collect()
+            rows.iter().flat_map(|(key, models)| models.iter().map(|(model, r)| ((key.clone(), model.clone()), r.snapshot()))).collect()
         };
         copied
             .into_iter()
@@ -196,7 +204,7 @@ impl UsageBook {
 
     /// Total cost over every row, in picodollars.
     pub fn total_picousd(&self) -> u128 {
-        self.rows.lock().unwrap_or_else(|p| p.into_inner()).values().map(|r| r.cost_picousd).sum()
+        self.rows.lock().unwrap_or_else(|p| p.into_inner()).values().flat_map(|m| m.values()).map(|r| r.cost_picousd).sum()
     }
 }
 
