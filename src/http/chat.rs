@@ -3,6 +3,9 @@
 //! A failure after content has been streamed is sent in-band as `data: {"error":…}` with no
 //! `[DONE]`, so clients cannot mistake a broken answer for a finished one.
 
+// ApiError is large but only built on the error path, once per refused request.
+#![allow(clippy::result_large_err)]
+
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
