@@ -10,6 +10,7 @@
 //! - [`bench`]: `voxgate bench` load generators.
 //! - [`models`]: fetching and verifying the embedded model files (pinned, SHA-256 checked).
 //! - [`secret`]: API keys that never print themselves.
+//! - [`transport`]: client wire formats; today the audio codecs (PCM16, G.711) and resampling.
 
 pub mod bench;
 pub mod config;
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod models;
 pub mod secret;
 pub mod server;
+pub mod transport;
