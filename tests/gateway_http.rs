@@ -51,6 +51,12 @@ upstream = "reply="
 input_usd_per_mtok = 1.0
 output_usd_per_mtok = 2.0
 [[models]]
+id = "short-context"
+provider = "fake"
+upstream = "context"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+[[models]]
 id = "inexpressible"
 provider = "fake"
 upstream = "invalid"
@@ -338,4 +344,20 @@ async fn unknown_model_names_do_not_grow_usage_or_metrics() {
     assert_eq!((rows[0].model.as_str(), rows[0].errors), ("unknown", 20));
     let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     assert!(!metrics.contains("made-up"));
+}
+
+#[tokio::test]
+async fn a_prompt_too_long_for_one_model_goes_to_the_next() {
+    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let mut body = chat("x", "a very long prompt");
+    body["model"] = json!("short-context");
+    body["models"] = json!(["short-context", "echo"]);
+    let r = post(&base, &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-voxgate-attempts"], "short-context=context_length, echo=ok");
+    // With no larger model left, the client learns why, in OpenAI's terms.
+    let r = post(&base, &chat("short-context", "hi")).await;
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
 }

@@ -38,6 +38,25 @@ pub enum ProviderError {
     Engine(String),
 }
 
+/// The code a context-length error carries, whatever the vendor called it (OpenAI's name).
+pub const CONTEXT_LENGTH_EXCEEDED: &str = "context_length_exceeded";
+
+/// Whether a vendor's error message says the prompt is longer than the model's context.
+pub fn says_context_too_long(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "maximum context length",
+        "context length exceeded",
+        "context_length_exceeded",
+        "prompt is too long",
+        "exceeds the maximum number of tokens",
+        "context window",
+        "context limit",
+    ]
+    .iter()
+    .any(|s| m.contains(s))
+}
+
 impl ProviderError {
     pub fn http(status: u16, message: impl Into<String>) -> Self {
         ProviderError::Http { status, message: message.into(), code: None, retry_after: None, quota: false }
@@ -59,6 +78,11 @@ impl ProviderError {
         }
     }
 
+    /// The prompt does not fit this model; a model with a larger context may take it.
+    pub fn is_context_length(&self) -> bool {
+        matches!(self, ProviderError::Http { code: Some(c), .. } if c == CONTEXT_LENGTH_EXCEEDED)
+    }
+
     /// A short stable label for metrics and the attempts header.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -68,6 +92,7 @@ impl ProviderError {
             ProviderError::Http { status: 429, .. } => "rate_limited",
             ProviderError::Http { status: 529, .. } => "overloaded",
             ProviderError::Http { status: 500..=599, .. } => "server_error",
+            e if e.is_context_length() => "context_length",
             ProviderError::Http { .. } => "client_error",
             ProviderError::Stream { .. } => "stream",
             ProviderError::Invalid(_) => "invalid_request",
@@ -160,6 +185,18 @@ mod tests {
         assert_eq!(parse_google_duration("22s"), Some(Duration::from_secs(22)));
         assert_eq!(parse_google_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_google_duration("22"), None);
+    }
+
+    #[test]
+    fn context_length_messages_of_each_vendor_are_recognised() {
+        for m in [
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.",
+            "prompt is too long: 210000 tokens > 200000 maximum",
+            "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+        ] {
+            assert!(says_context_too_long(m), "{m}");
+        }
+        assert!(!says_context_too_long("Invalid 'messages': empty array"));
     }
 
     #[test]

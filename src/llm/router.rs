@@ -293,9 +293,9 @@ impl Gateway {
                                 message: Some(error.to_string()),
                                 elapsed,
                             });
-                            if matches!(error, ProviderError::Invalid(_)) && !is_last {
-                                // Our adapter cannot express this request for this model (a
-                                // prompt over the embedded model's context, say): the next
+                            if (matches!(error, ProviderError::Invalid(_)) || error.is_context_length()) && !is_last {
+                                // This model cannot take this request (our adapter cannot
+                                // express it, or the prompt is over its context): the next
                                 // model may; the provider is healthy.
                                 last = Some(error);
                                 break;

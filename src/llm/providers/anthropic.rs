@@ -284,7 +284,10 @@ pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderErro
     let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let err = value.get("error").filter(|e| e.is_object());
     let message = err.and_then(|e| e.get("message")).and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| http::short(body));
-    let code = err.and_then(|e| e.get("type")).and_then(Value::as_str).map(str::to_string);
+    let mut code = err.and_then(|e| e.get("type")).and_then(Value::as_str).map(str::to_string);
+    if matches!(status, 400 | 413) && crate::llm::error::says_context_too_long(&message) {
+        code = Some(crate::llm::error::CONTEXT_LENGTH_EXCEEDED.to_string());
+    }
     let detail_code = err.and_then(|e| e.pointer("/details/error_code")).and_then(Value::as_str);
     let lower = message.to_ascii_lowercase();
     let quota = status == 402

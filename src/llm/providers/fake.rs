@@ -8,6 +8,7 @@
 //! - `stall-N`: send N tokens, then hang;
 //! - `cut-N`: send N tokens, then break the stream;
 //! - `invalid`: refuse the request as one this provider cannot express;
+//! - `context`: refuse it as longer than the model's context (400 `context_length_exceeded`);
 //! - `tool`: call the request's first tool with `{"text": <last user text>}`;
 //! - `json`: answer `{"answer": <last user text>}`;
 //! - `reply=WORDS_WITH_UNDERSCORES`: answer those words (underscores become spaces);
@@ -40,6 +41,7 @@ struct Script {
     tool: bool,
     json: bool,
     invalid: bool,
+    context: bool,
     reply: Option<String>,
 }
 
@@ -65,6 +67,7 @@ fn parse(name: &str) -> Script {
             ("tool", _) => s.tool = true,
             ("json", _) => s.json = true,
             ("invalid", _) => s.invalid = true,
+            ("context", _) => s.context = true,
             _ => {}
         }
     }
@@ -130,6 +133,15 @@ impl Fake {
         }
         if script.invalid {
             return Err(ProviderError::Invalid("the fake provider cannot express this request".into()));
+        }
+        if script.context {
+            return Err(ProviderError::Http {
+                status: 400,
+                message: "the prompt is longer than this fake model's maximum context length".into(),
+                code: Some(crate::llm::error::CONTEXT_LENGTH_EXCEEDED.into()),
+                retry_after: None,
+                quota: false,
+            });
         }
         if call <= script.flaky {
             return Err(ProviderError::http(503, format!("fake upstream is flaky (call {call} of {})", script.flaky)));

@@ -274,7 +274,10 @@ pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderErro
     }
     let err = value.get("error").filter(|e| e.is_object()).unwrap_or(&Value::Null);
     let message = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| http::short(body));
-    let code = err.get("status").and_then(Value::as_str).map(str::to_string);
+    let mut code = err.get("status").and_then(Value::as_str).map(str::to_string);
+    if status == 400 && crate::llm::error::says_context_too_long(&message) {
+        code = Some(crate::llm::error::CONTEXT_LENGTH_EXCEEDED.to_string());
+    }
     let details = err.get("details").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let of_type =
         |kind: &'static str| details.iter().filter(move |d| d.get("@type").and_then(Value::as_str).is_some_and(|t| t.ends_with(kind)));

@@ -83,7 +83,11 @@ pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderErro
     let value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let err = value.get("error").filter(|e| e.is_object()).unwrap_or(&value);
     let message = err.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| http::short(body));
-    let code = err.get("code").and_then(Value::as_str).or_else(|| err.get("type").and_then(Value::as_str)).map(str::to_string);
+    let mut code = err.get("code").and_then(Value::as_str).or_else(|| err.get("type").and_then(Value::as_str)).map(str::to_string);
+    // vLLM and other hosts say it only in words ("This model's maximum context length is …").
+    if status == 400 && crate::llm::error::says_context_too_long(&message) {
+        code = Some(crate::llm::error::CONTEXT_LENGTH_EXCEEDED.to_string());
+    }
     let quota = [err.get("code"), err.get("type")]
         .iter()
         .flatten()
