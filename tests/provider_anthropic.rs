@@ -16,7 +16,7 @@ use support::vendors::anthropic as fake;
 
 async fn provider() -> (Anthropic, support::Recorder) {
     let (base_url, recorder) = fake::start().await;
-    let settings = HttpSettings { base_url, api_key: Some(Secret::new("test-key")), client: reqwest::Client::new() };
+    let settings = HttpSettings::new(base_url, Some(Secret::new("test-key")), reqwest::Client::new());
     (Anthropic::new(settings), recorder)
 }
 
@@ -122,7 +122,7 @@ async fn base_url_path_prefix_is_kept() {
     // A proxy mounted under a prefix: the fake only answers /v1/messages, so a prefix that is
     // dropped or doubled shows up as a 404.
     let (base_url, rec) = fake::start().await;
-    let settings = HttpSettings { base_url: format!("{base_url}/"), api_key: None, client: reqwest::Client::new() };
+    let settings = HttpSettings::new(format!("{base_url}/"), None, reqwest::Client::new());
     let (events, _) = collect(Anthropic::new(settings).send(&request(json!({})), "text", false).await.unwrap()).await;
     assert_eq!(text(&events), "Hello, world!");
     assert_eq!(rec.last().header("x-api-key"), None, "no key configured, no header sent");

@@ -12,7 +12,7 @@ use voxgate::llm::types::{ChatRequest, Event, FinishReason, Usage};
 use voxgate::secret::Secret;
 
 fn provider(base_url: &str) -> Gemini {
-    Gemini::new(HttpSettings { base_url: base_url.to_string(), api_key: Some(Secret::new("test-key")), client: reqwest::Client::new() })
+    Gemini::new(HttpSettings::new(base_url, Some(Secret::new("test-key")), reqwest::Client::new()))
 }
 
 fn ask(text: &str) -> ChatRequest {

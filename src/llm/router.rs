@@ -123,7 +123,7 @@ impl Gateway {
                 .pool_idle_timeout(Duration::from_secs(90))
                 .build()
                 .map_err(|e| GatewayError::Invalid(format!("provider {id}: cannot build HTTP client: {e}")))?;
-            let http = HttpSettings { base_url: p.base_url.clone(), api_key: p.api_key.clone(), client };
+            let http = HttpSettings::new(p.base_url.clone(), p.api_key.clone(), client);
             let provider = match p.kind {
                 ProviderKind::Openai => Provider::OpenAi(providers::openai::OpenAi::new(http)),
                 ProviderKind::Anthropic => Provider::Anthropic(providers::anthropic::Anthropic::new(http)),

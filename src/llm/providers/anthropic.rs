@@ -56,8 +56,8 @@ impl Anthropic {
             headers.insert(HeaderName::from_static("x-api-key"), http::header_value(key.expose())?);
         }
         headers.insert(HeaderName::from_static("anthropic-version"), HeaderValue::from_static(API_VERSION));
-        let url = self.settings.url("/v1/messages");
-        let response = http::post_json(&self.settings, &url, headers, &body, parse_error).await?;
+        let url = self.settings.endpoint("/v1/messages")?;
+        let response = http::post_json(&self.settings, url, headers, &body, parse_error).await?;
         if stream {
             Ok(decode_sse(response, StreamDecoder::new(json_tool)))
         } else {

@@ -57,8 +57,8 @@ impl Gemini {
         } else {
             format!("/v1beta/models/{model}:generateContent")
         };
-        let url = self.settings.url(&path);
-        let response = http::post_json(&self.settings, &url, headers, &body, parse_error).await?;
+        let url = self.settings.endpoint(&path)?;
+        let response = http::post_json(&self.settings, url, headers, &body, parse_error).await?;
         if stream {
             Ok(decode_sse(response, StreamDecoder::default()))
         } else {

@@ -22,7 +22,7 @@ pub type ErrorParser = fn(status: u16, headers: &HeaderMap, body: &str) -> Provi
 /// status is read (bounded) and handed to `on_error`.
 pub async fn post_json(
     settings: &HttpSettings,
-    url: &str,
+    url: reqwest::Url,
     headers: HeaderMap,
     body: &serde_json::Value,
     on_error: ErrorParser,

@@ -10,6 +10,9 @@ pub mod gemini;
 pub mod http;
 pub mod openai;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use futures::stream::BoxStream;
 
 use super::error::ProviderError;
@@ -28,12 +31,36 @@ pub struct HttpSettings {
     pub base_url: String,
     pub api_key: Option<Secret>,
     pub client: reqwest::Client,
+    /// Endpoint URLs already parsed, by path: parsing a URL costs more than the rest of building
+    /// a request, and a provider uses a handful of them.
+    urls: Arc<Mutex<HashMap<String, reqwest::Url>>>,
 }
 
+/// Parsed endpoints kept per provider; Gemini has two per model, so this bounds the cache.
+const CACHED_URLS_MAX: usize = 256;
+
 impl HttpSettings {
+    pub fn new(base_url: impl Into<String>, api_key: Option<Secret>, client: reqwest::Client) -> Self {
+        HttpSettings { base_url: base_url.into(), api_key, client, urls: Arc::default() }
+    }
+
     /// `base_url` joined with `path` (which starts with `/`), keeping any path prefix of the base.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url.trim_end_matches('/'), path)
+    }
+
+    /// [`Self::url`], parsed (and remembered).
+    pub fn endpoint(&self, path: &str) -> Result<reqwest::Url, ProviderError> {
+        let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(url) = urls.get(path) {
+            return Ok(url.clone());
+        }
+        let url = reqwest::Url::parse(&self.url(path))
+            .map_err(|e| ProviderError::Invalid(format!("the provider's base_url does not make a valid URL: {e}")))?;
+        if urls.len() < CACHED_URLS_MAX {
+            urls.insert(path.to_string(), url.clone());
+        }
+        Ok(url)
     }
 }
 

@@ -32,8 +32,8 @@ impl OpenAi {
         if let Some(key) = &self.settings.api_key {
             headers.insert(AUTHORIZATION, http::header_value(&format!("Bearer {}", key.expose()))?);
         }
-        let url = self.settings.url("/chat/completions");
-        let response = http::post_json(&self.settings, &url, headers, &body, parse_error).await?;
+        let url = self.settings.endpoint("/chat/completions")?;
+        let response = http::post_json(&self.settings, url, headers, &body, parse_error).await?;
         if stream {
             Ok(decode_sse(response, StreamDecoder::default()))
         } else {
