@@ -114,6 +114,19 @@ async fn collect(gw: &Gateway, model: &str) -> Result<(String, Vec<String>, Comp
     Ok((answer.model.clone(), attempts, c))
 }
 
+/// Read an answer to its end: the texts, and the error that ended it, if one did.
+async fn drain(answer: &mut voxgate::llm::router::Answer) -> (Vec<String>, Option<voxgate::llm::error::ProviderError>) {
+    let mut texts = Vec::new();
+    while let Some(e) = answer.next().await {
+        match e {
+            Ok(Event::Text(t)) => texts.push(t),
+            Ok(_) => {}
+            Err(e) => return (texts, Some(e)),
+        }
+    }
+    (texts, None)
+}
+
 #[tokio::test(start_paused = true)]
 async fn primary_500_falls_back_at_once() {
     let gw = gateway();
@@ -173,18 +186,7 @@ async fn stall_after_content_ends_with_an_error_not_a_fallback() {
     let gw = gateway();
     let mut answer = gw.start(&request("stall_late"), "test").await.unwrap();
     assert_eq!(answer.model, "p-stall-late");
-    let mut texts = Vec::new();
-    let mut error = None;
-    while let Some(e) = answer.next().await {
-        match e {
-            Ok(Event::Text(t)) => texts.push(t),
-            Ok(_) => {}
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-    }
+    let (texts, error) = drain(&mut answer).await;
     assert_eq!(texts, ["You", " said:"]);
     let error = error.expect("the stall became an error");
     assert_eq!(error.kind(), "timeout");
@@ -249,15 +251,7 @@ async fn cut_after_content_ends_with_an_error_and_the_backup_is_never_called() {
     let gw = gateway();
     let mut answer = gw.start(&request("cut_late"), "test").await.unwrap();
     assert_eq!(answer.model, "p-cut-late");
-    let mut texts = Vec::new();
-    let mut error = None;
-    while let Some(e) = answer.next().await {
-        match e {
-            Ok(Event::Text(t)) => texts.push(t),
-            Ok(_) => {}
-            Err(e) => error = Some(e),
-        }
-    }
+    let (texts, error) = drain(&mut answer).await;
     assert_eq!(texts, ["You", " said:"]);
     assert_eq!(error.expect("an in-band error").kind(), "stream");
     assert_eq!(answer.attempts.len(), 1, "no second attempt after content");
