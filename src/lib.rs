@@ -10,7 +10,8 @@
 //! - [`bench`]: `voxgate bench` load generators.
 //! - [`models`]: fetching and verifying the embedded model files (pinned, SHA-256 checked).
 //! - [`secret`]: API keys that never print themselves.
-//! - [`transport`]: client wire formats; today the audio codecs (PCM16, G.711) and resampling.
+//! - [`transport`]: client wire formats: audio codecs (PCM16, G.711), resampling, and the
+//!   OpenAI Realtime event types (not yet served on a socket).
 
 pub mod bench;
 pub mod config;
