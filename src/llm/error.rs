@@ -99,19 +99,6 @@ impl ProviderError {
             ProviderError::Engine(_) => "engine",
         }
     }
-
-    /// The HTTP status to report to our client when this is the error that ends a request.
-    pub fn client_status(&self) -> u16 {
-        match self {
-            ProviderError::Http { status, .. } if (400..500).contains(status) && *status != 429 && *status != 408 && *status != 409 => {
-                *status
-            }
-            ProviderError::Http { status: 429, .. } => 429,
-            ProviderError::Invalid(_) => 400,
-            ProviderError::Timeout(_) => 504,
-            _ => 502,
-        }
-    }
 }
 
 /// Parse a `Retry-After` header value: delta-seconds (possibly fractional) or an HTTP date.

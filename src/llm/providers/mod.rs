@@ -86,14 +86,4 @@ impl Provider {
             Provider::Fake(p) => p.send(request, upstream_model, stream).await,
         }
     }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Provider::OpenAi(_) => "openai",
-            Provider::Anthropic(_) => "anthropic",
-            Provider::Gemini(_) => "gemini",
-            Provider::Embedded(_) => "embedded",
-            Provider::Fake(_) => "fake",
-        }
-    }
 }
