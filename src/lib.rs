@@ -21,4 +21,6 @@ pub mod metrics;
 pub mod models;
 pub mod secret;
 pub mod server;
+pub mod stt;
 pub mod transport;
+pub mod tts;

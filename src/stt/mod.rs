@@ -1,0 +1,75 @@
+//! Speech-to-text: audio of one user utterance in, partial and final transcripts out (words with
+//! timings, confidence, speaker). Turn detection (the energy VAD) lives here too, because it reads the
+//! same audio; the session decides what a turn means.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+
+/// Sample rate of the audio every STT engine receives (mono PCM16). Transports resample to it.
+pub const STT_RATE_HZ: u32 = 16_000;
+
+/// One recognised word. Times count from the start of the session's input audio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Word {
+    pub text: String,
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// 0.0 to 1.0.
+    pub confidence: f32,
+}
+
+/// What an engine heard in one utterance, so far (partial) or in the end (final).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Transcript {
+    pub text: String,
+    pub words: Vec<Word>,
+    /// The speaker's label when the engine tells speakers apart.
+    pub speaker: Option<String>,
+    /// Mean word confidence, 0.0 to 1.0.
+    pub confidence: f32,
+}
+
+/// One utterance to transcribe: audio frames (mono PCM16 at [`STT_RATE_HZ`]) arrive on `audio` as the
+/// user speaks; the channel closes when the utterance ends (VAD stop or manual commit).
+pub struct Utterance {
+    /// Where the utterance's first sample sits in the session's input audio, in ms.
+    pub start_ms: u64,
+    /// The utterance's number in its session, from 0 (scripted fakes pick their line by it).
+    pub ordinal: u32,
+    pub audio: mpsc::Receiver<Vec<i16>>,
+}
+
+/// Why an engine could not transcribe.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SttError {
+    #[error("speech-to-text engine failed: {0}")]
+    Engine(String),
+    #[error("speech-to-text engine is not available: {0}")]
+    Unavailable(String),
+}
+
+impl SttError {
+    /// Stable label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SttError::Engine(_) => "engine",
+            SttError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// A boxed future, so engines can be held as `Arc<dyn SpeechToText>`.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A speech-to-text engine, shared by every session.
+pub trait SpeechToText: Send + Sync + 'static {
+    /// Engine name for logs and `response.voxgate`.
+    fn name(&self) -> &str;
+
+    /// Transcribes one utterance. Reads `utterance.audio` until it closes, may send partial
+    /// transcripts on `partials` (dropped when full: partials are advisory), and resolves to the final
+    /// transcript. Dropping the future abandons the work.
+    fn transcribe(&self, utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>>;
+}
