@@ -7,6 +7,8 @@ use std::pin::Pin;
 
 use tokio::sync::mpsc;
 
+pub mod vad;
+
 /// Sample rate of the audio every STT engine receives (mono PCM16). Transports resample to it.
 pub const STT_RATE_HZ: u32 = 16_000;
 
