@@ -6,6 +6,8 @@ use std::pin::Pin;
 
 use tokio::sync::mpsc;
 
+pub mod chunker;
+
 /// Why an engine could not speak.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TtsError {
