@@ -7,6 +7,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 
 pub mod chunker;
+pub mod fake;
 
 /// Why an engine could not speak.
 #[derive(Debug, Clone, thiserror::Error)]
