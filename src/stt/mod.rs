@@ -7,6 +7,7 @@ use std::pin::Pin;
 
 use tokio::sync::mpsc;
 
+pub mod fake;
 pub mod vad;
 
 /// Sample rate of the audio every STT engine receives (mono PCM16). Transports resample to it.
