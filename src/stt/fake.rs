@@ -355,7 +355,7 @@ mod tests {
             assert!(message.contains(why), "{name}: {message}");
         }
         let missing = std::env::temp_dir().join("voxgate-no-such-sidecar.json");
-        let message = FakeStt::from_sidecars(&[missing.clone()], 0).unwrap_err().to_string();
+        let message = FakeStt::from_sidecars(std::slice::from_ref(&missing), 0).unwrap_err().to_string();
         assert!(message.contains(&missing.display().to_string()), "{message}");
     }
 }
