@@ -40,6 +40,55 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub routes: BTreeMap<String, RawRoute>,
+    #[serde(default)]
+    pub stt: RawStt,
+    #[serde(default)]
+    pub tts: RawTts,
+    #[serde(default)]
+    pub realtime: RawRealtime,
+}
+
+/// `[stt]`: the speech-to-text engine voice sessions use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStt {
+    /// `fake` (scripted, for tests and benchmarks) or `none` (default until the embedded engine lands).
+    pub engine: Option<String>,
+    /// fake: sidecar transcript files (`fixtures/audio/NAME.json`), utterances taken in order.
+    #[serde(default)]
+    pub script: Vec<PathBuf>,
+    /// fake: plain transcripts, one per utterance, after those of `script`.
+    #[serde(default)]
+    pub transcripts: Vec<String>,
+    /// fake: delay from the end of an utterance to its final transcript (default 0).
+    pub latency_ms: Option<u64>,
+}
+
+/// `[tts]`: the text-to-speech engine voice sessions use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTts {
+    /// `fake` (a tone as long as the text, for tests and benchmarks) or `none`.
+    pub engine: Option<String>,
+    /// fake: delay before the first audio of each chunk (default 0).
+    pub ttfb_ms: Option<u64>,
+    /// fake: audio length per non-blank character (default 60).
+    pub ms_per_char: Option<u32>,
+}
+
+/// `[realtime]`: limits of `/v1/realtime` sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRealtime {
+    /// Largest client event accepted (default 1 MiB); a larger one gets an `error` event.
+    pub max_event_bytes: Option<usize>,
+    /// Concurrent sessions (default 1000).
+    pub max_sessions: Option<usize>,
+    /// How far outbound audio may run ahead of real time (default 100 ms): a flush silences the
+    /// caller within this long.
+    pub output_lead_ms: Option<u64>,
+    /// Conversation items kept per session; the oldest are dropped beyond it (default 200).
+    pub max_history_items: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -121,6 +170,37 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     pub models: BTreeMap<String, ModelConfig>,
     pub routes: BTreeMap<String, RouteConfig>,
+    pub stt: SttConfig,
+    pub tts: TtsConfig,
+    pub realtime: RealtimeSettings,
+}
+
+/// The speech-to-text engine, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SttConfig {
+    None,
+    Fake { script: Vec<PathBuf>, transcripts: Vec<String>, latency_ms: u64 },
+}
+
+/// The text-to-speech engine, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TtsConfig {
+    None,
+    Fake { ttfb_ms: u64, ms_per_char: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealtimeSettings {
+    pub max_event_bytes: usize,
+    pub max_sessions: usize,
+    pub output_lead_ms: u64,
+    pub max_history_items: usize,
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        RealtimeSettings { max_event_bytes: 1024 * 1024, max_sessions: 1000, output_lead_ms: 100, max_history_items: 200 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -292,7 +372,37 @@ impl Config {
             breaker_cooldown_ms: g.breaker_cooldown_ms.unwrap_or(30_000),
         };
 
-        Ok(Config { listen, models_dir, api_keys, gateway, providers, models, routes })
+        let stt = match user.stt.engine.as_deref().unwrap_or("none") {
+            "none" => SttConfig::None,
+            "fake" => SttConfig::Fake {
+                script: user.stt.script.clone(),
+                transcripts: user.stt.transcripts.clone(),
+                latency_ms: user.stt.latency_ms.unwrap_or(0),
+            },
+            other => return Err(ConfigError::Invalid(format!("stt.engine = {other:?} is not an engine; use \"fake\" or \"none\""))),
+        };
+        let tts = match user.tts.engine.as_deref().unwrap_or("none") {
+            "none" => TtsConfig::None,
+            "fake" => TtsConfig::Fake { ttfb_ms: user.tts.ttfb_ms.unwrap_or(0), ms_per_char: user.tts.ms_per_char.unwrap_or(60).max(1) },
+            other => return Err(ConfigError::Invalid(format!("tts.engine = {other:?} is not an engine; use \"fake\" or \"none\""))),
+        };
+        let r = &user.realtime;
+        let d = RealtimeSettings::default();
+        for (field, v) in
+            [("max_event_bytes", r.max_event_bytes), ("max_sessions", r.max_sessions), ("max_history_items", r.max_history_items)]
+        {
+            if v == Some(0) {
+                return Err(ConfigError::Invalid(format!("realtime.{field} = 0 would refuse every session; leave it out for the default")));
+            }
+        }
+        let realtime = RealtimeSettings {
+            max_event_bytes: r.max_event_bytes.unwrap_or(d.max_event_bytes),
+            max_sessions: r.max_sessions.unwrap_or(d.max_sessions),
+            output_lead_ms: r.output_lead_ms.unwrap_or(d.output_lead_ms),
+            max_history_items: r.max_history_items.unwrap_or(d.max_history_items),
+        };
+
+        Ok(Config { listen, models_dir, api_keys, gateway, providers, models, routes, stt, tts, realtime })
     }
 }
 

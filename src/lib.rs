@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod models;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod stt;
 pub mod transport;
 pub mod tts;

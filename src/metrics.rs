@@ -25,6 +25,14 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("voxgate_gateway_request_duration_seconds", Kind::Histogram, "Time from request to end of answer, by model that served."),
     ("voxgate_gateway_breaker_open", Kind::Gauge, "1 while a provider's circuit breaker is open, by provider."),
     ("voxgate_http_requests_total", Kind::Counter, "HTTP requests by route and status code."),
+    ("voxgate_realtime_sessions_active", Kind::Gauge, "Voice sessions open now."),
+    ("voxgate_barge_ins_total", Kind::Counter, "Responses cut short because the caller started speaking."),
+    ("voxgate_audio_frames_dropped_total", Kind::Counter, "Audio frames dropped because a stage's queue was full, by stage (input, stt)."),
+    (
+        "voxgate_turn_latency_seconds",
+        Kind::Histogram,
+        "Per-turn latency by stage: stt (end of speech to final transcript), llm_ttft, tts_ttfb, voice_to_voice (end of user speech to first agent audio).",
+    ),
 ];
 
 const BUCKETS_S: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -143,18 +151,28 @@ impl Metrics {
                         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", h.counts[i]);
                     }
                     let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", h.count);
-                    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-                    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+                    let braced = braced(labels);
+                    let _ = writeln!(out, "{name}_sum{braced} {}", h.sum);
+                    let _ = writeln!(out, "{name}_count{braced} {}", h.count);
                 }
             } else {
                 let mut series: Vec<_> = inner.values.get(name).into_iter().flatten().collect();
                 series.sort_by(|a, b| a.0.cmp(b.0));
                 for (labels, v) in series {
-                    let _ = writeln!(out, "{name}{{{labels}}} {v}");
+                    let _ = writeln!(out, "{name}{} {v}", braced(labels));
                 }
             }
         }
         out
+    }
+}
+
+/// `{labels}`, or nothing for a series without labels (Prometheus writes `name 3`, not `name{} 3`).
+fn braced(labels: &str) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{{{labels}}}")
     }
 }
 

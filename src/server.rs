@@ -18,6 +18,8 @@ pub enum ServerError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Gateway(#[from] crate::llm::router::GatewayError),
+    #[error("voice engines: {0}")]
+    Voice(String),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -49,7 +51,8 @@ impl Server {
         }
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let state = Arc::new(AppState::new(config, gateway));
+        let voice = crate::session::VoiceEngines::from_config(config, gateway.clone()).map_err(ServerError::Voice)?;
+        let state = Arc::new(AppState::new(config, gateway, Arc::new(voice)));
         Ok(Server { listener, state })
     }
 
@@ -62,13 +65,34 @@ impl Server {
         let addr = self.local_addr()?;
         tracing::info!(%addr, "voxgate listening");
         let stopped = shutdown.clone();
+        let state = self.state.clone();
+        // Voice sessions are upgraded connections the HTTP server no longer tracks: close them ourselves.
+        let sessions = {
+            let state = state.clone();
+            let stopped = stopped.clone();
+            tokio::spawn(async move {
+                stopped.cancelled().await;
+                state.sessions_cancel.cancel();
+                state.sessions.close();
+                state.sessions.wait().await;
+            })
+        };
         let serving = http::serve(self.listener, self.state, shutdown);
         tokio::pin!(serving);
+        let deadline = async {
+            stopped.cancelled().await;
+            tokio::time::sleep(drain).await
+        };
+        tokio::pin!(deadline);
         tokio::select! {
             r = &mut serving => r?,
-            _ = async { stopped.cancelled().await; tokio::time::sleep(drain).await } => {
+            _ = &mut deadline => {
                 tracing::warn!(drain_ms = drain.as_millis() as u64, "shutdown deadline passed; closing remaining connections");
             }
+        }
+        tokio::select! {
+            _ = sessions => {}
+            _ = &mut deadline => tracing::warn!("voice sessions did not close before the shutdown deadline"),
         }
         tracing::info!("voxgate stopped");
         Ok(())

@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod error;
+pub mod realtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,11 +16,14 @@ use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::Router;
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::llm::router::Gateway;
 use crate::secret::Secret;
+use crate::session::VoiceEngines;
 use error::ApiError;
 
 /// Everything a handler needs.
@@ -28,14 +32,44 @@ pub struct AppState {
     /// (name for usage rows, key)
     pub keys: Vec<(String, Secret)>,
     pub body_limit_bytes: usize,
+    /// Engines and limits of voice sessions.
+    pub voice: Arc<VoiceEngines>,
+    /// Every voice session's task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    /// Cancelled at shutdown: every voice session closes.
+    pub sessions_cancel: CancellationToken,
+    /// One permit per concurrent voice session.
+    pub session_slots: Arc<Semaphore>,
 }
 
 pub type Shared = Arc<AppState>;
 
 impl AppState {
-    pub fn new(config: &Config, gateway: Arc<Gateway>) -> Self {
+    pub fn new(config: &Config, gateway: Arc<Gateway>, voice: Arc<VoiceEngines>) -> Self {
         let keys = config.api_keys.iter().enumerate().map(|(i, k)| (format!("key-{}", i + 1), k.clone())).collect();
-        AppState { gateway, keys, body_limit_bytes: config.gateway.body_limit_bytes }
+        AppState {
+            gateway,
+            keys,
+            body_limit_bytes: config.gateway.body_limit_bytes,
+            session_slots: Arc::new(Semaphore::new(voice.settings.max_sessions)),
+            voice,
+            sessions: TaskTracker::new(),
+            sessions_cancel: CancellationToken::new(),
+        }
+    }
+}
+
+impl AppState {
+    /// The name of the gateway key `presented`, if it is one.
+    pub fn key_name(&self, presented: &str) -> Option<String> {
+        // Compare against every key so the time taken does not say which one nearly matched.
+        let mut found = None;
+        for (name, key) in &self.keys {
+            if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
+                found = Some(name.clone());
+            }
+        }
+        found
     }
 }
 
@@ -51,13 +85,14 @@ pub fn router(state: Shared) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)
+        .route("/v1/realtime", get(realtime::upgrade))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                "Unknown path. voxgate serves POST /v1/chat/completions, GET /v1/models, GET /v1/usage, GET /metrics and GET /healthz.",
+                "Unknown path. voxgate serves POST /v1/chat/completions, GET /v1/models, GET /v1/usage, GET /v1/realtime (WebSocket), GET /metrics and GET /healthz.",
             )
             .code("not_found")
         })
@@ -109,14 +144,7 @@ async fn auth(State(state): State<Shared>, mut request: Request, next: Next) -> 
         .code("invalid_api_key")
         .into_response();
     };
-    // Compare against every key so the time taken does not say which one nearly matched.
-    let mut found = None;
-    for (name, key) in &state.keys {
-        if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
-            found = Some(name.clone());
-        }
-    }
-    match found {
+    match state.key_name(presented) {
         Some(name) => {
             request.extensions_mut().insert(KeyName(name));
             next.run(request).await
@@ -132,6 +160,7 @@ async fn count_requests(State(state): State<Shared>, request: Request, next: Nex
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/models" => "/v1/models",
         "/v1/usage" => "/v1/usage",
+        "/v1/realtime" => "/v1/realtime",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         _ => "other",

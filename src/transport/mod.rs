@@ -3,3 +3,4 @@
 
 pub mod audio;
 pub mod realtime;
+pub mod realtime_socket;

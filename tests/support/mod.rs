@@ -83,6 +83,11 @@ pub fn recorded(uri: &axum::http::Uri, headers: &axum::http::HeaderMap, body: &B
 pub async fn spawn(router: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    // Without TCP_NODELAY the 7-byte pieces wait on Nagle and delayed ACKs (tens of ms of real time,
+    // during which a paused-clock test would jump its timers forward).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     tokio::spawn(async move {
         axum::serve(listener, router).await.ok();
     });

@@ -1,0 +1,203 @@
+//! One response's work, off the session actor: the gateway call (with its fallback), the chunker, and
+//! text-to-speech, each reporting to the actor on one bounded channel. Cancelling the response's
+//! token drops the upstream stream and the TTS work at once.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::llm::router::Gateway;
+use crate::llm::types::{ChatRequest, Event, FinishReason, Usage};
+use crate::transport::audio::{encode_from_pcm, AudioFormat, Resampler};
+use crate::tts::chunker::Chunker;
+use crate::tts::TextToSpeech;
+
+/// What a response task tells the session actor, in order.
+#[derive(Debug)]
+pub enum ResponseMsg {
+    /// The gateway committed to a model (after any fallback).
+    Model {
+        model: String,
+        ttft_ms: f64,
+    },
+    /// Answer text as the model writes it.
+    Text(String),
+    ToolCallStart {
+        index: u32,
+        call_id: String,
+        name: String,
+    },
+    ToolCallArgs {
+        index: u32,
+        arguments: String,
+    },
+    Finish(FinishReason),
+    Usage(Usage),
+    /// A chunk of text about to be spoken; its audio follows.
+    Speak(String),
+    /// Encoded audio in the session's output format, and its length.
+    Audio {
+        bytes: Vec<u8>,
+        ms: f64,
+    },
+    /// First text handed to TTS to its first audio, once per response.
+    TtsFirstAudio {
+        ttfb_ms: f64,
+    },
+    /// The model or TTS failed; `code` is stable for clients and metrics.
+    Failed {
+        code: &'static str,
+        message: String,
+    },
+    /// Every piece of the response has been sent.
+    Done,
+}
+
+/// Speech settings of a response with audio output.
+pub struct Speech {
+    pub tts: Arc<dyn TextToSpeech>,
+    pub voice: Option<String>,
+    pub format: AudioFormat,
+}
+
+/// Everything one response needs.
+pub struct ResponseJob {
+    pub gateway: Arc<Gateway>,
+    pub request: ChatRequest,
+    pub key: String,
+    pub speech: Option<Speech>,
+    /// Messages are tagged with the response's number so stale ones are ignored after a cancel.
+    pub seq: u64,
+    pub tx: mpsc::Sender<(u64, ResponseMsg)>,
+    pub cancel: CancellationToken,
+}
+
+impl ResponseJob {
+    /// Runs the response to its end or its cancellation.
+    pub async fn run(self) {
+        let cancel = self.cancel.clone();
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = self.work() => {}
+        }
+    }
+
+    async fn work(self) {
+        let tx = Tagged { seq: self.seq, tx: self.tx.clone() };
+        let began = Instant::now();
+        let mut answer = match self.gateway.start(&self.request, &self.key).await {
+            Ok(a) => a,
+            Err(e) => {
+                tx.send(ResponseMsg::Failed { code: "llm_failed", message: e.to_string() }).await;
+                tx.send(ResponseMsg::Done).await;
+                return;
+            }
+        };
+        // The gateway has seen the first content by now (or the stream's end): that is the TTFT.
+        tx.send(ResponseMsg::Model { model: answer.model.clone(), ttft_ms: ms_since(began) }).await;
+
+        let (chunk_tx, chunk_rx) = mpsc::channel::<String>(16);
+        let speaking = self.speech.is_some();
+        let llm = async {
+            let mut chunker = Chunker::new();
+            let mut chunks = Vec::new();
+            while let Some(event) = answer.next().await {
+                match event {
+                    Ok(Event::Text(t)) => {
+                        if speaking {
+                            chunker.push(&t, &mut chunks);
+                            for c in chunks.drain(..) {
+                                let _ = chunk_tx.send(c).await;
+                            }
+                        }
+                        tx.send(ResponseMsg::Text(t)).await;
+                    }
+                    Ok(Event::ToolCallStart { index, id, name }) => tx.send(ResponseMsg::ToolCallStart { index, call_id: id, name }).await,
+                    Ok(Event::ToolCallArgs { index, arguments }) => tx.send(ResponseMsg::ToolCallArgs { index, arguments }).await,
+                    Ok(Event::Finish(r)) => tx.send(ResponseMsg::Finish(r)).await,
+                    Ok(Event::Usage(u)) => tx.send(ResponseMsg::Usage(u)).await,
+                    Err(e) => {
+                        tx.send(ResponseMsg::Failed { code: "llm_stream_failed", message: e.to_string() }).await;
+                        return;
+                    }
+                }
+            }
+            if let Some(rest) = chunker.finish() {
+                let _ = chunk_tx.send(rest).await;
+            }
+            // `chunk_tx` drops here, which ends the speaker's loop.
+            drop(chunk_tx);
+        };
+        let speaker = async {
+            if let Some(speech) = self.speech {
+                speak(speech, chunk_rx, tx.clone()).await;
+            }
+        };
+        // Both run inside this future: cancelling the response drops the upstream stream and the TTS work.
+        tokio::join!(llm, speaker);
+        tx.send(ResponseMsg::Done).await;
+    }
+}
+
+/// Speaks each chunk in turn: announces its text, then streams its audio converted to the output format.
+async fn speak(speech: Speech, mut chunks: mpsc::Receiver<String>, tx: Tagged) {
+    let engine_hz = speech.tts.rate_hz();
+    let out_hz = speech.format.rate_hz();
+    let mut resampler = if engine_hz == out_hz { None } else { Resampler::new(engine_hz, out_hz).ok() };
+    let mut first_audio_pending = true;
+    let mut resampled = Vec::new();
+    while let Some(text) = chunks.recv().await {
+        let (audio_tx, mut audio_rx) = mpsc::channel::<Vec<i16>>(8);
+        let began = Instant::now();
+        let synth = speech.tts.synthesize(text.clone(), speech.voice.clone(), audio_tx);
+        tx.send(ResponseMsg::Speak(text)).await;
+        let frames = async {
+            while let Some(frame) = audio_rx.recv().await {
+                if first_audio_pending {
+                    first_audio_pending = false;
+                    tx.send(ResponseMsg::TtsFirstAudio { ttfb_ms: ms_since(began) }).await;
+                }
+                let samples: &[i16] = match resampler.as_mut() {
+                    Some(r) => {
+                        resampled.clear();
+                        r.process(&frame, &mut resampled);
+                        &resampled
+                    }
+                    None => &frame,
+                };
+                let mut bytes = Vec::with_capacity(samples.len() * speech.format.bytes_per_sample());
+                encode_from_pcm(speech.format, samples, &mut bytes);
+                let ms = samples.len() as f64 * 1000.0 / out_hz as f64;
+                tx.send(ResponseMsg::Audio { bytes, ms }).await;
+            }
+        };
+        let (result, ()) = tokio::join!(synth, frames);
+        match result {
+            Ok(()) => {}
+            Err(e) => {
+                tx.send(ResponseMsg::Failed { code: "tts_failed", message: e.to_string() }).await;
+                return;
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Tagged {
+    seq: u64,
+    tx: mpsc::Sender<(u64, ResponseMsg)>,
+}
+
+impl Tagged {
+    /// Sends in order; when the session is gone the message has nowhere to go, and the
+    /// response's token ends the work.
+    async fn send(&self, msg: ResponseMsg) {
+        let _ = self.tx.send((self.seq, msg)).await;
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}

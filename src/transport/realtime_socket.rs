@@ -1,0 +1,136 @@
+//! The Realtime API on a WebSocket: a reader task turns client JSON into typed events for the
+//! session actor, a writer turns the actor's events into JSON. Both are generic over the socket's
+//! `Stream`/`Sink`, so tests can drive them without a network.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::session::{run_session, Inbound, Outbound, SessionStart, VoiceEngines};
+use crate::transport::realtime::{parse_client_event, ClientEvent, RealtimeError};
+
+/// Client events waiting for the actor. Audio beyond it is dropped (and counted), other events wait.
+const INBOUND_CAPACITY: usize = 256;
+/// Outbound events waiting for the socket; the actor closes a session whose client leaves this many unread.
+const OUTBOUND_CAPACITY: usize = 1024;
+
+/// Serves one Realtime session on `socket` until either side ends it or `cancel` fires (server shutdown).
+pub async fn serve<S, E>(socket: S, engines: Arc<VoiceEngines>, start: SessionStart, cancel: CancellationToken)
+where
+    S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    let metrics_engines = engines.clone();
+    let metrics = || &metrics_engines.gateway.accounts.metrics;
+    let max_event_bytes = engines.settings.max_event_bytes;
+    let (mut sink, mut stream) = socket.split();
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let session_cancel = cancel.child_token();
+    let session_id = start.session_id.clone();
+    let actor = tokio::spawn(run_session(engines.clone(), start, in_rx, out_tx, session_cancel.clone()));
+    metrics().add("voxgate_realtime_sessions_active", &[], 1.0);
+
+    let writer_session_id = session_id.clone();
+    let writer = async move {
+        let session_id = writer_session_id;
+        while let Some(out) = out_rx.recv().await {
+            let message = match out {
+                Outbound::Event(event) => match serde_json::to_string(&event) {
+                    Ok(text) => Message::Text(Utf8Bytes::from(text)),
+                    Err(e) => {
+                        debug!(%session_id, error = %e, "could not serialise a server event");
+                        continue;
+                    }
+                },
+                Outbound::Close { code, reason } => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))).await;
+                    return;
+                }
+            };
+            if sink.send(message).await.is_err() {
+                return;
+            }
+        }
+        // The actor ended without a close of its own: the server is shutting down or the client left.
+        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: Utf8Bytes::from_static("session ended") }))).await;
+    };
+
+    let reader_session_id = session_id.clone();
+    let reader_engines = engines.clone();
+    let reader = async move {
+        let session_id = reader_session_id;
+        let metrics = || &reader_engines.gateway.accounts.metrics;
+        while let Some(message) = stream.next().await {
+            let text = match message {
+                Ok(Message::Text(text)) => text,
+                Ok(Message::Binary(_)) => {
+                    let error = invalid("invalid_event", "binary frames are not supported: send each event as JSON text");
+                    if in_tx.send(Inbound::Invalid(error)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(Message::Close(_)) => return,
+                Ok(_) => continue,
+                Err(e) => {
+                    debug!(%session_id, error = %e, "websocket read failed");
+                    return;
+                }
+            };
+            if text.len() > max_event_bytes {
+                let error = invalid(
+                    "event_too_large",
+                    &format!("event of {} bytes is over the limit of {max_event_bytes} bytes: send audio in smaller appends", text.len()),
+                );
+                if in_tx.send(Inbound::Invalid(error)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            let inbound = match parse_client_event(&text) {
+                Ok(event) => Inbound::Event(event),
+                Err(e) => Inbound::Invalid(e.to_realtime_error()),
+            };
+            if matches!(&inbound, Inbound::Event(ClientEvent::InputAudioBufferAppend(_))) {
+                // Real-time audio never blocks the reader: a full queue drops the frame, counted.
+                match in_tx.try_send(inbound) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        metrics().inc("voxgate_audio_frames_dropped_total", &[("stage", "input")]);
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            } else if in_tx.send(inbound).await.is_err() {
+                return;
+            }
+        }
+    };
+
+    let writer = tokio::spawn(writer);
+    tokio::select! {
+        _ = reader => {}
+        _ = session_cancel.cancelled() => {}
+    }
+    // The client has gone (or the server stops): the reader (and its sender) is dropped; end the
+    // session and everything it started.
+    session_cancel.cancel();
+    let _ = actor.await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    metrics().add("voxgate_realtime_sessions_active", &[], -1.0);
+}
+
+fn invalid(code: &str, message: &str) -> RealtimeError {
+    RealtimeError {
+        error_type: "invalid_request_error".into(),
+        code: Some(code.into()),
+        message: message.into(),
+        param: None,
+        event_id: None,
+    }
+}
