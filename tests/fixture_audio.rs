@@ -102,3 +102,48 @@ fn the_vad_finds_one_turn_per_utterance_where_the_words_are() {
     }
     assert_eq!(speech_files, 11, "every fixture but the silent one has speech");
 }
+
+/// The session's path in small: the VAD cuts `two_speakers` into turns, each turn's audio goes to the
+/// fake STT scripted by the sidecar, and the transcripts come back with the speakers and the words.
+#[tokio::test(start_paused = true)]
+async fn vad_turns_through_the_fake_stt_give_the_sidecar_transcripts() {
+    use voxgate::stt::fake::FakeStt;
+    use voxgate::stt::{SpeechToText, Utterance};
+
+    let wav = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/two_speakers.wav");
+    let sidecar_path = wav.with_extension("json");
+    let sidecar = Sidecar::load(&sidecar_path).unwrap();
+    let stt = FakeStt::from_sidecars(&[sidecar_path], 0).unwrap();
+    let (_, samples) = read(&wav);
+
+    let mut vad = EnergyVad::new(VadSettings::default(), STT_RATE_HZ);
+    let mut events = Vec::new();
+    vad.push(&samples, &mut events);
+    let ms_to_sample = |ms: u64| (ms * u64::from(STT_RATE_HZ) / 1000) as usize;
+    let mut transcripts = Vec::new();
+    for (ordinal, turn) in events.chunks(2).enumerate() {
+        let [(_, VadEvent::SpeechStarted { audio_start_ms }), (stopped_at, VadEvent::SpeechStopped { .. })] = *turn else {
+            panic!("{events:?}")
+        };
+        let (audio, audio_rx) = tokio::sync::mpsc::channel(1_000);
+        let (partials, _partials_rx) = tokio::sync::mpsc::channel(16);
+        let result =
+            tokio::spawn(stt.transcribe(Utterance { start_ms: audio_start_ms, ordinal: ordinal as u32, audio: audio_rx }, partials));
+        for frame in samples[ms_to_sample(audio_start_ms)..stopped_at].chunks(320) {
+            audio.send(frame.to_vec()).await.unwrap();
+        }
+        drop(audio);
+        transcripts.push((audio_start_ms, result.await.unwrap().unwrap()));
+    }
+    assert_eq!(transcripts.len(), 2);
+    for ((audio_start_ms, transcript), scripted) in transcripts.iter().zip(&sidecar.utterances) {
+        assert_eq!(transcript.text, scripted.text);
+        assert_eq!(transcript.speaker, scripted.speaker);
+        assert_eq!(transcript.words.len(), scripted.words.len());
+        // The fake re-bases the words so the first starts where the turn starts (padding included).
+        assert_eq!(transcript.words[0].start_ms, *audio_start_ms);
+        assert!((transcript.confidence - 1.0).abs() < 1e-6);
+    }
+    assert_eq!(transcripts[0].1.speaker.as_deref(), Some("A"));
+    assert_eq!(transcripts[1].1.speaker.as_deref(), Some("B"));
+}
