@@ -17,7 +17,7 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// The fixture spoken in the first turn, with its sidecar transcript.
-const TURN1: &str = "fixtures/audio/booking";
+const TURN1: &str = "fixtures/audio/table_booking";
 /// Spoken in the second turn (and to barge in).
 const TURN2: &str = "fixtures/audio/opening_hours";
 
