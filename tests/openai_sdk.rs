@@ -25,17 +25,27 @@ fn the_openai_python_sdk_works_against_voxgate() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let base = format!("http://127.0.0.1:{port}/v1");
     let output = ready.then(|| {
-        Command::new("python3")
-            .args([&format!("{dir}/tests/sdk/openai_sdk_check.py"), &format!("http://127.0.0.1:{port}/v1"), "vk-sdk-test"])
+        let chat = Command::new("python3")
+            .args([&format!("{dir}/tests/sdk/openai_sdk_check.py"), &base, "vk-sdk-test"])
             .output()
-            .expect("python3 runs")
+            .expect("python3 runs");
+        let realtime = Command::new("python3")
+            .args([&format!("{dir}/tests/sdk/realtime_check.py"), &base, "vk-sdk-test", &format!("{dir}/fixtures/audio/table_booking.wav")])
+            .output()
+            .expect("python3 runs");
+        (chat, realtime)
     });
     let _ = server.kill();
     let _ = server.wait();
-    let output = output.expect("voxgate did not start listening");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
+    let (chat, realtime) = output.expect("voxgate did not start listening");
+    let stdout = String::from_utf8_lossy(&chat.stdout);
+    let stderr = String::from_utf8_lossy(&chat.stderr);
+    assert!(chat.status.success(), "SDK checks failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("openai SDK checks passed"), "{stdout}");
+    let stdout = String::from_utf8_lossy(&realtime.stdout);
+    let stderr = String::from_utf8_lossy(&realtime.stderr);
+    assert!(realtime.status.success(), "realtime SDK checks failed (pip install 'openai[realtime]' brings the websockets package):\n{stdout}\n{stderr}");
+    assert!(stdout.contains("realtime SDK checks passed"), "{stdout}");
 }
