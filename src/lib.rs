@@ -19,6 +19,7 @@ pub mod http;
 pub mod llm;
 pub mod metrics;
 pub mod models;
+pub mod replay;
 pub mod secret;
 pub mod server;
 pub mod session;

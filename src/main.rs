@@ -33,6 +33,22 @@ enum Command {
         #[command(subcommand)]
         what: ModelsCommand,
     },
+    /// Run a recording through the whole voice pipeline offline: prints the timeline, writes the reply audio.
+    Replay {
+        /// A 16-bit PCM WAV (any rate; stereo is mixed down).
+        file: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The route or model that answers (default: the route `default`).
+        #[arg(long, default_value = "default")]
+        model: String,
+        /// Where to write the agent's reply (24 kHz mono WAV; default FILE's name with `.reply.wav`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the report as JSON instead of a timeline.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure voxgate itself.
     Bench {
         #[command(subcommand)]
@@ -127,6 +143,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         anyhow::bail!("{corrupt} model(s) are corrupt: run `voxgate models fetch` to replace them");
                     }
                 }
+            }
+            Ok(())
+        }
+        Command::Replay { file, config, model, out, json } => {
+            let config = Config::load(config.as_deref())?;
+            let out = out.unwrap_or_else(|| file.with_extension("reply.wav"));
+            let report = voxgate::replay::replay(&config, &model, &file, &out).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", voxgate::replay::render(&report));
             }
             Ok(())
         }

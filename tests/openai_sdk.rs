@@ -46,6 +46,9 @@ fn the_openai_python_sdk_works_against_voxgate() {
     assert!(stdout.contains("openai SDK checks passed"), "{stdout}");
     let stdout = String::from_utf8_lossy(&realtime.stdout);
     let stderr = String::from_utf8_lossy(&realtime.stderr);
-    assert!(realtime.status.success(), "realtime SDK checks failed (pip install 'openai[realtime]' brings the websockets package):\n{stdout}\n{stderr}");
+    assert!(
+        realtime.status.success(),
+        "realtime SDK checks failed (pip install 'openai[realtime]' brings the websockets package):\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("realtime SDK checks passed"), "{stdout}");
 }
