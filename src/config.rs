@@ -89,6 +89,12 @@ pub struct RawRealtime {
     pub output_lead_ms: Option<u64>,
     /// Conversation items kept per session; the oldest are dropped beyond it (default 200).
     pub max_history_items: Option<usize>,
+    /// Longest wait for an utterance's final transcript after it ends (default 10000): a stuck STT
+    /// engine fails the transcription instead of stalling the call.
+    pub stt_timeout_ms: Option<u64>,
+    /// Longest a TTS engine may take to speak one chunk (default 10000): a stuck engine fails the
+    /// response instead of leaving the caller in silence.
+    pub tts_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,11 +201,20 @@ pub struct RealtimeSettings {
     pub max_sessions: usize,
     pub output_lead_ms: u64,
     pub max_history_items: usize,
+    pub stt_timeout_ms: u64,
+    pub tts_timeout_ms: u64,
 }
 
 impl Default for RealtimeSettings {
     fn default() -> Self {
-        RealtimeSettings { max_event_bytes: 1024 * 1024, max_sessions: 1000, output_lead_ms: 100, max_history_items: 200 }
+        RealtimeSettings {
+            max_event_bytes: 1024 * 1024,
+            max_sessions: 1000,
+            output_lead_ms: 100,
+            max_history_items: 200,
+            stt_timeout_ms: 10_000,
+            tts_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -392,7 +407,7 @@ impl Config {
             [("max_event_bytes", r.max_event_bytes), ("max_sessions", r.max_sessions), ("max_history_items", r.max_history_items)]
         {
             if v == Some(0) {
-                return Err(ConfigError::Invalid(format!("realtime.{field} = 0 would refuse every session; leave it out for the default")));
+                return Err(ConfigError::Invalid(format!("realtime.{field} = 0 is not allowed; leave it out for the default")));
             }
         }
         let realtime = RealtimeSettings {
@@ -400,6 +415,8 @@ impl Config {
             max_sessions: r.max_sessions.unwrap_or(d.max_sessions),
             output_lead_ms: r.output_lead_ms.unwrap_or(d.output_lead_ms),
             max_history_items: r.max_history_items.unwrap_or(d.max_history_items),
+            stt_timeout_ms: r.stt_timeout_ms.unwrap_or(d.stt_timeout_ms),
+            tts_timeout_ms: r.tts_timeout_ms.unwrap_or(d.tts_timeout_ms),
         };
 
         Ok(Config { listen, models_dir, api_keys, gateway, providers, models, routes, stt, tts, realtime })

@@ -22,6 +22,10 @@ const TURN1: &str = "fixtures/audio/table_booking";
 const TURN2: &str = "fixtures/audio/opening_hours";
 
 async fn setup(extra: &str) -> (String, Recorder, std::sync::Arc<voxgate::http::AppState>) {
+    setup_with(40, extra).await
+}
+
+async fn setup_with(stt_latency_ms: u64, extra: &str) -> (String, Recorder, std::sync::Arc<voxgate::http::AppState>) {
     let (vendor_url, recorder) = vendors::openai::start().await;
     let config = format!(
         r#"
@@ -66,7 +70,7 @@ models = ["broken", "vendor-text"]
 [stt]
 engine = "fake"
 script = ["{TURN1}.json", "{TURN2}.json"]
-latency_ms = 40
+latency_ms = {stt_latency_ms}
 [tts]
 engine = "fake"
 ttfb_ms = 25
@@ -493,4 +497,151 @@ async fn the_endpoint_refuses_unknown_routes() {
         }
         other => panic!("expected an HTTP refusal, got {other}"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn g711_in_and_out_and_client_truncation_is_clamped() {
+    let (base, _, _) = setup("").await;
+    let mut ws = connect(&base, "voice").await;
+    next(&mut ws).await;
+    send(
+        &mut ws,
+        json!({"type": "session.update", "session": {"audio": {
+        "input": {"format": {"type": "audio/pcmu"}}, "output": {"format": {"type": "audio/pcmu"}}}}}),
+    )
+    .await;
+    let updated = next(&mut ws).await;
+    assert_eq!(updated["session"]["audio"]["output"]["format"]["type"], "audio/pcmu");
+    // The fixture as a phone line sends it: μ-law at 8 kHz, 20 ms (160 bytes) a frame.
+    let pcm16k: Vec<i16> = {
+        let mut r = hound::WavReader::open(format!("{}/{TURN1}.wav", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        r.samples::<i16>().map(|s| s.unwrap()).collect()
+    };
+    let mut pcm8k = Vec::new();
+    let mut down = voxgate::transport::audio::Resampler::new(16_000, 8_000).unwrap();
+    down.process(&pcm16k, &mut pcm8k);
+    pcm8k.extend(vec![0i16; 8_000]);
+    let ulaw: Vec<u8> = pcm8k.iter().map(|&s| voxgate::transport::audio::ulaw_encode(s)).collect();
+    for frame in ulaw.chunks(160) {
+        send(&mut ws, json!({"type": "input_audio_buffer.append", "audio": B64.encode(frame)})).await;
+    }
+    let events = until(&mut ws, "response.done").await;
+    assert_eq!(of(&events, "conversation.item.input_audio_transcription.completed")[0]["transcript"], fixture_text(TURN1).as_str());
+    // μ-law out: one byte per sample at 8 kHz, 20 ms of fake speech per character.
+    let answer = format!("You said: {}", fixture_text(TURN1));
+    let chars = answer.chars().filter(|c| !c.is_whitespace()).count();
+    let got = audio_bytes(&events);
+    assert!(got.abs_diff(chars * 20 * 8) <= chars * 8, "μ-law bytes {got} for {chars} characters");
+    until(&mut ws, "output_audio_buffer.stopped").await;
+
+    // The client says the caller heard 400 ms, then claims more than exists: clamped to the audio's length.
+    let item_id = events.last().unwrap()["response"]["output"][0]["id"].as_str().unwrap().to_string();
+    send(&mut ws, json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 400})).await;
+    let t = next(&mut ws).await;
+    assert_eq!(t["type"], "conversation.item.truncated");
+    assert_eq!(t["audio_end_ms"], 400);
+    send(&mut ws, json!({"type": "conversation.item.retrieve", "item_id": item_id})).await;
+    let kept = next(&mut ws).await["item"]["content"][0]["transcript"].as_str().unwrap().to_string();
+    assert!(answer.starts_with(&kept) && kept.len() < answer.len(), "{kept:?}");
+    send(&mut ws, json!({"type": "conversation.item.truncate", "item_id": item_id, "content_index": 0, "audio_end_ms": 999_999})).await;
+    let t = next(&mut ws).await;
+    assert_eq!(t["type"], "conversation.item.truncated");
+    let total_ms = (got / 8) as u64;
+    assert!(t["audio_end_ms"].as_u64().unwrap() <= total_ms, "{t} (audio is {total_ms} ms)");
+    send(&mut ws, json!({"type": "conversation.item.delete", "item_id": item_id})).await;
+    assert_eq!(next(&mut ws).await["type"], "conversation.item.deleted");
+    send(&mut ws, json!({"type": "conversation.item.retrieve", "item_id": item_id})).await;
+    assert_eq!(next(&mut ws).await["error"]["code"], "item_not_found");
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_audio_is_paced_at_real_time() {
+    let (base, _, _) = setup("").await;
+    let mut ws = connect(&base, "voice").await;
+    next(&mut ws).await;
+    send(&mut ws, json!({"type": "session.update", "session": {"output_modalities": ["audio"]}})).await;
+    next(&mut ws).await;
+    send(
+        &mut ws,
+        json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+        "content": [{"type": "input_text", "text": "please read me a long confirmation of everything we agreed today"}]}}),
+    )
+    .await;
+    send(&mut ws, json!({"type": "response.create"})).await;
+    let mut first: Option<tokio::time::Instant> = None;
+    let mut sent_ms = 0.0;
+    let mut deltas = 0;
+    loop {
+        let e = next(&mut ws).await;
+        if e["type"] == "response.output_audio.delta" {
+            let now = tokio::time::Instant::now();
+            let start = *first.get_or_insert(now);
+            // Each delta may run at most the lead (100 ms) ahead of real time.
+            let elapsed_ms = now.duration_since(start).as_secs_f64() * 1000.0;
+            assert!(sent_ms <= elapsed_ms + 100.0 + 1.0, "delta {deltas}: {sent_ms} ms of audio sent after {elapsed_ms} ms");
+            sent_ms += B64.decode(e["delta"].as_str().unwrap()).unwrap().len() as f64 / 48.0;
+            deltas += 1;
+        }
+        if e["type"] == "response.done" {
+            break;
+        }
+    }
+    // The whole answer took (nearly) as long to send as to play.
+    let elapsed_ms = first.unwrap().elapsed().as_secs_f64() * 1000.0;
+    assert!(deltas > 50, "{deltas} deltas");
+    assert!(elapsed_ms >= sent_ms - 100.0 - 20.0, "{sent_ms} ms of audio sent in {elapsed_ms} ms");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_stt_engine_fails_the_transcript_and_the_call_goes_on() {
+    let (base, _, _) = setup_with(60_000, "[realtime]\nstt_timeout_ms = 2000\n").await;
+    let mut ws = connect(&base, "voice").await;
+    next(&mut ws).await;
+    let mut audio = fixture_pcm24(TURN1);
+    audio.extend(silence24(1_000));
+    append(&mut ws, &audio).await;
+    let events = until(&mut ws, "conversation.item.input_audio_transcription.failed").await;
+    let failed = events.last().unwrap();
+    assert_eq!(failed["error"]["code"], "stt_timeout");
+    assert!(of(&events, "response.created").is_empty());
+    // Text still works.
+    send(&mut ws, json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}})).await;
+    send(&mut ws, json!({"type": "response.create"})).await;
+    let events = until(&mut ws, "response.done").await;
+    assert_eq!(events.last().unwrap()["response"]["status"], "completed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_tts_engine_fails_the_response_instead_of_dead_air() {
+    let (base, _, _) = setup("[realtime]\ntts_timeout_ms = 2000\n").await;
+    let mut ws = connect(&base, "voice").await;
+    next(&mut ws).await;
+    send(&mut ws, json!({"type": "session.update", "session": {"audio": {"output": {"voice": "slow-60000"}}}})).await;
+    next(&mut ws).await;
+    send(&mut ws, json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hello"}]}})).await;
+    send(&mut ws, json!({"type": "response.create"})).await;
+    let events = until(&mut ws, "response.done").await;
+    let response = &events.last().unwrap()["response"];
+    assert_eq!(response["status"], "failed");
+    assert_eq!(response["status_details"]["error"]["code"], "tts_failed");
+    assert!(response["status_details"]["error"]["message"].as_str().unwrap().contains("2000 ms"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn server_shutdown_closes_sessions() {
+    let (base, _, state) = setup("").await;
+    let mut ws = connect(&base, "voice").await;
+    next(&mut ws).await;
+    state.sessions_cancel.cancel();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("closed within the deadline") {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(u16::from(frame.code), 1001);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+    assert!(support::eventually(|| state.sessions.is_empty()).await);
 }

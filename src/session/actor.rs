@@ -2,7 +2,7 @@
 //! `select!` loop: client events, STT results, response messages, and the clock that paces outbound
 //! audio. Nothing here locks; stages talk to it over bounded channels.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +133,8 @@ struct Settings {
 /// An utterance being streamed to STT.
 struct OpenUtterance {
     item_id: String,
+    /// Stops the utterance's STT task.
+    cancel: CancellationToken,
     audio: mpsc::Sender<Vec<i16>>,
     samples: u64,
 }
@@ -229,7 +231,8 @@ struct Actor {
     utterance: Option<OpenUtterance>,
     ordinal: u32,
     stt_tx: mpsc::Sender<SttMsg>,
-    pending_transcripts: HashSet<String>,
+    /// Committed utterances waiting for their final transcript, with the deadline for it.
+    pending_transcripts: HashMap<String, (Instant, CancellationToken)>,
     told_no_stt: bool,
     last_turn: Option<TurnTimes>,
     /// A `response.create` waiting for transcripts still being made.
@@ -293,7 +296,7 @@ impl Actor {
             utterance: None,
             ordinal: 0,
             stt_tx,
-            pending_transcripts: HashSet::new(),
+            pending_transcripts: HashMap::new(),
             told_no_stt: false,
             last_turn: None,
             deferred: None,
@@ -735,7 +738,8 @@ impl Actor {
         self.ordinal += 1;
         let work = stt.transcribe(Utterance { start_ms, ordinal, audio: audio_rx }, partial_tx);
         let events = self.stt_tx.clone();
-        let cancel = self.cancel.clone();
+        let cancel = self.cancel.child_token();
+        let utterance_cancel = cancel.clone();
         let id = item_id.clone();
         self.tasks.spawn(async move {
             tokio::pin!(work);
@@ -752,7 +756,7 @@ impl Actor {
                 }
             }
         });
-        let mut u = OpenUtterance { item_id: item_id.clone(), audio: audio_tx, samples: 0 };
+        let mut u = OpenUtterance { item_id: item_id.clone(), cancel: utterance_cancel, audio: audio_tx, samples: 0 };
         if !prefix.is_empty() {
             u.samples = prefix.len() as u64;
             let _ = u.audio.try_send(prefix.to_vec());
@@ -783,13 +787,14 @@ impl Actor {
             }
             Err(e) => warn!(session_id = %self.start.session_id, error = %e, "could not add the user's audio item"),
         }
-        self.pending_transcripts.insert(u.item_id.clone());
+        let deadline = Instant::now() + Duration::from_millis(self.engines.settings.stt_timeout_ms);
+        self.pending_transcripts.insert(u.item_id.clone(), (deadline, u.cancel.clone()));
     }
 
     fn abandon_utterance(&mut self) {
         if let Some(u) = self.utterance.take() {
-            // Its STT task sees the audio end and its final is ignored: the item was never committed.
-            self.pending_transcripts.remove(&u.item_id);
+            // The item was never committed: stop its STT work.
+            u.cancel.cancel();
         }
     }
 
@@ -881,7 +886,7 @@ impl Actor {
     fn on_stt(&mut self, msg: SttMsg) {
         match msg {
             SttMsg::Partial { item_id, transcript } => {
-                if !self.pending_transcripts.contains(&item_id) && self.utterance.as_ref().is_none_or(|u| u.item_id != item_id) {
+                if !self.pending_transcripts.contains_key(&item_id) && self.utterance.as_ref().is_none_or(|u| u.item_id != item_id) {
                     return;
                 }
                 self.emit(ServerEvent::InputAudioTranscriptionDelta {
@@ -894,7 +899,7 @@ impl Actor {
                 });
             }
             SttMsg::Final { item_id, result } => {
-                if !self.pending_transcripts.remove(&item_id) {
+                if self.pending_transcripts.remove(&item_id).is_none() {
                     return;
                 }
                 let stt_ms = self.speech_end_wall.map(|t| t.elapsed().as_secs_f64() * 1000.0);
@@ -954,6 +959,32 @@ impl Actor {
                 if respond && self.active.is_none() {
                     self.request_response(None, ResponseParams::default());
                 }
+            }
+        }
+    }
+
+    /// Transcripts past their deadline fail, so a stuck engine never stalls the call.
+    fn expire_transcripts(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<String> = self.pending_transcripts.iter().filter(|(_, (d, _))| *d <= now).map(|(id, _)| id.clone()).collect();
+        for item_id in expired {
+            if let Some((_, cancel)) = self.pending_transcripts.remove(&item_id) {
+                cancel.cancel();
+            }
+            let name = self.engines.stt.as_ref().map_or("none", |s| s.name()).to_string();
+            warn!(session_id = %self.start.session_id, engine = %name, "transcript deadline passed");
+            let message = format!("speech-to-text engine {name} gave no transcript within {} ms", self.engines.settings.stt_timeout_ms);
+            self.emit(ServerEvent::InputAudioTranscriptionFailed {
+                event_id: new_event_id(),
+                item_id,
+                content_index: 0,
+                error: RealtimeError::server("stt_timeout", message),
+            });
+            self.speech_end_wall = None;
+        }
+        if self.pending_transcripts.is_empty() {
+            if let Some((event_id, params)) = self.deferred.take() {
+                self.request_response(event_id, params);
             }
         }
     }
@@ -1041,6 +1072,7 @@ impl Actor {
                 tts,
                 voice: voice_name(self.settings.voice.as_ref()),
                 format: self.settings.output_format,
+                timeout: Duration::from_millis(self.engines.settings.tts_timeout_ms),
             })
         } else {
             None
@@ -1241,8 +1273,16 @@ impl Actor {
         });
     }
 
-    /// When the next outbound audio (or the end of playback) is due.
+    /// When the actor must next wake: outbound audio, the end of playback, or a transcript deadline.
     fn next_due(&self) -> Option<Instant> {
+        let transcript = self.pending_transcripts.values().map(|(d, _)| *d).min();
+        match (self.playback_due(), transcript) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn playback_due(&self) -> Option<Instant> {
         let p = self.playback.as_ref()?;
         let lead = Duration::from_millis(self.engines.settings.output_lead_ms);
         let at = |ms: f64| p.started.map(|s| s + Duration::from_secs_f64(ms / 1000.0));
@@ -1258,6 +1298,7 @@ impl Actor {
     }
 
     fn on_tick(&mut self) {
+        self.expire_transcripts();
         let lead = Duration::from_millis(self.engines.settings.output_lead_ms);
         let now = Instant::now();
         let mut events = Vec::new();

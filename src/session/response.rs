@@ -60,6 +60,8 @@ pub struct Speech {
     pub tts: Arc<dyn TextToSpeech>,
     pub voice: Option<String>,
     pub format: AudioFormat,
+    /// Longest the engine may take over one chunk.
+    pub timeout: std::time::Duration,
 }
 
 /// Everything one response needs.
@@ -173,14 +175,14 @@ async fn speak(speech: Speech, mut chunks: mpsc::Receiver<String>, tx: Tagged) {
                 tx.send(ResponseMsg::Audio { bytes, ms }).await;
             }
         };
-        let (result, ()) = tokio::join!(synth, frames);
-        match result {
-            Ok(()) => {}
-            Err(e) => {
-                tx.send(ResponseMsg::Failed { code: "tts_failed", message: e.to_string() }).await;
-                return;
-            }
-        }
+        let result = tokio::time::timeout(speech.timeout, async { tokio::join!(synth, frames).0 }).await;
+        let failure = match result {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("text-to-speech engine {} took over {} ms to speak one chunk", speech.tts.name(), speech.timeout.as_millis()),
+        };
+        tx.send(ResponseMsg::Failed { code: "tts_failed", message: failure }).await;
+        return;
     }
 }
 
