@@ -181,6 +181,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_metric_is_documented() {
+        let doc = include_str!("../docs/metrics.md");
+        for (name, _, _) in METRICS {
+            assert!(doc.contains(&format!("`{name}`")), "{name} is missing from docs/metrics.md");
+        }
+    }
+
+    #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
         m.inc("voxgate_gateway_requests_total", &[("model", "a\"b"), ("outcome", "ok")]);
