@@ -24,5 +24,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod stt;
+#[cfg(test)]
+pub(crate) mod test_rng;
 pub mod transport;
 pub mod tts;

@@ -203,26 +203,7 @@ mod tests {
 
     const RATE_HZ: u32 = 16_000;
 
-    /// xorshift64*: deterministic, no dependencies.
-    struct Prng(u64);
-
-    impl Prng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, bound: u64) -> u64 {
-            self.next_u64() % bound
-        }
-
-        /// Uniform in `-amplitude..=amplitude`.
-        fn uniform(&mut self, amplitude: i32) -> i16 {
-            (self.below(2 * amplitude as u64 + 1) as i32 - amplitude) as i16
-        }
-    }
+    use crate::test_rng::Prng;
 
     fn ms_to_samples(ms: u64) -> usize {
         (ms * u64::from(RATE_HZ) / 1000) as usize
@@ -412,28 +393,28 @@ mod tests {
         for case in 0..200 {
             // Random segments of silence, noise, tones and blips.
             let mut audio = Vec::new();
-            for _ in 0..rng.below(12) + 1 {
-                let ms = rng.below(900) + 1;
-                match rng.below(4) {
+            for _ in 0..rng.below_u64(12) + 1 {
+                let ms = rng.below_u64(900) + 1;
+                match rng.below_u64(4) {
                     0 => silence(&mut audio, ms),
-                    1 => noise(&mut audio, ms, -60.0 + rng.below(50) as f64, &mut rng),
-                    2 => tone(&mut audio, ms, 200.0 + rng.below(20_000) as f64),
-                    _ => tone(&mut audio, rng.below(80), 12_000.0),
+                    1 => noise(&mut audio, ms, -60.0 + rng.below_u64(50) as f64, &mut rng),
+                    2 => tone(&mut audio, ms, 200.0 + rng.below_u64(20_000) as f64),
+                    _ => tone(&mut audio, rng.below_u64(80), 12_000.0),
                 }
                 // Odd sample counts so frames straddle pushes.
-                audio.extend(std::iter::repeat_n(0, rng.below(7) as usize));
+                audio.extend(std::iter::repeat_n(0, rng.below_u64(7) as usize));
             }
             let settings = VadSettings {
-                threshold: rng.below(101) as f32 / 100.0,
-                prefix_padding_ms: rng.below(500) as u32,
-                silence_duration_ms: rng.below(800) as u32,
-                min_speech_ms: rng.below(300) as u32,
+                threshold: rng.below_u64(101) as f32 / 100.0,
+                prefix_padding_ms: rng.below_u64(500) as u32,
+                silence_duration_ms: rng.below_u64(800) as u32,
+                min_speech_ms: rng.below_u64(300) as u32,
             };
             let whole = run(settings, &audio, &mut || usize::MAX);
             let single = run(settings, &audio, &mut || 1);
             assert_eq!(whole, single, "case {case}: one sample at a time");
             let mut split_rng = Prng(case + 1);
-            let random = run(settings, &audio, &mut || split_rng.below(2_000) as usize + 1);
+            let random = run(settings, &audio, &mut || split_rng.below_u64(2_000) as usize + 1);
             assert_eq!(whole, random, "case {case}: random chunks");
             // Starts and stops alternate, and times never go backwards.
             for pair in whole.windows(2) {

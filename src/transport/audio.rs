@@ -446,25 +446,7 @@ mod tests {
 
     const RATES_HZ: [u32; 5] = [8_000, 16_000, 22_050, 24_000, 48_000];
 
-    /// xorshift64*: deterministic, no dependencies.
-    struct Prng(u64);
-
-    impl Prng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next_u64() % bound as u64) as usize
-        }
-
-        fn sample(&mut self) -> i16 {
-            (self.next_u64() >> 48) as u16 as i16
-        }
-    }
+    use crate::test_rng::Prng;
 
     fn resample_chunked(from_hz: u32, to_hz: u32, input: &[i16], rng: &mut Prng, chunk_max: usize) -> Vec<i16> {
         let mut resampler = Resampler::new(from_hz, to_hz).unwrap();

@@ -175,21 +175,7 @@ impl Chunker {
 mod tests {
     use super::*;
 
-    /// xorshift64*: deterministic, no dependencies.
-    struct Prng(u64);
-
-    impl Prng {
-        fn next_u64(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-
-        fn below(&mut self, bound: usize) -> usize {
-            (self.next_u64() % bound as u64) as usize
-        }
-    }
+    use crate::test_rng::Prng;
 
     /// Chunks of `deltas`, then what `finish` returns.
     fn chunk_deltas<'a>(deltas: impl IntoIterator<Item = &'a str>) -> (Vec<String>, Option<String>) {
