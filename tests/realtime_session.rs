@@ -199,6 +199,11 @@ async fn a_spoken_turn_gets_a_spoken_answer() {
     assert_eq!(words.len(), heard.split_whitespace().count());
     assert!(words.windows(2).all(|w| w[0]["start_ms"].as_u64() <= w[1]["start_ms"].as_u64()));
     assert!(words.iter().all(|w| w["confidence"].as_f64().is_some()));
+    // Partial transcripts arrive as deltas that only append, and add up to the final transcript's words.
+    let deltas: String =
+        of(&events, "conversation.item.input_audio_transcription.delta").iter().map(|e| e["delta"].as_str().unwrap()).collect();
+    assert!(heard.starts_with(&deltas), "{deltas:?} is not a prefix of {heard:?}");
+    assert_eq!(deltas.split_whitespace().count(), heard.split_whitespace().count());
     let speech_started = of(&events, "input_audio_buffer.speech_started")[0];
     assert_eq!(speech_started["item_id"], completed["item_id"]);
 

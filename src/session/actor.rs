@@ -233,6 +233,8 @@ struct Actor {
     stt_tx: mpsc::Sender<SttMsg>,
     /// Committed utterances waiting for their final transcript, with the deadline for it.
     pending_transcripts: HashMap<String, (Instant, CancellationToken)>,
+    /// The transcript text already sent as deltas, per utterance still being transcribed.
+    partials: HashMap<String, String>,
     told_no_stt: bool,
     last_turn: Option<TurnTimes>,
     /// A `response.create` waiting for transcripts still being made.
@@ -297,6 +299,7 @@ impl Actor {
             ordinal: 0,
             stt_tx,
             pending_transcripts: HashMap::new(),
+            partials: HashMap::new(),
             told_no_stt: false,
             last_turn: None,
             deferred: None,
@@ -795,6 +798,7 @@ impl Actor {
         if let Some(u) = self.utterance.take() {
             // The item was never committed: stop its STT work.
             u.cancel.cancel();
+            self.partials.remove(&u.item_id);
         }
     }
 
@@ -889,16 +893,22 @@ impl Actor {
                 if !self.pending_transcripts.contains_key(&item_id) && self.utterance.as_ref().is_none_or(|u| u.item_id != item_id) {
                     return;
                 }
+                // Deltas only ever append: a partial that revises earlier words (Whisper re-decodes the
+                // whole utterance) waits for the final transcript instead.
+                let said = self.partials.entry(item_id.clone()).or_default();
+                let Some(delta) = transcript.text.strip_prefix(said.as_str()).filter(|d| !d.is_empty()).map(str::to_string) else { return };
+                said.push_str(&delta);
                 self.emit(ServerEvent::InputAudioTranscriptionDelta {
                     event_id: new_event_id(),
                     item_id,
                     content_index: 0,
-                    delta: transcript.text.clone(),
+                    delta,
                     words: Some(words(&transcript)),
                     speaker: transcript.speaker,
                 });
             }
             SttMsg::Final { item_id, result } => {
+                self.partials.remove(&item_id);
                 if self.pending_transcripts.remove(&item_id).is_none() {
                     return;
                 }
@@ -971,6 +981,7 @@ impl Actor {
             if let Some((_, cancel)) = self.pending_transcripts.remove(&item_id) {
                 cancel.cancel();
             }
+            self.partials.remove(&item_id);
             let name = self.engines.stt.as_ref().map_or("none", |s| s.name()).to_string();
             warn!(session_id = %self.start.session_id, engine = %name, "transcript deadline passed");
             let message = format!("speech-to-text engine {name} gave no transcript within {} ms", self.engines.settings.stt_timeout_ms);
