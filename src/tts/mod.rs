@@ -7,7 +7,10 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 
 pub mod chunker;
+pub mod espeak;
 pub mod fake;
+#[cfg(feature = "embedded-tts")]
+pub mod piper;
 
 /// Why an engine could not speak.
 #[derive(Debug, Clone, thiserror::Error)]
