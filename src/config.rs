@@ -52,8 +52,14 @@ pub struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStt {
-    /// `fake` (scripted, for tests and benchmarks) or `none` (default until the embedded engine lands).
+    /// `embedded` (Whisper tiny.en in process; the default), `fake` (scripted, for tests and
+    /// benchmarks) or `none`.
     pub engine: Option<String>,
+    /// embedded: decoding threads, each with its own model copy (default 1).
+    pub workers: Option<usize>,
+    /// embedded: re-decode the growing utterance for a partial transcript at most this often, in
+    /// ms of audio (default 700; 0 turns partials off).
+    pub partial_interval_ms: Option<u64>,
     /// fake: sidecar transcript files (`fixtures/audio/NAME.json`), utterances taken in order.
     #[serde(default)]
     pub script: Vec<PathBuf>,
@@ -68,8 +74,14 @@ pub struct RawStt {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTts {
-    /// `fake` (a tone as long as the text, for tests and benchmarks) or `none`.
+    /// `embedded` (the Piper voice in process; the default, falling back to `espeak` when the voice
+    /// is not fetched), `espeak` (the espeak-ng program, no model), `fake` (a tone as long as the
+    /// text, for tests and benchmarks) or `none`.
     pub engine: Option<String>,
+    /// embedded: synthesis threads (default 1).
+    pub workers: Option<usize>,
+    /// espeak: the espeak-ng voice (default `en-us`).
+    pub voice: Option<String>,
     /// fake: delay before the first audio of each chunk (default 0).
     pub ttfb_ms: Option<u64>,
     /// fake: audio length per non-blank character (default 60).
@@ -185,14 +197,36 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SttConfig {
     None,
-    Fake { script: Vec<PathBuf>, transcripts: Vec<String>, latency_ms: u64 },
+    Fake {
+        script: Vec<PathBuf>,
+        transcripts: Vec<String>,
+        latency_ms: u64,
+    },
+    /// Whisper from `models_dir`. `explicit`: named in the config (a missing model is an error at
+    /// start) rather than the default (a missing model leaves sessions without speech input, with a warning).
+    Embedded {
+        explicit: bool,
+        workers: usize,
+        partial_interval_ms: u64,
+    },
 }
 
 /// The text-to-speech engine, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TtsConfig {
     None,
-    Fake { ttfb_ms: u64, ms_per_char: u32 },
+    Fake {
+        ttfb_ms: u64,
+        ms_per_char: u32,
+    },
+    /// The Piper voice from `models_dir`; by default, espeak-ng when the voice is missing.
+    Embedded {
+        explicit: bool,
+        workers: usize,
+    },
+    Espeak {
+        voice: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -387,19 +421,36 @@ impl Config {
             breaker_cooldown_ms: g.breaker_cooldown_ms.unwrap_or(30_000),
         };
 
-        let stt = match user.stt.engine.as_deref().unwrap_or("none") {
+        let stt = match user.stt.engine.as_deref().unwrap_or("default") {
             "none" => SttConfig::None,
+            e @ ("embedded" | "default") => SttConfig::Embedded {
+                explicit: e == "embedded",
+                workers: user.stt.workers.unwrap_or(1).max(1),
+                partial_interval_ms: user.stt.partial_interval_ms.unwrap_or(700),
+            },
             "fake" => SttConfig::Fake {
                 script: user.stt.script.clone(),
                 transcripts: user.stt.transcripts.clone(),
                 latency_ms: user.stt.latency_ms.unwrap_or(0),
             },
-            other => return Err(ConfigError::Invalid(format!("stt.engine = {other:?} is not an engine; use \"fake\" or \"none\""))),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "stt.engine = {other:?} is not an engine; use \"embedded\", \"fake\" or \"none\""
+                )))
+            }
         };
-        let tts = match user.tts.engine.as_deref().unwrap_or("none") {
+        let tts = match user.tts.engine.as_deref().unwrap_or("default") {
             "none" => TtsConfig::None,
+            e @ ("embedded" | "default") => {
+                TtsConfig::Embedded { explicit: e == "embedded", workers: user.tts.workers.unwrap_or(1).max(1) }
+            }
+            "espeak" => TtsConfig::Espeak { voice: user.tts.voice.clone().unwrap_or_else(|| "en-us".to_string()) },
             "fake" => TtsConfig::Fake { ttfb_ms: user.tts.ttfb_ms.unwrap_or(0), ms_per_char: user.tts.ms_per_char.unwrap_or(60).max(1) },
-            other => return Err(ConfigError::Invalid(format!("tts.engine = {other:?} is not an engine; use \"fake\" or \"none\""))),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "tts.engine = {other:?} is not an engine; use \"embedded\", \"espeak\", \"fake\" or \"none\""
+                )))
+            }
         };
         let r = &user.realtime;
         let d = RealtimeSettings::default();

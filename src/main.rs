@@ -112,6 +112,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.listen = l.parse().map_err(|_| anyhow::anyhow!("--listen {l:?} is not an address like 127.0.0.1:8080"))?;
             }
             let server = voxgate::server::Server::bind(&config).await?;
+            // Load the speech models now, in the background, so the first caller does not wait for them.
+            let voice = server.state.voice.clone();
+            tokio::spawn(async move { voice.warm_up().await });
             let shutdown = CancellationToken::new();
             tokio::spawn(signal_shutdown(shutdown.clone()));
             server.run(shutdown, Duration::from_secs(10)).await?;

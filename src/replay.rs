@@ -76,7 +76,10 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
     if !gateway.routes().contains_key(route) && !gateway.models().contains_key(route) {
         return Err(ReplayError::Setup(format!("{route:?} is not a route or model of this config (use --model)")));
     }
-    let engines = Arc::new(VoiceEngines::from_config(config, gateway).map_err(ReplayError::Setup)?);
+    // Nobody listens to a replay in real time: send the reply audio as fast as it is made.
+    let mut config = config.clone();
+    config.realtime.output_lead_ms = 3_600_000;
+    let engines = Arc::new(VoiceEngines::from_config(&config, gateway).map_err(ReplayError::Setup)?);
     if engines.stt.is_none() {
         return Err(ReplayError::Setup("replay needs a speech-to-text engine: set [stt] engine in the config".into()));
     }

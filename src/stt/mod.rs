@@ -75,4 +75,59 @@ pub trait SpeechToText: Send + Sync + 'static {
     /// transcripts on `partials` (dropped when full: partials are advisory), and resolves to the final
     /// transcript. Dropping the future abandons the work.
     fn transcribe(&self, utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>>;
+
+    /// Loads whatever the engine loads lazily, now. Most engines have nothing to load.
+    fn warm_up(&self) -> BoxFuture<Result<(), SttError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Loads an engine.
+pub type SttLoader = Box<dyn Fn() -> Result<std::sync::Arc<dyn SpeechToText>, SttError> + Send + Sync>;
+
+/// An engine loaded on first use (or by [`LazyStt::warm_up`]) on a blocking thread, so a server that
+/// never hears speech never pays for the model, and loading never stalls the async runtime.
+pub struct LazyStt {
+    name: String,
+    loader: std::sync::Arc<SttLoader>,
+    engine: std::sync::Arc<tokio::sync::OnceCell<Result<std::sync::Arc<dyn SpeechToText>, SttError>>>,
+}
+
+impl LazyStt {
+    pub fn new(name: impl Into<String>, loader: SttLoader) -> LazyStt {
+        LazyStt { name: name.into(), loader: std::sync::Arc::new(loader), engine: Default::default() }
+    }
+}
+
+async fn load_stt(
+    loader: &std::sync::Arc<SttLoader>,
+    cell: &tokio::sync::OnceCell<Result<std::sync::Arc<dyn SpeechToText>, SttError>>,
+) -> Result<std::sync::Arc<dyn SpeechToText>, SttError> {
+    cell.get_or_init(|| {
+        let loader = loader.clone();
+        async move {
+            tokio::task::spawn_blocking(move || loader())
+                .await
+                .unwrap_or_else(|e| Err(SttError::Unavailable(format!("loading the engine failed: {e}"))))
+        }
+    })
+    .await
+    .clone()
+}
+
+impl SpeechToText for LazyStt {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A failure is kept and reported by every later call.
+    fn warm_up(&self) -> BoxFuture<Result<(), SttError>> {
+        let (loader, cell) = (self.loader.clone(), self.engine.clone());
+        Box::pin(async move { load_stt(&loader, &cell).await.map(|_| ()) })
+    }
+
+    fn transcribe(&self, utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
+        let (loader, cell) = (self.loader.clone(), self.engine.clone());
+        Box::pin(async move { load_stt(&loader, &cell).await?.transcribe(utterance, partials).await })
+    }
 }
