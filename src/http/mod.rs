@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod error;
+pub mod phone;
 pub mod realtime;
 
 use std::net::SocketAddr;
@@ -86,13 +87,15 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(api)
         .route("/v1/realtime", get(realtime::upgrade))
+        .route("/v1/phone/twilio", get(phone::twilio_stream))
+        .route("/v1/phone/twilio/twiml", post(phone::twiml))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                "Unknown path. voxgate serves POST /v1/chat/completions, GET /v1/models, GET /v1/usage, GET /v1/realtime (WebSocket), GET /metrics and GET /healthz.",
+                "Unknown path. voxgate serves POST /v1/chat/completions, GET /v1/models, GET /v1/usage, GET /v1/realtime (WebSocket), GET /v1/phone/twilio (WebSocket), POST /v1/phone/twilio/twiml, GET /metrics and GET /healthz.",
             )
             .code("not_found")
         })
@@ -161,6 +164,8 @@ async fn count_requests(State(state): State<Shared>, request: Request, next: Nex
         "/v1/models" => "/v1/models",
         "/v1/usage" => "/v1/usage",
         "/v1/realtime" => "/v1/realtime",
+        "/v1/phone/twilio" => "/v1/phone/twilio",
+        "/v1/phone/twilio/twiml" => "/v1/phone/twilio/twiml",
         "/healthz" => "/healthz",
         "/metrics" => "/metrics",
         _ => "other",

@@ -1,0 +1,108 @@
+//! Phone bridges: `GET /v1/phone/twilio` (the Media Streams WebSocket) and
+//! `POST /v1/phone/twilio/twiml` (the `<Connect><Stream>` document a Twilio number's call webhook returns).
+//! Twilio cannot send headers on the stream, so with gateway keys configured the key rides in the
+//! stream's custom parameter `api_key` (a `<Parameter>` in the TwiML), or in `?api_key=` of the TwiML URL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::error::ApiError;
+use super::Shared;
+use crate::session::SessionStart;
+use crate::transport::realtime::new_session_id;
+use crate::transport::twilio;
+
+pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) -> Response {
+    let Ok(slot) = state.session_slots.clone().try_acquire_owned() else {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "This server is at its limit of concurrent voice sessions.")
+            .code("too_many_sessions")
+            .into_response();
+    };
+    let admit_state = state.clone();
+    let admit: twilio::Admit = Arc::new(move |params: &HashMap<String, String>| admit(&admit_state, params));
+    let state2 = state.clone();
+    ws.on_upgrade(move |socket| async move {
+        let tracker = state2.sessions.clone();
+        let call = twilio::serve(socket, state2.voice.clone(), admit, state2.sessions_cancel.clone());
+        tracker
+            .track_future(async move {
+                call.await;
+                drop(slot);
+            })
+            .await
+    })
+}
+
+/// Decides from the `start` frame's custom parameters whether the call may run, and on which route.
+fn admit(state: &Shared, params: &HashMap<String, String>) -> Result<SessionStart, String> {
+    let key = if state.keys.is_empty() {
+        "anonymous".to_string()
+    } else {
+        let presented =
+            params.get("api_key").ok_or("this server needs an API key: add <Parameter name=\"api_key\" value=\"...\"/> to the <Stream>")?;
+        state.key_name(presented.trim()).ok_or("incorrect API key")?
+    };
+    let route = params.get("model").cloned().unwrap_or_else(|| "default".to_string());
+    if !state.gateway.routes().contains_key(&route) && !state.gateway.models().contains_key(&route) {
+        return Err(format!("model {route:?} is not a route or model of this server"));
+    }
+    Ok(SessionStart { session_id: new_session_id(), route, key })
+}
+
+/// `POST /v1/phone/twilio/twiml[?model=ROUTE&voice=V&api_key=K]`: the TwiML that connects a call to
+/// this server's stream endpoint, on the host the webhook was called on.
+pub async fn twiml(Query(query): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
+    let Some(host) = headers.get("x-forwarded-host").or_else(|| headers.get(header::HOST)).and_then(|h| h.to_str().ok()) else {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "The request has no Host header to build the stream URL from.",
+        )
+        .code("missing_host")
+        .into_response();
+    };
+    // Behind a TLS proxy (as Twilio requires: wss), the proxy says so; on loopback, plain ws.
+    let secure = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).map_or(true, |p| p == "https");
+    let scheme = if secure { "wss" } else { "ws" };
+    let mut params = String::new();
+    for name in ["model", "voice", "instructions", "api_key"] {
+        if let Some(value) = query.get(name) {
+            params.push_str(&format!("\n      <Parameter name=\"{name}\" value=\"{}\"/>", xml_escape(value)));
+        }
+    }
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response>\n  <Connect>\n    <Stream url=\"{scheme}://{}/v1/phone/twilio\">{params}\n    </Stream>\n  </Connect>\n</Response>\n",
+        xml_escape(host)
+    );
+    ([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+fn xml_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xml_escape;
+
+    #[test]
+    fn escapes_xml() {
+        assert_eq!(xml_escape(r#"a<b>&"c"'"#), "a&lt;b&gt;&amp;&quot;c&quot;&apos;");
+    }
+}
