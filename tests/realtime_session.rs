@@ -84,7 +84,8 @@ ms_per_char = 20
 
 async fn connect(base: &str, model: &str) -> Ws {
     let url = format!("{}/v1/realtime?model={model}", base.replace("http://", "ws://"));
-    let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
+    // TCP_NODELAY: small frames must not wait on Nagle (real time) while the test's clock is paused.
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.expect("websocket connects");
     ws
 }
 

@@ -23,6 +23,9 @@ use crate::transport::realtime::{
     InputAudioBufferAppend, Item, MessageItem, ResponseCreate, Role, ServerEvent, Session, SessionAudio, SessionUpdate, Voice,
 };
 
+/// 20 ms of μ-law at 8 kHz: the frame Twilio plays.
+const FRAME_BYTES: usize = 160;
+
 /// The first frames of a call must arrive within this long, or the socket is not a Twilio stream.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -159,6 +162,8 @@ where
     let mut mark_seq = 0u64;
     let mut item_ms: HashMap<String, f64> = HashMap::new();
     let mut cleared = false;
+    // Reply audio not yet a whole 20 ms frame.
+    let mut outgoing: Vec<u8> = Vec::with_capacity(2 * FRAME_BYTES);
     loop {
         tokio::select! {
             _ = session_cancel.cancelled() => break,
@@ -173,20 +178,30 @@ where
                 };
                 let frames = match event {
                     ServerEvent::ResponseOutputAudioDelta { item_id, delta, .. } => {
-                        let ms = base64::engine::general_purpose::STANDARD.decode(&delta).map_or(0.0, |b| b.len() as f64 / 8.0);
-                        let end = item_ms.entry(item_id.clone()).or_insert(0.0);
-                        *end += ms;
-                        mark_seq += 1;
-                        let mark = format!("voxgate-{mark_seq}");
-                        pending.push_back(Sent { mark: mark.clone(), item_id, end_ms: end.round() as u64 });
-                        vec![
-                            json!({"event": "media", "streamSid": stream_sid, "media": {"payload": delta}}),
-                            json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": mark}}),
-                        ]
+                        // Twilio plays 20 ms frames (160 bytes of μ-law); the engine's frames are re-cut to that.
+                        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&delta) {
+                            outgoing.extend_from_slice(&bytes);
+                        }
+                        let mut frames = Vec::new();
+                        while outgoing.len() >= FRAME_BYTES {
+                            let chunk: Vec<u8> = outgoing.drain(..FRAME_BYTES).collect();
+                            frames.extend(media_and_mark(&chunk, &item_id, &stream_sid, &mut item_ms, &mut mark_seq, &mut pending));
+                        }
+                        frames
+                    }
+                    ServerEvent::ResponseOutputAudioDone { item_id, .. } => {
+                        // The last, shorter frame of the answer.
+                        let chunk = std::mem::take(&mut outgoing);
+                        if chunk.is_empty() {
+                            Vec::new()
+                        } else {
+                            media_and_mark(&chunk, &item_id, &stream_sid, &mut item_ms, &mut mark_seq, &mut pending).to_vec()
+                        }
                     }
                     ServerEvent::OutputAudioBufferCleared { .. } => {
                         // Barge-in: empty the carrier's buffer. Marks it echoes from now on were never heard.
                         cleared = true;
+                        outgoing.clear();
                         vec![json!({"event": "clear", "streamSid": stream_sid})]
                     }
                     ServerEvent::ConversationItemTruncated { item_id, audio_end_ms, .. } if cleared => {
@@ -296,6 +311,27 @@ where
     let _ = actor.await;
     let _ = sink.send(close(1000, "call ended")).await;
     metrics.add("voxgate_realtime_sessions_active", &[], -1.0);
+}
+
+/// A `media` frame and the `mark` that follows it, remembering where the chunk ends in its item.
+fn media_and_mark(
+    chunk: &[u8],
+    item_id: &str,
+    stream_sid: &str,
+    item_ms: &mut HashMap<String, f64>,
+    mark_seq: &mut u64,
+    pending: &mut VecDeque<Sent>,
+) -> [Value; 2] {
+    let end = item_ms.entry(item_id.to_string()).or_insert(0.0);
+    *end += chunk.len() as f64 / 8.0;
+    *mark_seq += 1;
+    let mark = format!("voxgate-{mark_seq}");
+    pending.push_back(Sent { mark: mark.clone(), item_id: item_id.to_string(), end_ms: end.round() as u64 });
+    let payload = base64::engine::general_purpose::STANDARD.encode(chunk);
+    [
+        json!({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}}),
+        json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": mark}}),
+    ]
 }
 
 /// Reads frames until `start`; `connected` may come first. Anything else before `start` ends the call.

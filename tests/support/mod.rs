@@ -7,6 +7,7 @@
 //! - `tool`: one call `get_weather` with `{"city":"Paris"}` in fragments;
 //! - `two_tools`: text "Let me check." then `get_weather` `{"city":"Paris"}` and `get_time` `{"tz":"CET"}`;
 //! - `json`: the text `{"answer":42}`;
+//! - `long` (OpenAI vendor only): a reply of several sentences (`vendors::openai::LONG`);
 //! - `rate_limited`: 429 with `Retry-After: 2` (Gemini: `retryDelay` "2s");
 //! - `overloaded`: the vendor's overload status (Anthropic 529, others 503);
 //! - `bad_request`: 400; `unauthorized`: 401;

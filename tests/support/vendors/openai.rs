@@ -39,6 +39,16 @@ fn usage_frame() -> String {
     format!("data: {u}\n\n")
 }
 
+/// The `long` scenario's answer, in pieces: a reply long enough to talk over.
+pub const LONG: &[&str] = &[
+    "Certainly. ",
+    "Your table for four is booked for seven thirty tonight, ",
+    "and I have added a note about the birthday cake. ",
+    "We will hold the table for fifteen minutes, ",
+    "so please call us if you are running late. ",
+    "Is there anything else I can help you with?",
+];
+
 /// (text pieces, tool calls as (name, argument fragments))
 fn answer(scenario: &str) -> (Vec<&'static str>, Vec<(&'static str, Vec<&'static str>)>) {
     match scenario {
@@ -47,6 +57,7 @@ fn answer(scenario: &str) -> (Vec<&'static str>, Vec<(&'static str, Vec<&'static
             (vec!["Let me ", "check."], vec![("get_weather", vec!["{\"city\":", "\"Paris\"}"]), ("get_time", vec!["{\"tz\":\"CET\"}"])])
         }
         "json" => (vec!["{\"answer\"", ":42}"], vec![]),
+        "long" => (LONG.to_vec(), vec![]),
         _ => (vec!["Hello", ", wor", "ld!"], vec![]),
     }
 }
