@@ -89,6 +89,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/realtime", get(realtime::upgrade))
         .route("/v1/phone/twilio", get(phone::twilio_stream))
         .route("/v1/phone/twilio/twiml", post(phone::twiml))
+        .route("/", get(|| async { axum::response::Html(include_str!("static/index.html")) }))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -167,6 +168,7 @@ async fn count_requests(State(state): State<Shared>, request: Request, next: Nex
         "/v1/phone/twilio" => "/v1/phone/twilio",
         "/v1/phone/twilio/twiml" => "/v1/phone/twilio/twiml",
         "/healthz" => "/healthz",
+        "/" => "/",
         "/metrics" => "/metrics",
         _ => "other",
     };
