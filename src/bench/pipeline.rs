@@ -127,6 +127,20 @@ pub fn metric_total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Busy and total CPU time of the whole machine from `/proc/stat`'s `cpu` line, in clock ticks:
+/// busy is user + nice + system + irq + softirq + steal, total adds idle and iowait.
+pub fn machine_cpu_ticks(proc_stat: &str) -> Option<(u64, u64)> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    Some((busy, busy + field(3) + field(4)))
+}
+
+fn machine_cpu() -> Option<(u64, u64)> {
+    machine_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
 /// How a client that starts playing at the first delta, with no jitter buffer of its own, hears a
 /// response: each delta's audio plays right after the audio before it.
 #[derive(Debug, Default, Clone, Copy)]
@@ -557,6 +571,7 @@ async fn load(
     let rss_before = child.rss_mb();
     let cpu_before = cpu_seconds(child.pid);
     let own_cpu_before = cpu_seconds(std::process::id());
+    let machine_before = machine_cpu();
     let epoch = Instant::now();
     let end = epoch + ramp + Duration::from_secs(options.seconds);
     let tasks: Vec<_> = (0..n)
@@ -577,6 +592,9 @@ async fn load(
     let wall = epoch.elapsed().as_secs_f64();
     let cpu = cpu_before.zip(cpu_seconds(child.pid)).map(|(a, b)| b - a);
     let own_cpu = own_cpu_before.zip(cpu_seconds(std::process::id())).map(|(a, b)| b - a);
+    // Machine busy share over the run; what neither voxgate nor the load generator used is other load.
+    let machine = machine_before.zip(machine_cpu()).map(|((b0, t0), (b1, t1))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64);
+    let others = machine.zip(cpu.zip(own_cpu)).map(|(m, (v, o))| (m * wall * cores as f64 - v - o).max(0.0));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let dropped = child.frames_dropped().await.map(|d| d - dropped_before);
 
@@ -641,20 +659,28 @@ async fn load(
     let _ = writeln!(
         out,
         "\n| voxgate CPU s | per session-second ms | voxgate % of {cores} cores | load generator % of {cores} cores | \
-         voxgate RSS before MB | RSS under load MB | RSS per active session KB |"
+         other processes % | voxgate RSS before MB | RSS under load MB | RSS per active session KB |"
     );
-    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mb = |v: Option<f64>| v.map_or("unknown".into(), |v| format!("{v:.1}"));
     let _ = writeln!(
         out,
-        "| {} | {per_session_ms} | {} | {} | {} | {} | {rss_per} |",
+        "| {} | {per_session_ms} | {} | {} | {} | {} | {} | {rss_per} |",
         cpu.map_or("unknown".into(), |c| format!("{c:.1}")),
         cpu_cell(cpu),
         cpu_cell(own_cpu),
+        cpu_cell(others),
         mb(rss_before),
         mb(rss_loaded)
     );
 
+    if let Some(o) = others.filter(|o| o / wall / cores as f64 > 0.1) {
+        let _ = writeln!(
+            out,
+            "\n**Warning**: other processes used {:.0}% of the cores during the run; these figures do not describe an otherwise idle machine.",
+            o / wall / cores as f64 * 100.0
+        );
+    }
     let errors: Vec<&String> = reports.iter().flat_map(|r| r.errors.iter()).take(3).collect();
     let _ = writeln!(
         out,
@@ -727,6 +753,13 @@ mod tests {
                     voxgate_audio_frames_dropped_total_other 100\n";
         assert_eq!(metric_total(text, "voxgate_audio_frames_dropped_total"), 7.0);
         assert_eq!(metric_total("", "voxgate_audio_frames_dropped_total"), 0.0);
+    }
+
+    #[test]
+    fn machine_cpu_counts_busy_and_total_ticks() {
+        let stat = "cpu  100 5 20 1000 7 0 3 2 0 0\ncpu0 50 0 10 500 3 0 1 1 0 0\n";
+        assert_eq!(machine_cpu_ticks(stat), Some((130, 1137)));
+        assert_eq!(machine_cpu_ticks("intr 1 2 3"), None);
     }
 
     #[test]
