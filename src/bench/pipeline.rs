@@ -205,6 +205,9 @@ fn fixture_path(ext: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// A row of the latency table: its name and what it takes from a turn.
+type Row<'a> = (&'a str, &'a dyn Fn(&Turn) -> Option<f64>);
+
 /// One turn's figures.
 #[derive(Debug, Clone, Copy)]
 struct Turn {
@@ -618,7 +621,7 @@ async fn load(
     let _ = writeln!(out, "| per turn, ms | turns | p50 | p95 | p99 | max |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
     let column = |f: &dyn Fn(&Turn) -> Option<f64>| quantile_cells(turns.iter().filter_map(f).collect());
-    let rows: [(&str, &dyn Fn(&Turn) -> Option<f64>); 7] = [
+    let rows: [Row; 7] = [
         ("**overhead, server clock** (voice_to_voice − silence − engines)", &|t| Some(engines.server_overhead_ms(t.voice_to_voice_ms))),
         ("**overhead, client clock** (window-completing frame sent → first audio received − engines)", &|t| {
             t.client_ms.map(|c| engines.client_overhead_ms(c))
