@@ -6,6 +6,8 @@
 //! completions for the given time, first straight to the fake ("direct"), then through voxgate;
 //! the overhead is the difference of the percentiles. Everything shares the same 2 cores, so
 //! the figure includes contention with the load generator itself: an upper bound.
+//!
+//! `bench pipeline` ([`pipeline`]) measures what the voice pipeline adds to a turn under load.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -15,6 +17,9 @@ use std::time::Duration;
 use axum::body::Bytes;
 use serde_json::json;
 use tokio::time::Instant;
+
+pub mod pipeline;
+pub use pipeline::{pipeline, PipelineOptions};
 
 const BODY: &str =
     r#"{"model":"bench","messages":[{"role":"system","content":"You are terse."},{"role":"user","content":"Say hello."}],"max_tokens":16}"#;

@@ -77,6 +77,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Voice pipeline overhead under load: real-time sessions over WebSockets with fake engines.
+    Pipeline {
+        /// Concurrent sessions streaming audio (0: only the idle measurement).
+        #[arg(long, default_value_t = 500)]
+        sessions: usize,
+        /// Seconds with every session running, after starts spread over up to 10 s.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Also measure memory per idle session with this many connected (0: skip).
+        #[arg(long, default_value_t = 0)]
+        idle: usize,
+    },
 }
 
 fn init_tracing() {
@@ -162,6 +174,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench { what: BenchCommand::Gateway { rates, seconds } } => {
             let report = voxgate::bench::gateway(&rates, Duration::from_secs(seconds)).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle } } => {
+            let report = voxgate::bench::pipeline(voxgate::bench::PipelineOptions { sessions, seconds, idle }).await?;
             println!("{report}");
             Ok(())
         }

@@ -88,7 +88,7 @@ pub async fn run_session(
             },
             Some(msg) = stt_rx.recv() => actor.on_stt(msg),
             Some((seq, msg)) = resp_rx.recv(), if take_audio => actor.on_response(seq, msg),
-            _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => actor.on_tick(),
+            _ = until(due), if due.is_some() => actor.on_tick(),
         }
         if let Some((code, reason)) = actor.closing.take() {
             let _ = actor.outbound.try_send(Outbound::Close { code, reason });
@@ -97,6 +97,15 @@ pub async fn run_session(
     }
     actor.shutdown().await;
     info!(session_id = %actor.start.session_id, "realtime session closed");
+}
+
+/// Sleeps until `due`. A deadline already reached (the next audio of a new response, a chunk's
+/// transcript) is ready at once: `sleep_until` would round it up to the timer's next 1 ms tick and add
+/// up to a millisecond per wake-up to the first audio of every response.
+async fn until(due: Option<Instant>) {
+    if let Some(at) = due.filter(|at| *at > Instant::now()) {
+        sleep_until(at).await;
+    }
 }
 
 /// A message from an utterance's STT task.

@@ -1,0 +1,778 @@
+//! `voxgate bench pipeline`: what the voice pipeline itself adds to a turn, under load, with fake
+//! engines of known latency.
+//!
+//! voxgate runs as a child process (so its CPU and memory are its own) with the fake provider, the
+//! scripted fake STT and the fake TTS. N clients in this process talk to it over real WebSockets on
+//! loopback as a phone line would: a fixture utterance, then silence, in 20 ms `audio/pcm` appends
+//! paced at real time, never stopping; after each answer has played, the utterance again. Each
+//! turn's overhead is the time from the end of user speech to the first agent audio minus the
+//! silence window and the configured engine times, measured twice: on the server's clock
+//! (`response.voxgate.latency_ms.voice_to_voice`) and on the client's. Everything shares the same
+//! cores, so the figures include contention with the load generator: an upper bound.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::time::{sleep_until, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use super::{cpu_seconds, peak_rss_mb, wait_ready};
+use crate::stt::vad::VadSettings;
+use crate::stt::STT_RATE_HZ;
+use crate::transport::audio::Resampler;
+
+/// The utterance every client speaks (its sidecar scripts the fake STT).
+const FIXTURE: &str = "fixtures/audio/table_booking";
+/// Fake engine times, as configured in the child's `voxgate.toml`.
+const STT_LATENCY_MS: u64 = 150;
+const LLM_TTFT_MS: u64 = 200;
+const TTS_TTFB_MS: u64 = 80;
+/// The Realtime API's `audio/pcm`: 24 kHz mono PCM16, sent in 20 ms appends.
+const RATE_HZ: u32 = 24_000;
+const FRAME_MS: u64 = 20;
+const FRAME_SAMPLES: usize = (RATE_HZ as u64 * FRAME_MS / 1000) as usize;
+/// Send times kept per session to find the frame that completed a silence window (20 s of frames).
+const SENT_FRAMES_KEPT: usize = 1000;
+/// A session that has heard no answer this long after its utterance ended speaks again (counted).
+const TURN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Sessions connecting at once in the idle measurement.
+const IDLE_CONNECTS_AT_ONCE: usize = 64;
+
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineOptions {
+    /// Sessions streaming audio (0: skip the load run).
+    pub sessions: usize,
+    /// Seconds with every session running, after the staggered starts.
+    pub seconds: u64,
+    /// Sessions connected and idle for the memory measurement (0: skip).
+    pub idle: usize,
+}
+
+/// Engine times the fakes are configured with: what a turn spends outside the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineTimes {
+    /// `server_vad`'s `silence_duration_ms`: the quiet that ends a turn.
+    pub silence_ms: f64,
+    pub stt_ms: f64,
+    pub llm_ttft_ms: f64,
+    pub tts_ttfb_ms: f64,
+}
+
+impl EngineTimes {
+    fn bench() -> EngineTimes {
+        EngineTimes {
+            silence_ms: VadSettings::default().silence_duration_ms as f64,
+            stt_ms: STT_LATENCY_MS as f64,
+            llm_ttft_ms: LLM_TTFT_MS as f64,
+            tts_ttfb_ms: TTS_TTFB_MS as f64,
+        }
+    }
+
+    fn engines_ms(&self) -> f64 {
+        self.stt_ms + self.llm_ttft_ms + self.tts_ttfb_ms
+    }
+
+    /// Overhead from the server's `voice_to_voice`, which starts at the real end of speech and so
+    /// includes the silence window.
+    pub fn server_overhead_ms(&self, voice_to_voice_ms: f64) -> f64 {
+        voice_to_voice_ms - self.silence_ms - self.engines_ms()
+    }
+
+    /// Overhead from the client's clock, which starts when the frame completing the silence window
+    /// was sent: the window is already behind it.
+    pub fn client_overhead_ms(&self, window_sent_to_first_audio_ms: f64) -> f64 {
+        window_sent_to_first_audio_ms - self.engines_ms()
+    }
+}
+
+/// The `q` quantile (0–1) of sorted values, nearest rank; NaN when there are none.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The client frame (numbered from 0 since the session began) whose arrival lets the server see
+/// `window_end_ms` of input: the server resamples to 16 kHz and its resampler holds back
+/// `holdback_16k` output samples until more input comes, so a window ending on a frame boundary
+/// completes only with the next frame.
+pub fn completing_frame(window_end_ms: u64, holdback_16k: u64) -> u64 {
+    let frame_16k = u64::from(STT_RATE_HZ) * FRAME_MS / 1000;
+    let needed = window_end_ms * u64::from(STT_RATE_HZ) / 1000 + holdback_16k;
+    needed.div_ceil(frame_16k).saturating_sub(1)
+}
+
+/// Milliseconds of 24 kHz PCM16 in a base64 string.
+pub fn base64_pcm16_ms(b64: &str) -> f64 {
+    let padding = b64.bytes().rev().take_while(|&b| b == b'=').count();
+    let bytes = (b64.len() / 4 * 3).saturating_sub(padding);
+    (bytes / 2) as f64 * 1000.0 / f64::from(RATE_HZ)
+}
+
+/// The sum of every series of a Prometheus counter in `/metrics` text.
+pub fn metric_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Busy and total CPU time of the whole machine from `/proc/stat`'s `cpu` line, in clock ticks:
+/// busy is user + nice + system + irq + softirq + steal, total adds idle and iowait.
+pub fn machine_cpu_ticks(proc_stat: &str) -> Option<(u64, u64)> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let field = |i: usize| v.get(i).copied().unwrap_or(0);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    Some((busy, busy + field(3) + field(4)))
+}
+
+fn machine_cpu() -> Option<(u64, u64)> {
+    machine_cpu_ticks(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+/// How a client that starts playing at the first delta, with no jitter buffer of its own, hears a
+/// response: each delta's audio plays right after the audio before it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Playout {
+    started_ms: Option<f64>,
+    audio_ms: f64,
+}
+
+impl Playout {
+    /// A delta of `audio_ms` arrived at `arrived_ms`; returns its lead: how long before its audio
+    /// must start playing it arrived (negative: the caller heard a gap).
+    pub fn on_delta(&mut self, arrived_ms: f64, audio_ms: f64) -> f64 {
+        let started = *self.started_ms.get_or_insert(arrived_ms);
+        let lead = started + self.audio_ms - arrived_ms;
+        self.audio_ms += audio_ms;
+        lead
+    }
+}
+
+/// 16 kHz samples the server's 24 → 16 kHz resampler holds back in steady state: the output a
+/// second of 20 ms frames falls short of its exact length.
+fn resampler_holdback_16k() -> u64 {
+    let Ok(mut r) = Resampler::new(RATE_HZ, STT_RATE_HZ) else { return 0 };
+    let frames = 50;
+    let mut out = Vec::new();
+    for _ in 0..frames {
+        r.process(&[0; FRAME_SAMPLES], &mut out);
+    }
+    (frames * FRAME_SAMPLES * STT_RATE_HZ as usize / RATE_HZ as usize).saturating_sub(out.len()) as u64
+}
+
+/// The fixture as ready-to-send `input_audio_buffer.append` events, and one of silence.
+struct Frames {
+    speech: Vec<Utf8Bytes>,
+    silence: Utf8Bytes,
+}
+
+fn append_event(samples: &[i16]) -> Utf8Bytes {
+    let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    let audio = base64::engine::general_purpose::STANDARD.encode(bytes);
+    Utf8Bytes::from(format!(r#"{{"type":"input_audio_buffer.append","audio":"{audio}"}}"#))
+}
+
+fn load_frames(wav: &Path) -> anyhow::Result<Frames> {
+    let mut reader = hound::WavReader::open(wav).map_err(|e| anyhow::anyhow!("{}: {e}", wav.display()))?;
+    let rate = reader.spec().sample_rate;
+    let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>()?;
+    let mut pcm = Vec::new();
+    let mut r = Resampler::new(rate, RATE_HZ)?;
+    r.process(&samples, &mut pcm);
+    r.flush(&mut pcm);
+    pcm.resize(pcm.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES, 0);
+    Ok(Frames { speech: pcm.chunks(FRAME_SAMPLES).map(append_event).collect(), silence: append_event(&[0; FRAME_SAMPLES]) })
+}
+
+/// `fixtures/audio/` from the working directory, else from the source tree this binary was built from.
+fn fixture_path(ext: &str) -> PathBuf {
+    let relative = PathBuf::from(format!("{FIXTURE}.{ext}"));
+    if relative.exists() {
+        return std::fs::canonicalize(&relative).unwrap_or(relative);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// A row of the latency table: its name and what it takes from a turn.
+type Row<'a> = (&'a str, &'a dyn Fn(&Turn) -> Option<f64>);
+
+/// One turn's figures.
+#[derive(Debug, Clone, Copy)]
+struct Turn {
+    voice_to_voice_ms: f64,
+    /// From sending the frame that completed the silence window to receiving the first audio.
+    client_ms: Option<f64>,
+    stt_ms: Option<f64>,
+    llm_ttft_ms: Option<f64>,
+    tts_ttfb_ms: Option<f64>,
+}
+
+/// What one session saw.
+#[derive(Debug, Default)]
+struct SessionReport {
+    connected: bool,
+    active: Duration,
+    turns: Vec<Turn>,
+    frames_sent: u64,
+    deltas: u64,
+    /// Deltas that arrived after their audio should have started playing.
+    underruns: u64,
+    /// The smallest lead of any delta but a response's first.
+    min_lead_ms: Option<f64>,
+    /// Pacing ticks that fired a whole frame or more late (the load generator falling behind).
+    late_ticks: u64,
+    max_tick_lateness_ms: f64,
+    /// `speech_stopped` events whose completing frame was not found among the recent sends.
+    unmatched_stops: u64,
+    responses_not_completed: u64,
+    timeouts: u64,
+    errors: Vec<String>,
+    closed_by_server: bool,
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(default)]
+    audio_end_ms: Option<u64>,
+    #[serde(default)]
+    response: Option<ResponseInfo>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ResponseInfo {
+    status: String,
+    #[serde(default)]
+    voxgate: Option<crate::transport::realtime::VoxgateResponseInfo>,
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(url: &str) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+    // Wait for `session.created`.
+    while let Some(msg) = ws.next().await {
+        if let Message::Text(text) = msg? {
+            if serde_json::from_str::<Event>(&text).is_ok_and(|e| e.kind == "session.created") {
+                return Ok(ws);
+            }
+        }
+    }
+    anyhow::bail!("the server closed the session before session.created")
+}
+
+/// Per-session state of the turn being measured.
+#[derive(Default)]
+struct TurnState {
+    window_sent: Option<Instant>,
+    first_audio: Option<Instant>,
+    playout: Playout,
+}
+
+/// One client: connect at `start`, stream until `end`, measuring every turn.
+async fn run_client(url: Arc<str>, frames: Arc<Frames>, holdback_16k: u64, epoch: Instant, start: Instant, end: Instant) -> SessionReport {
+    let mut report = SessionReport::default();
+    sleep_until(start).await;
+    let mut ws = match connect(&url).await {
+        Ok(ws) => ws,
+        Err(e) => {
+            report.errors.push(format!("connect: {e}"));
+            return report;
+        }
+    };
+    report.connected = true;
+    let began = Instant::now();
+    let engines = EngineTimes::bench();
+    let silence_ms = engines.silence_ms as u64;
+    let mut ticker = tokio::time::interval(Duration::from_millis(FRAME_MS));
+    // A late client sends the frames it owes at once, as a phone line's buffered audio would: the
+    // audio clock stays on the wall clock and the offered load does not shrink when the host is busy.
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    let mut next_frame: u64 = 0;
+    let mut sent: VecDeque<Instant> = VecDeque::with_capacity(SENT_FRAMES_KEPT);
+    let mut speaking: Option<usize> = Some(0);
+    let mut utterance_ended: Option<Instant> = None;
+    let mut turn = TurnState::default();
+    let ms_since = |t: Instant| t.duration_since(epoch).as_secs_f64() * 1000.0;
+
+    loop {
+        tokio::select! {
+            biased;
+            _ = sleep_until(end) => break,
+            due = ticker.tick() => {
+                let now = Instant::now();
+                let late_ms = now.duration_since(due).as_secs_f64() * 1000.0;
+                report.max_tick_lateness_ms = report.max_tick_lateness_ms.max(late_ms);
+                if late_ms >= FRAME_MS as f64 {
+                    report.late_ticks += 1;
+                }
+                let text = match speaking {
+                    Some(i) => {
+                        speaking = (i + 1 < frames.speech.len()).then_some(i + 1);
+                        if speaking.is_none() {
+                            utterance_ended = Some(now);
+                        }
+                        frames.speech[i].clone()
+                    }
+                    None => {
+                        if utterance_ended.is_some_and(|t| now.duration_since(t) > TURN_TIMEOUT) {
+                            report.timeouts += 1;
+                            speaking = Some(0);
+                            turn = TurnState::default();
+                        }
+                        frames.silence.clone()
+                    }
+                };
+                if sent.len() == SENT_FRAMES_KEPT {
+                    sent.pop_front();
+                }
+                sent.push_back(now);
+                next_frame += 1;
+                report.frames_sent += 1;
+                if ws.send(Message::Text(text)).await.is_err() {
+                    report.closed_by_server = true;
+                    break;
+                }
+            }
+            msg = ws.next() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(text))) => text,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                        report.closed_by_server = true;
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                };
+                let now = Instant::now();
+                let Ok(event) = serde_json::from_str::<Event>(&text) else {
+                    report.errors.push("an event that is not JSON".into());
+                    continue;
+                };
+                match &*event.kind {
+                    "response.output_audio.delta" => {
+                        let audio_ms = event.delta.as_deref().map_or(0.0, base64_pcm16_ms);
+                        let lead_ms = turn.playout.on_delta(ms_since(now), audio_ms);
+                        report.deltas += 1;
+                        if lead_ms < 0.0 {
+                            report.underruns += 1;
+                        }
+                        if turn.first_audio.is_some() {
+                            // The first delta plays on arrival, lead 0 by definition.
+                            report.min_lead_ms = Some(report.min_lead_ms.map_or(lead_ms, |m| m.min(lead_ms)));
+                        }
+                        turn.first_audio.get_or_insert(now);
+                    }
+                    "input_audio_buffer.speech_stopped" => {
+                        let frame = completing_frame(event.audio_end_ms.unwrap_or(0) + silence_ms, holdback_16k);
+                        let oldest = next_frame - sent.len() as u64;
+                        turn.window_sent = frame.checked_sub(oldest).and_then(|i| sent.get(i as usize)).copied();
+                        if turn.window_sent.is_none() {
+                            report.unmatched_stops += 1;
+                        }
+                    }
+                    "response.done" => {
+                        let Some(response) = event.response else { continue };
+                        let latency = response.voxgate.map(|v| v.latency_ms).unwrap_or_default();
+                        match (response.status.as_str(), latency.voice_to_voice) {
+                            ("completed", Some(voice_to_voice_ms)) => report.turns.push(Turn {
+                                voice_to_voice_ms,
+                                client_ms: turn.window_sent.zip(turn.first_audio).map(|(s, f)| f.duration_since(s).as_secs_f64() * 1000.0),
+                                stt_ms: latency.stt,
+                                llm_ttft_ms: latency.llm_ttft,
+                                tts_ttfb_ms: latency.tts_ttfb,
+                            }),
+                            _ => report.responses_not_completed += 1,
+                        }
+                        if turn.first_audio.is_none() {
+                            // No audio to wait for: speak again now.
+                            speaking = Some(0);
+                            turn = TurnState::default();
+                        }
+                    }
+                    "output_audio_buffer.stopped" => {
+                        speaking = Some(0);
+                        utterance_ended = None;
+                        turn = TurnState::default();
+                    }
+                    "error" => {
+                        let message = event.error.map_or_else(|| text.to_string(), |e| e.to_string());
+                        if report.errors.len() < 4 {
+                            report.errors.push(message);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    report.active = began.elapsed();
+    let _ = ws.close(None).await;
+    report
+}
+
+/// voxgate as a child process with the bench's config.
+struct Child {
+    child: tokio::process::Child,
+    pid: u32,
+    base: String,
+    dir: PathBuf,
+}
+
+impl Child {
+    async fn start(max_sessions: usize) -> anyhow::Result<Child> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let dir = std::env::temp_dir().join(format!("voxgate-bench-pipeline-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let sidecar = fixture_path("json");
+        let config_path = dir.join("voxgate.toml");
+        std::fs::write(
+            &config_path,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\n\
+                 [providers.fake]\nkind = \"fake\"\n\
+                 [[models]]\nid = \"bench-voice\"\nprovider = \"fake\"\nupstream = \"slow-{LLM_TTFT_MS}\"\n\
+                 input_usd_per_mtok = 0.4\noutput_usd_per_mtok = 1.6\n\
+                 [routes.bench]\nmodels = [\"bench-voice\"]\n\
+                 [stt]\nengine = \"fake\"\nscript = [{sidecar:?}]\nlatency_ms = {STT_LATENCY_MS}\n\
+                 [tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\n\
+                 [realtime]\nmax_sessions = {max_sessions}\n"
+            ),
+        )?;
+        let child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("VOXGATE_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let base = format!("http://127.0.0.1:{port}");
+        let child = Child { child, pid, base, dir };
+        wait_ready(&reqwest::Client::new(), &child.base).await?;
+        Ok(child)
+    }
+
+    fn ws_url(&self) -> String {
+        format!("{}/v1/realtime?model=bench", self.base.replace("http://", "ws://"))
+    }
+
+    fn rss_mb(&self) -> Option<f64> {
+        status_kb(self.pid, "VmRSS:").map(|kb| kb / 1024.0)
+    }
+
+    async fn frames_dropped(&self) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.base)).await.ok()?.text().await.ok()?;
+        Some(metric_total(&text, "voxgate_audio_frames_dropped_total"))
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn status_kb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs the pipeline benchmark and returns a Markdown report.
+pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
+    let frames = Arc::new(load_frames(&fixture_path("wav"))?);
+    let holdback_16k = resampler_holdback_16k();
+    let child = Child::start(options.sessions.max(options.idle) + 16).await?;
+    let url: Arc<str> = Arc::from(child.ws_url());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut out = String::new();
+
+    // Warm up: one session, so one-time allocations are not counted per session.
+    let _ = connect(&url).await?.close(None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    if options.idle > 0 {
+        idle(&child, &url, options.idle, &mut out).await?;
+    }
+    if options.sessions > 0 {
+        load(&child, &url, frames, holdback_16k, options, cores, &mut out).await?;
+    }
+    let peak = peak_rss_mb(child.pid).map_or("unknown".to_string(), |mb| format!("{mb:.1} MB"));
+    let _ = writeln!(out, "\nvoxgate peak resident memory (VmHWM): {peak}");
+    child.stop().await;
+    Ok(out)
+}
+
+async fn idle(child: &Child, url: &Arc<str>, n: usize, out: &mut String) -> anyhow::Result<()> {
+    let before = child.rss_mb();
+    let sockets: Vec<anyhow::Result<Ws>> =
+        futures::stream::iter(0..n).map(|_| connect(url)).buffer_unordered(IDLE_CONNECTS_AT_ONCE).collect().await;
+    let failed = sockets.iter().filter(|s| s.is_err()).count();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let with = child.rss_mb();
+    let connected = n - failed;
+    let _ = writeln!(out, "Idle sessions: connected, `session.created` received, then 1 s of settling; nothing sent\n");
+    let _ = writeln!(out, "| idle sessions | failed | RSS before MB | RSS with them MB | per idle session KB |");
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: |");
+    let per = match (before, with) {
+        (Some(b), Some(w)) if connected > 0 => format!("{:.1}", (w - b) * 1024.0 / connected as f64),
+        _ => "unknown".into(),
+    };
+    let mb = |v: Option<f64>| v.map_or("unknown".into(), |v| format!("{v:.1}"));
+    let _ = writeln!(out, "| {connected} | {failed} | {} | {} | {per} |\n", mb(before), mb(with));
+    for mut ws in sockets.into_iter().flatten() {
+        let _ = ws.close(None).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// Nearest-rank percentiles of `values` as ` p50 | p95 | p99 | max |` cells.
+fn quantile_cells(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    let cell = |v: f64| if v.is_nan() { "–".to_string() } else { format!("{v:.2}") };
+    format!(
+        "{} | {} | {} | {} | {} |",
+        values.len(),
+        cell(percentile(&values, 0.50)),
+        cell(percentile(&values, 0.95)),
+        cell(percentile(&values, 0.99)),
+        cell(values.last().copied().unwrap_or(f64::NAN))
+    )
+}
+
+async fn load(
+    child: &Child,
+    url: &Arc<str>,
+    frames: Arc<Frames>,
+    holdback_16k: u64,
+    options: PipelineOptions,
+    cores: usize,
+    out: &mut String,
+) -> anyhow::Result<()> {
+    let n = options.sessions;
+    // Starts spread over up to 10 s (about one turn) so turns do not line up.
+    let ramp = Duration::from_secs(options.seconds.clamp(1, 10));
+    let dropped_before = child.frames_dropped().await.unwrap_or(0.0);
+    let rss_before = child.rss_mb();
+    let cpu_before = cpu_seconds(child.pid);
+    let own_cpu_before = cpu_seconds(std::process::id());
+    let machine_before = machine_cpu();
+    let epoch = Instant::now();
+    let end = epoch + ramp + Duration::from_secs(options.seconds);
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let start = epoch + ramp.mul_f64(i as f64 / n as f64);
+            tokio::spawn(run_client(url.clone(), frames.clone(), holdback_16k, epoch, start, end))
+        })
+        .collect();
+    let rss_loaded = {
+        // RSS with every session running, a second before the end.
+        sleep_until(end - Duration::from_secs(1)).await;
+        child.rss_mb()
+    };
+    let mut reports = Vec::with_capacity(n);
+    for task in tasks {
+        reports.push(task.await.unwrap_or_default());
+    }
+    let wall = epoch.elapsed().as_secs_f64();
+    let cpu = cpu_before.zip(cpu_seconds(child.pid)).map(|(a, b)| b - a);
+    let own_cpu = own_cpu_before.zip(cpu_seconds(std::process::id())).map(|(a, b)| b - a);
+    // Machine busy share over the run; what neither voxgate nor the load generator used is other load.
+    let machine = machine_before.zip(machine_cpu()).map(|((b0, t0), (b1, t1))| (b1 - b0) as f64 / (t1 - t0).max(1) as f64);
+    let others = machine.zip(cpu.zip(own_cpu)).map(|(m, (v, o))| (m * wall * cores as f64 - v - o).max(0.0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let dropped = child.frames_dropped().await.map(|d| d - dropped_before);
+
+    let engines = EngineTimes::bench();
+    let turns: Vec<Turn> = reports.iter().flat_map(|r| r.turns.iter().copied()).collect();
+    let sum = |f: fn(&SessionReport) -> u64| reports.iter().map(f).sum::<u64>();
+    let connected = reports.iter().filter(|r| r.connected).count();
+    let session_seconds: f64 = reports.iter().map(|r| r.active.as_secs_f64()).sum();
+    let min_lead = reports.iter().filter_map(|r| r.min_lead_ms).min_by(f64::total_cmp);
+    let max_lateness = reports.iter().map(|r| r.max_tick_lateness_ms).fold(0.0, f64::max);
+
+    let _ = writeln!(
+        out,
+        "{n} sessions, starts spread over {} s, then {} s with all running; fake engines: STT {STT_LATENCY_MS} ms after the \
+         {} ms silence window, LLM time to first token {LLM_TTFT_MS} ms, TTS first audio {TTS_TTFB_MS} ms; \
+         voxgate and the load generator share {cores} cores\n",
+        ramp.as_secs(),
+        options.seconds,
+        engines.silence_ms
+    );
+    let _ = writeln!(out, "| per turn, ms | turns | p50 | p95 | p99 | max |");
+    let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+    let column = |f: &dyn Fn(&Turn) -> Option<f64>| quantile_cells(turns.iter().filter_map(f).collect());
+    let rows: [Row; 7] = [
+        ("**overhead, server clock** (voice_to_voice − silence − engines)", &|t| Some(engines.server_overhead_ms(t.voice_to_voice_ms))),
+        ("**overhead, client clock** (window-completing frame sent → first audio received − engines)", &|t| {
+            t.client_ms.map(|c| engines.client_overhead_ms(c))
+        }),
+        ("of which STT stage (stt − silence − STT latency)", &|t| t.stt_ms.map(|s| s - engines.silence_ms - engines.stt_ms)),
+        ("of which LLM stage (llm_ttft − TTFT)", &|t| t.llm_ttft_ms.map(|s| s - engines.llm_ttft_ms)),
+        ("of which TTS stage (tts_ttfb − TTFB)", &|t| t.tts_ttfb_ms.map(|s| s - engines.tts_ttfb_ms)),
+        ("voice_to_voice as reported", &|t| Some(t.voice_to_voice_ms)),
+        ("client: window-completing frame sent → first audio received", &|t| t.client_ms),
+    ];
+    for (name, f) in rows {
+        let _ = writeln!(out, "| {name} | {}", column(f));
+    }
+
+    let dropped_cell = dropped.map_or("unknown".into(), |d| format!("{d:.0}"));
+    let lead_cell = min_lead.map_or("–".into(), |l| format!("{l:.1}"));
+    let _ = writeln!(
+        out,
+        "\n| input frames sent | dropped by the server | output deltas | late deltas (underruns) | smallest lead ms | \
+         client ticks ≥ 20 ms late | worst tick lateness ms |"
+    );
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        out,
+        "| {} | {dropped_cell} | {} | {} | {lead_cell} | {} | {max_lateness:.1} |",
+        sum(|r| r.frames_sent),
+        sum(|r| r.deltas),
+        sum(|r| r.underruns),
+        sum(|r| r.late_ticks)
+    );
+
+    let cpu_cell = |c: Option<f64>| c.map_or("unknown".into(), |c| format!("{:.0}", c / wall / cores as f64 * 100.0));
+    let per_session_ms = cpu.map_or("unknown".into(), |c| format!("{:.2}", c * 1000.0 / session_seconds.max(1e-9)));
+    let rss_per = match (rss_before, rss_loaded) {
+        (Some(b), Some(l)) => format!("{:.0}", (l - b) * 1024.0 / n as f64),
+        _ => "unknown".into(),
+    };
+    let _ = writeln!(
+        out,
+        "\n| voxgate CPU s | per session-second ms | voxgate % of {cores} cores | load generator % of {cores} cores | \
+         other processes % | voxgate RSS before MB | RSS under load MB | RSS per active session KB |"
+    );
+    let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mb = |v: Option<f64>| v.map_or("unknown".into(), |v| format!("{v:.1}"));
+    let _ = writeln!(
+        out,
+        "| {} | {per_session_ms} | {} | {} | {} | {} | {} | {rss_per} |",
+        cpu.map_or("unknown".into(), |c| format!("{c:.1}")),
+        cpu_cell(cpu),
+        cpu_cell(own_cpu),
+        cpu_cell(others),
+        mb(rss_before),
+        mb(rss_loaded)
+    );
+
+    if let Some(o) = others.filter(|o| o / wall / cores as f64 > 0.1) {
+        let _ = writeln!(
+            out,
+            "\n**Warning**: other processes used {:.0}% of the cores during the run; these figures do not describe an otherwise idle machine.",
+            o / wall / cores as f64 * 100.0
+        );
+    }
+    let errors: Vec<&String> = reports.iter().flat_map(|r| r.errors.iter()).take(3).collect();
+    let _ = writeln!(
+        out,
+        "\nsessions connected {connected}/{n}, closed by the server {}, responses not completed {}, turns timed out {}, \
+         stops without a matching frame {}, error events {}{}",
+        reports.iter().filter(|r| r.closed_by_server).count(),
+        sum(|r| r.responses_not_completed),
+        sum(|r| r.timeouts),
+        sum(|r| r.unmatched_stops),
+        reports.iter().map(|r| r.errors.len()).sum::<usize>(),
+        if errors.is_empty() { String::new() } else { format!(" (first: {errors:?})") }
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_is_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.50), 50.0);
+        assert_eq!(percentile(&v, 0.99), 99.0);
+        assert_eq!(percentile(&v, 1.0), 100.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[7.0], 0.99), 7.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn overhead_subtracts_the_window_and_the_engines() {
+        let e = EngineTimes { silence_ms: 500.0, stt_ms: 150.0, llm_ttft_ms: 200.0, tts_ttfb_ms: 80.0 };
+        assert!((e.server_overhead_ms(932.5) - 2.5).abs() < 1e-9);
+        assert!((e.client_overhead_ms(433.0) - 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_completing_frame_accounts_for_the_resampler() {
+        // Without holdback, a window ending on a frame boundary completes with the frame before it.
+        assert_eq!(completing_frame(5_800, 0), 289);
+        assert_eq!(completing_frame(5_790, 0), 289);
+        // With any holdback it needs the next frame; mid-frame ends are unaffected.
+        assert_eq!(completing_frame(5_800, 6), 290);
+        assert_eq!(completing_frame(5_790, 6), 289);
+        assert_eq!(completing_frame(5_810, 6), 290);
+        assert_eq!(completing_frame(0, 0), 0);
+    }
+
+    #[test]
+    fn the_server_resampler_holds_back_a_few_samples() {
+        let h = resampler_holdback_16k();
+        assert!((1..32).contains(&h), "{h}");
+    }
+
+    #[test]
+    fn base64_length_gives_audio_length() {
+        let twenty_ms = base64::engine::general_purpose::STANDARD.encode(vec![0u8; FRAME_SAMPLES * 2]);
+        assert!((base64_pcm16_ms(&twenty_ms) - 20.0).abs() < 1e-9);
+        let one_sample = base64::engine::general_purpose::STANDARD.encode([1u8, 2]);
+        assert!((base64_pcm16_ms(&one_sample) - 1000.0 / 24_000.0).abs() < 1e-9);
+        assert_eq!(base64_pcm16_ms(""), 0.0);
+    }
+
+    #[test]
+    fn metric_total_sums_every_series_of_one_name() {
+        let text = "# HELP voxgate_audio_frames_dropped_total x\n\
+                    voxgate_audio_frames_dropped_total{stage=\"input\"} 3\n\
+                    voxgate_audio_frames_dropped_total{stage=\"stt\"} 4\n\
+                    voxgate_audio_frames_dropped_total_other 100\n";
+        assert_eq!(metric_total(text, "voxgate_audio_frames_dropped_total"), 7.0);
+        assert_eq!(metric_total("", "voxgate_audio_frames_dropped_total"), 0.0);
+    }
+
+    #[test]
+    fn machine_cpu_counts_busy_and_total_ticks() {
+        let stat = "cpu  100 5 20 1000 7 0 3 2 0 0\ncpu0 50 0 10 500 3 0 1 1 0 0\n";
+        assert_eq!(machine_cpu_ticks(stat), Some((130, 1137)));
+        assert_eq!(machine_cpu_ticks("intr 1 2 3"), None);
+    }
+
+    #[test]
+    fn playout_lead_and_gaps() {
+        let mut p = Playout::default();
+        // The first delta plays on arrival.
+        assert_eq!(p.on_delta(1_000.0, 20.0), 0.0);
+        // Sent ahead: 100 ms of audio in the first 10 ms.
+        assert_eq!(p.on_delta(1_005.0, 20.0), 15.0);
+        // Due at 1 040 ms; arriving at 1 050 leaves a 10 ms gap.
+        assert_eq!(p.on_delta(1_050.0, 20.0), -10.0);
+    }
+}
