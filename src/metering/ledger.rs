@@ -547,9 +547,10 @@ impl OpenSession {
     }
 }
 
-/// A final record the ledger could not take yet.
+/// A final record the ledger could not take yet: one JSON object a line, `{"session": {..}}` or
+/// `{"request": {..}}` (externally tagged: an internally tagged enum cannot carry a u128).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum FallbackLine {
     Session(SessionRecord),
     Request(RequestRecord),
