@@ -7,6 +7,8 @@
 //! - [`server`]: binding, exposure checks, graceful shutdown.
 //! - [`config`]: the TOML config and the built-in catalog, validated.
 //! - [`metrics`]: a small Prometheus registry.
+//! - [`metering`]: billing per started second at a flat hourly rate, and the durable SQLite
+//!   usage ledger (sessions and gateway calls, checkpoints, crash recovery, fallback file).
 //! - [`bench`]: `voxgate bench` load generators.
 //! - [`models`]: fetching and verifying the embedded model files (pinned, SHA-256 checked).
 //! - [`secret`]: API keys that never print themselves.
@@ -17,6 +19,7 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod llm;
+pub mod metering;
 pub mod metrics;
 pub mod models;
 pub mod replay;
