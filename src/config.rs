@@ -46,6 +46,20 @@ pub struct RawConfig {
     pub tts: RawTts,
     #[serde(default)]
     pub realtime: RawRealtime,
+    #[serde(default)]
+    pub metering: RawMetering,
+}
+
+/// `[metering]`: the durable ledger and the flat session rate.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetering {
+    /// The SQLite ledger file (default `voxgate-data/ledger.sqlite`, or `$VOXGATE_LEDGER`); created if missing.
+    pub ledger: Option<PathBuf>,
+    /// How often open sessions are written down (default 5000): a crash bills at most this much short.
+    pub checkpoint_ms: Option<u64>,
+    /// The flat rate of a voice session, in USD per hour (default 4.50); a key may have its own.
+    pub rate_usd_per_hour: Option<f64>,
 }
 
 /// `[stt]`: the speech-to-text engine voice sessions use.
@@ -191,6 +205,16 @@ pub struct Config {
     pub stt: SttConfig,
     pub tts: TtsConfig,
     pub realtime: RealtimeSettings,
+    pub metering: MeteringSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeteringSettings {
+    pub ledger: PathBuf,
+    /// Records the ledger cannot write go here (JSON lines) until it can: `ledger` + `.fallback.jsonl`.
+    pub fallback: PathBuf,
+    pub checkpoint_ms: u64,
+    pub rate_microusd_per_hour: u64,
 }
 
 /// The speech-to-text engine, validated.
@@ -470,7 +494,28 @@ impl Config {
             tts_timeout_ms: r.tts_timeout_ms.unwrap_or(d.tts_timeout_ms),
         };
 
-        Ok(Config { listen, models_dir, api_keys, gateway, providers, models, routes, stt, tts, realtime })
+        let m = &user.metering;
+        let ledger = m
+            .ledger
+            .clone()
+            .or_else(|| env("VOXGATE_LEDGER").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("voxgate-data/ledger.sqlite"));
+        let mut fallback = ledger.clone().into_os_string();
+        fallback.push(".fallback.jsonl");
+        if m.checkpoint_ms == Some(0) {
+            return Err(ConfigError::Invalid("metering.checkpoint_ms = 0 is not allowed; leave it out for the default (5000)".into()));
+        }
+        let usd = m.rate_usd_per_hour.unwrap_or(4.5);
+        let rate_microusd_per_hour = crate::metering::billing::rate_microusd_per_hour(usd)
+            .ok_or_else(|| ConfigError::Invalid(format!("metering.rate_usd_per_hour = {usd} is not a price in USD per hour")))?;
+        let metering = MeteringSettings {
+            ledger,
+            fallback: PathBuf::from(fallback),
+            checkpoint_ms: m.checkpoint_ms.unwrap_or(5_000),
+            rate_microusd_per_hour,
+        };
+
+        Ok(Config { listen, models_dir, api_keys, gateway, providers, models, routes, stt, tts, realtime, metering })
     }
 }
 

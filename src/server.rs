@@ -20,6 +20,8 @@ pub enum ServerError {
     Gateway(#[from] crate::llm::router::GatewayError),
     #[error("voice engines: {0}")]
     Voice(String),
+    #[error("cannot open the metering ledger {path}: {message}")]
+    Ledger { path: std::path::PathBuf, message: String },
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -52,7 +54,24 @@ impl Server {
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let voice = crate::session::VoiceEngines::from_config(config, gateway.clone()).map_err(ServerError::Voice)?;
-        let state = Arc::new(AppState::new(config, gateway, Arc::new(voice)));
+        let ledger = open_ledger(config).await?;
+        let sink_ledger = ledger.clone();
+        let _ = gateway.accounts.sink.set(Arc::new(move |done: crate::llm::router::FinishedRequest| {
+            let record = crate::metering::ledger::RequestRecord {
+                id: done.id,
+                ts_ms: sink_ledger.now_unix_ms(),
+                key_id: done.key,
+                model: done.model,
+                outcome: done.outcome.as_str().to_string(),
+                input_tokens: done.usage.input_tokens,
+                output_tokens: done.usage.output_tokens,
+                cached_tokens: done.usage.cached_input_tokens,
+                cost_picousd: u64::try_from(done.cost_picousd).unwrap_or(u64::MAX),
+                latency_ms: done.latency.as_millis() as u64,
+            };
+            sink_ledger.record_request_nowait(record);
+        }));
+        let state = Arc::new(AppState::new(config, gateway, Arc::new(voice), ledger));
         Ok(Server { listener, state })
     }
 
@@ -94,9 +113,32 @@ impl Server {
             _ = sessions => {}
             _ = &mut deadline => tracing::warn!("voice sessions did not close before the shutdown deadline"),
         }
+        // Last: every closed session's record is in; write the final checkpoint.
+        state.ledger.shutdown().await;
         tracing::info!("voxgate stopped");
         Ok(())
     }
+}
+
+/// Opens the ledger (its folder created if needed), closing sessions a crash left open.
+async fn open_ledger(config: &Config) -> Result<crate::metering::ledger::Ledger, ServerError> {
+    let m = &config.metering;
+    let fail = |message: String| ServerError::Ledger { path: m.ledger.clone(), message };
+    if let Some(dir) = m.ledger.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+    }
+    let (ledger, report) = crate::metering::ledger::Ledger::open(&m.ledger, &m.fallback, Duration::from_millis(m.checkpoint_ms))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    if !report.recovered_sessions.is_empty() || report.imported_sessions + report.imported_requests > 0 {
+        tracing::warn!(
+            recovered = report.recovered_sessions.len(),
+            imported_sessions = report.imported_sessions,
+            imported_requests = report.imported_requests,
+            "ledger: sessions left open by a crash were closed at their last checkpoint"
+        );
+    }
+    Ok(ledger)
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ fn serve(models_dir: &std::path::Path) -> Server {
     std::fs::create_dir_all(&cwd).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-test-ledger-{}-{}.sqlite", std::process::id(), line!())))
         .current_dir(&cwd)
         .env("VOXGATE_MODELS_DIR", models_dir)
         .env("VOXGATE_LOG", "warn")

@@ -754,21 +754,26 @@ fn response_lifecycle_events_serialise() {
 
     // The voxgate extension appears only when set, as an extra field of the response.
     done.voxgate = Some(VoxgateResponseInfo {
-        model: "groq/llama-3.1-8b-instant".into(),
+        model: Some("groq/llama-3.1-8b-instant".into()),
         latency_ms: StageLatencies { stt: Some(212.5), llm_ttft: Some(180.0), tts_ttfb: Some(95.25), voice_to_voice: Some(540.0) },
+        meter: Some(MeterInfo { billed_seconds: 9, amount_usd: "0.011250000000".into() }),
     });
     let mut extended_json = done_json;
     extended_json["voxgate"] = json!({
         "model": "groq/llama-3.1-8b-instant",
-        "latency_ms": {"stt": 212.5, "llm_ttft": 180.0, "tts_ttfb": 95.25, "voice_to_voice": 540.0}
+        "latency_ms": {"stt": 212.5, "llm_ttft": 180.0, "tts_ttfb": 95.25, "voice_to_voice": 540.0},
+        "meter": {"billed_seconds": 9, "amount_usd": "0.011250000000"}
     });
     check(
         ServerEvent::ResponseDone { event_id: "event_3".into(), response: done.clone() },
         json!({"type": "response.done", "event_id": "event_3", "response": extended_json}),
     );
     // Stages that did not run are left out.
-    done.voxgate =
-        Some(VoxgateResponseInfo { model: "fake/echo".into(), latency_ms: StageLatencies { llm_ttft: Some(1.0), ..Default::default() } });
+    done.voxgate = Some(VoxgateResponseInfo {
+        model: Some("fake/echo".into()),
+        latency_ms: StageLatencies { llm_ttft: Some(1.0), ..Default::default() },
+        meter: None,
+    });
     let value = serde_json::to_value(ServerEvent::ResponseDone { event_id: "event_4".into(), response: done }).unwrap();
     assert_eq!(value["response"]["voxgate"], json!({"model": "fake/echo", "latency_ms": {"llm_ttft": 1.0}}));
 

@@ -473,7 +473,8 @@ async fn bad_input_gets_error_events_and_the_session_goes_on() {
     assert_eq!(events.last().unwrap()["response"]["status"], "completed");
 }
 
-#[tokio::test(start_paused = true)]
+// Real time: the session's end waits for the ledger, which works on its own thread.
+#[tokio::test]
 async fn a_vanished_client_ends_every_task_and_upstream_request() {
     let (base, recorder, state) = setup("").await;
     let mut ws = connect(&base, "vendor-stall").await;
@@ -633,7 +634,8 @@ async fn a_stuck_tts_engine_fails_the_response_instead_of_dead_air() {
     assert!(response["status_details"]["error"]["message"].as_str().unwrap().contains("2000 ms"));
 }
 
-#[tokio::test(start_paused = true)]
+// Real time: the session's end waits for the ledger, which works on its own thread.
+#[tokio::test]
 async fn server_shutdown_closes_sessions() {
     let (base, _, state) = setup("").await;
     let mut ws = connect(&base, "voice").await;

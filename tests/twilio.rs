@@ -1,7 +1,7 @@
 //! A test client that speaks Twilio Media Streams against `/v1/phone/twilio`: μ-law fixture audio in,
 //! μ-law replies with a mark after each chunk, `clear` on barge-in, and the assistant's history cut
 //! to what the echoed marks say the caller heard. Fake STT and TTS, the fake OpenAI vendor behind the
-//! gateway (so the model's requests, history included, can be read back), paused time.
+//! gateway (so the model's requests, history included, can be read back).
 
 mod support;
 
@@ -72,8 +72,13 @@ fn ulaw_frames(stem: &str, trailing_silence_ms: usize) -> Vec<Vec<u8>> {
     ulaw.chunks(160).map(<[u8]>::to_vec).collect()
 }
 
+/// Sends the frames faster than real time but in bursts the server's input queue (256 events) takes:
+/// a real carrier sends one every 20 ms, and a full queue drops audio by design.
 async fn send_audio(ws: &mut Ws, stream_sid: &str, frames: &[Vec<u8>], first_chunk: usize) {
     for (i, f) in frames.iter().enumerate() {
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let n = first_chunk + i;
         send(
             ws,
@@ -85,7 +90,7 @@ async fn send_audio(ws: &mut Ws, stream_sid: &str, frames: &[Vec<u8>], first_chu
 }
 
 async fn next(ws: &mut Ws) -> Option<Value> {
-    match tokio::time::timeout(Duration::from_secs(60), ws.next()).await.expect("a frame within 60 s") {
+    match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("a frame within 20 s") {
         Some(Ok(Message::Text(t))) => Some(serde_json::from_str(&t).unwrap()),
         Some(Ok(Message::Close(_))) | None => None,
         Some(Ok(_)) => Box::pin(next(ws)).await,
@@ -93,7 +98,8 @@ async fn next(ws: &mut Ws) -> Option<Value> {
     }
 }
 
-#[tokio::test(start_paused = true)]
+// Real time: the reply is paced at real time and the marks are echoed as it plays (about a second).
+#[tokio::test]
 async fn a_call_gets_ulaw_back_barges_in_gets_clear_and_history_keeps_what_was_heard() {
     let (base, recorder, _) = setup().await;
     let mut ws = connect(&base).await;
@@ -103,7 +109,8 @@ async fn a_call_gets_ulaw_back_barges_in_gets_clear_and_history_keeps_what_was_h
 
     // The reply: media then its mark, every time; echo each mark as Twilio does once the audio played.
     let (mut media, mut marks, mut pending_mark) = (0usize, 0usize, false);
-    while media < 10 {
+    // Let about 800 ms play: more than the first chunk ("Certainly. ", 600 ms of fake speech).
+    while media < 40 {
         let f = next(&mut ws).await.expect("call open");
         assert_eq!(f["streamSid"], "MZ1", "{f}");
         match f["event"].as_str().unwrap() {
@@ -174,7 +181,8 @@ async fn dtmf_reaches_the_conversation() {
     assert_eq!(f["event"], "media");
 }
 
-#[tokio::test(start_paused = true)]
+// Real time: the session's end waits for the ledger, which works on its own thread.
+#[tokio::test]
 async fn bad_input_closes_cleanly_with_a_reason() {
     let (base, _, state) = setup().await;
     // Media before start.

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::llm::router::Gateway;
+use crate::metering::ledger::Ledger;
 use crate::secret::Secret;
 use crate::session::VoiceEngines;
 use error::ApiError;
@@ -41,12 +42,16 @@ pub struct AppState {
     pub sessions_cancel: CancellationToken,
     /// One permit per concurrent voice session.
     pub session_slots: Arc<Semaphore>,
+    /// The durable ledger: sessions and standalone gateway requests.
+    pub ledger: Ledger,
+    /// The flat rate of a voice session for keys without their own.
+    pub rate_microusd_per_hour: u64,
 }
 
 pub type Shared = Arc<AppState>;
 
 impl AppState {
-    pub fn new(config: &Config, gateway: Arc<Gateway>, voice: Arc<VoiceEngines>) -> Self {
+    pub fn new(config: &Config, gateway: Arc<Gateway>, voice: Arc<VoiceEngines>, ledger: Ledger) -> Self {
         let keys = config.api_keys.iter().enumerate().map(|(i, k)| (format!("key-{}", i + 1), k.clone())).collect();
         AppState {
             gateway,
@@ -56,6 +61,8 @@ impl AppState {
             voice,
             sessions: TaskTracker::new(),
             sessions_cancel: CancellationToken::new(),
+            ledger,
+            rate_microusd_per_hour: config.metering.rate_microusd_per_hour,
         }
     }
 }

@@ -24,7 +24,14 @@ pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) ->
             .into_response();
     };
     let admit_state = state.clone();
-    let admit: twilio::Admit = Arc::new(move |params: &HashMap<String, String>| admit(&admit_state, params));
+    let admit: twilio::Admit = Arc::new(move |params: HashMap<String, String>| {
+        let state = admit_state.clone();
+        Box::pin(async move {
+            let session = admit(&state, &params)?;
+            let meter = super::realtime::open_meter(&state, &session, "twilio").await?;
+            Ok(twilio::Admitted { session, meter: Some(meter) })
+        })
+    });
     let state2 = state.clone();
     ws.on_upgrade(move |socket| async move {
         let tracker = state2.sessions.clone();

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use super::Shared;
+use crate::metering::ledger::{SessionMeter, SessionStart as LedgerSession};
 use crate::session::SessionStart;
 use crate::transport::realtime::new_session_id;
 use crate::transport::realtime_socket;
@@ -79,17 +80,39 @@ pub async fn upgrade(
         .into_response();
     };
     let start = SessionStart { session_id: new_session_id(), route, key };
+    // No meter, no session: a call the ledger cannot bill is refused, not served for free.
+    let meter = match open_meter(&state, &start, "realtime").await {
+        Ok(m) => m,
+        Err(message) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("ledger_unavailable").into_response();
+        }
+    };
     let max_message = state.voice.settings.max_event_bytes.saturating_mul(4).saturating_add(64 * 1024);
     let state2 = state.clone();
     ws.protocols(["realtime"]).max_message_size(max_message).max_frame_size(max_message).on_upgrade(move |socket| async move {
         let tracker = state2.sessions.clone();
-        let session = realtime_socket::serve(socket, state2.voice.clone(), start, state2.sessions_cancel.clone());
+        let session = realtime_socket::serve(socket, state2.voice.clone(), start, Some(meter), state2.sessions_cancel.clone());
         tracker
             .track_future(async move {
                 session.await;
                 drop(slot);
             })
             .await
+    })
+}
+
+/// Opens the session's meter in the ledger at the key's rate (the server's default for now).
+pub(super) async fn open_meter(state: &Shared, start: &SessionStart, protocol: &str) -> Result<SessionMeter, String> {
+    let session = LedgerSession {
+        id: start.session_id.clone(),
+        key_id: start.key.clone(),
+        protocol: protocol.to_string(),
+        rate_microusd_per_hour: state.rate_microusd_per_hour,
+    };
+    state.ledger.open_session(session).await.map_err(|e| {
+        state.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "ledger_unavailable")]);
+        tracing::error!(error = %e, "refusing a voice session: the ledger cannot record it");
+        format!("This server cannot record new sessions right now ({e}); try again later.")
     })
 }
 

@@ -43,7 +43,25 @@ pub struct ProviderSlot {
 pub struct Accounts {
     pub usage: UsageBook,
     pub metrics: Metrics,
+    /// Told about every finished standalone request (not those made inside a voice session, which
+    /// are billed with the session): the durable ledger listens here.
+    pub sink: std::sync::OnceLock<RequestSink>,
 }
+
+/// What a finished gateway request reports to [`Accounts::sink`].
+#[derive(Debug, Clone)]
+pub struct FinishedRequest {
+    /// The completion id (`chatcmpl-…`), or a fresh id for a request that never got an answer.
+    pub id: String,
+    pub key: String,
+    pub model: String,
+    pub outcome: Outcome,
+    pub usage: Usage,
+    pub cost_picousd: u128,
+    pub latency: Duration,
+}
+
+pub type RequestSink = Arc<dyn Fn(FinishedRequest) + Send + Sync>;
 
 /// One try at one model.
 #[derive(Debug, Clone)]
@@ -202,12 +220,22 @@ impl Gateway {
 
     /// Run the request through its candidates until one produces content.
     pub async fn start(&self, request: &ChatRequest, key: &str) -> Result<Answer, GatewayError> {
+        self.start_as(request, key, false).await
+    }
+
+    /// Like [`Gateway::start`], for a voice session's turn: usage is recorded and counted as usual,
+    /// but not reported to [`Accounts::sink`] as a standalone request (the session bills it).
+    pub async fn start_in_session(&self, request: &ChatRequest, key: &str) -> Result<Answer, GatewayError> {
+        self.start_as(request, key, true).await
+    }
+
+    async fn start_as(&self, request: &ChatRequest, key: &str, in_session: bool) -> Result<Answer, GatewayError> {
         let began = Instant::now();
         let plan = match self.plan(request) {
             Ok(p) => p,
             Err(e) => {
                 // Not the client's string: unknown names must not grow the books and metrics.
-                self.record_failure(key, "unknown", began);
+                self.record_failure(key, "unknown", began, in_session);
                 return Err(e);
             }
         };
@@ -258,8 +286,9 @@ impl Gateway {
                             self.count_attempts(&attempts);
                             let ttft = began.elapsed();
                             let fell_back = attempts.len() > 1;
+                            let id = format!("chatcmpl-{}", super::ids::random_suffix());
                             return Ok(Answer {
-                                id: format!("chatcmpl-{}", super::ids::random_suffix()),
+                                id: id.clone(),
                                 created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                                 model: model_id.clone(),
                                 attempts,
@@ -271,6 +300,8 @@ impl Gateway {
                                     slot,
                                     prices: model.clone(),
                                     key: key.to_string(),
+                                    id,
+                                    in_session,
                                     began,
                                     ttft: Some(ttft),
                                     fell_back,
@@ -304,7 +335,7 @@ impl Gateway {
                                 // Our client's request (or our account) is at fault; the
                                 // provider is healthy, so the breaker is left alone.
                                 self.count_attempts(&attempts);
-                                self.record_failure(key, &plan.requested, began);
+                                self.record_failure(key, &plan.requested, began, in_session);
                                 return Err(GatewayError::Rejected { model: model_id.clone(), error, attempts });
                             }
                             let retry_after = match &error {
@@ -328,7 +359,7 @@ impl Gateway {
             }
         }
         self.count_attempts(&attempts);
-        self.record_failure(key, &plan.requested, began);
+        self.record_failure(key, &plan.requested, began, in_session);
         Err(GatewayError::AllFailed { attempts, last })
     }
 
@@ -349,8 +380,9 @@ impl Gateway {
         }
     }
 
-    fn record_failure(&self, key: &str, requested: &str, began: Instant) {
+    fn record_failure(&self, key: &str, requested: &str, began: Instant, in_session: bool) {
         self.accounts.metrics.inc("voxgate_gateway_requests_total", &[("model", requested), ("outcome", "error")]);
+        let latency = began.elapsed();
         self.accounts.usage.record(&Record {
             key: key.to_string(),
             model: requested.to_string(),
@@ -359,8 +391,19 @@ impl Gateway {
             cost_picousd: 0,
             fell_back: false,
             ttft: None,
-            latency: began.elapsed(),
+            latency,
         });
+        if let (false, Some(sink)) = (in_session, self.accounts.sink.get()) {
+            sink(FinishedRequest {
+                id: format!("chatcmpl-{}", super::ids::random_suffix()),
+                key: key.to_string(),
+                model: requested.to_string(),
+                outcome: Outcome::Error,
+                usage: Usage::default(),
+                cost_picousd: 0,
+                latency,
+            });
+        }
     }
 }
 
@@ -420,6 +463,8 @@ struct Accounting {
     slot: Arc<ProviderSlot>,
     prices: ModelConfig,
     key: String,
+    id: String,
+    in_session: bool,
     began: Instant,
     ttft: Option<Duration>,
     fell_back: bool,
@@ -465,6 +510,19 @@ impl Accounting {
             ttft: self.ttft,
             latency,
         });
+        if !self.in_session {
+            if let Some(sink) = self.accounts.sink.get() {
+                sink(FinishedRequest {
+                    id: self.id.clone(),
+                    key: self.key.clone(),
+                    model: model.to_string(),
+                    outcome,
+                    usage: self.usage,
+                    cost_picousd: cost,
+                    latency,
+                });
+            }
+        }
     }
 }
 

@@ -375,10 +375,19 @@ impl Ledger {
         self.clock.now_unix_ms()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, LedgerError> {
+    async fn ask<T: Send + 'static>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, LedgerError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(make(reply)).await.map_err(|_| LedgerError::Closed)?;
-        rx.await.map_err(|_| LedgerError::Closed)
+        wait_for_ledger(rx).await.ok_or(LedgerError::Closed)
+    }
+
+    /// Records a gateway call without waiting for the write (the gateway's hot path): a record
+    /// the ledger cannot write still goes to the fallback file, and a full queue is logged.
+    pub fn record_request_nowait(&self, record: RequestRecord) {
+        let (reply, _) = oneshot::channel();
+        if let Err(e) = self.tx.try_send(Command::Request { record, reply }) {
+            tracing::error!(error = %e, "ledger queue full: a gateway request was not recorded");
+        }
     }
 
     /// Writes the session's opening row, or refuses with [`LedgerError::Unavailable`] when the
@@ -496,9 +505,16 @@ impl SessionMeter {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Close { id: self.id.clone(), reason: reason.to_string(), reply }).await.is_ok() {
             self.closed = true;
-            let _ = rx.await;
+            let _ = wait_for_ledger(rx).await;
         }
     }
+}
+
+/// Waits for the ledger thread's reply. The wait runs on the blocking pool, which also tells a
+/// paused test clock that work is under way elsewhere (tokio does not auto-advance time while
+/// blocking tasks run), so tests with paused time see the ledger as instant, as it nearly is.
+async fn wait_for_ledger<T: Send + 'static>(rx: oneshot::Receiver<T>) -> Option<T> {
+    tokio::task::spawn_blocking(move || rx.blocking_recv().ok()).await.ok().flatten()
 }
 
 impl Drop for SessionMeter {

@@ -17,12 +17,13 @@ use super::conversation::Conversation;
 use super::response::{ResponseJob, ResponseMsg, Speech};
 use super::VoiceEngines;
 use crate::llm::types::{ChatRequest, FinishReason, FunctionDef, NamedFunction, StreamOptions, Tool, ToolChoice as ChatToolChoice, Usage};
+use crate::metering::ledger::SessionMeter;
 use crate::stt::vad::{EnergyVad, VadEvent, VadSettings};
 use crate::stt::{Transcript, Utterance, STT_RATE_HZ};
 use crate::transport::audio::{decode_to_pcm, AudioFormat, Resampler};
 use crate::transport::realtime::{
     new_event_id, new_item_id, new_response_id, AudioFormatSpec, AudioInput, AudioOutput, ClientEvent, ContentPart, FunctionCallItem,
-    FunctionTool, InputTranscription, Item, ItemStatus, MaxOutputTokens, MessageItem, Modality, RealtimeError, Response,
+    FunctionTool, InputTranscription, Item, ItemStatus, MaxOutputTokens, MessageItem, MeterInfo, Modality, RealtimeError, Response,
     ResponseConversation, ResponseParams, ResponsePart, ResponseStatus, Role, ServerEvent, ServerVad, Session, SessionAudio, SessionType,
     StageLatencies, StatusDetails, StatusError, StatusReason, ToolChoice, ToolChoiceMode, TranscriptionUsage, TurnDetection,
     Usage as RealtimeUsage, Voice, VoxgateResponseInfo, Word,
@@ -63,9 +64,12 @@ const MAX_QUEUED_AUDIO_MS: f64 = 2_000.0;
 const STT_QUEUE_FRAMES: usize = 1024;
 
 /// Runs one session until the client leaves, `cancel` fires, or the transport stops reading.
+/// `meter` bills the session (flat rate from open to close) and collects its usage for the record;
+/// `None` runs it unmetered (replay, tests).
 pub async fn run_session(
     engines: Arc<VoiceEngines>,
     start: SessionStart,
+    meter: Option<SessionMeter>,
     mut inbound: mpsc::Receiver<Inbound>,
     outbound: mpsc::Sender<Outbound>,
     cancel: CancellationToken,
@@ -73,6 +77,8 @@ pub async fn run_session(
     let (stt_tx, mut stt_rx) = mpsc::channel(64);
     let (resp_tx, mut resp_rx) = mpsc::channel(64);
     let mut actor = Actor::new(engines, start, outbound, cancel.clone(), stt_tx, resp_tx);
+    actor.meter = meter;
+    let mut close_reason = "server_shutdown";
     actor.emit(ServerEvent::SessionCreated { event_id: new_event_id(), session: actor.session_object() });
     info!(session_id = %actor.start.session_id, route = %actor.start.route, "realtime session opened");
     loop {
@@ -84,18 +90,27 @@ pub async fn run_session(
             msg = inbound.recv() => match msg {
                 Some(Inbound::Event(event)) => actor.on_client_event(event),
                 Some(Inbound::Invalid(error)) => actor.emit(ServerEvent::error(error)),
-                None => break,
+                None => {
+                    close_reason = "client_closed";
+                    break;
+                }
             },
             Some(msg) = stt_rx.recv() => actor.on_stt(msg),
             Some((seq, msg)) = resp_rx.recv(), if take_audio => actor.on_response(seq, msg),
             _ = until(due), if due.is_some() => actor.on_tick(),
         }
         if let Some((code, reason)) = actor.closing.take() {
+            close_reason = if code == 1008 { "client_not_reading" } else { "client_closed" };
             let _ = actor.outbound.try_send(Outbound::Close { code, reason });
             break;
         }
     }
     actor.shutdown().await;
+    if let Some(meter) = actor.meter.take() {
+        let (seconds, _) = meter.so_far(wall_ms());
+        actor.metrics().add("voxgate_session_seconds_billed_total", &[], seconds as f64);
+        meter.close(close_reason).await;
+    }
     info!(session_id = %actor.start.session_id, "realtime session closed");
 }
 
@@ -251,6 +266,9 @@ struct Actor {
     /// When the user's last utterance really ended (wall clock), until its transcript arrives.
     speech_end_wall: Option<Instant>,
 
+    /// Bills the session; counts its tokens, audio, characters and turns for the record.
+    meter: Option<SessionMeter>,
+
     // Output.
     resp_tx: mpsc::Sender<(u64, ResponseMsg)>,
     seq: u64,
@@ -313,6 +331,7 @@ impl Actor {
             last_turn: None,
             deferred: None,
             speech_end_wall: None,
+            meter: None,
             resp_tx,
             seq: 0,
             active: None,
@@ -781,6 +800,9 @@ impl Actor {
     fn commit_utterance(&mut self) {
         let Some(u) = self.utterance.take() else { return };
         drop(u.audio);
+        if let Some(meter) = self.meter.as_mut() {
+            meter.add_stt_audio_ms(u.samples * 1000 / STT_RATE_HZ as u64);
+        }
         let previous = self.conversation.last_id();
         self.emit(ServerEvent::InputAudioBufferCommitted {
             event_id: new_event_id(),
@@ -863,8 +885,8 @@ impl Actor {
         if content_index != 0 {
             return self.error("invalid_value", "content_index must be 0", Some("content_index"), event_id);
         }
-        // Clamp to the audio that exists: a client may report more than was sent.
-        let end_ms = (audio_end_ms as f64).min(spoken.total_ms);
+        // Clamp to the audio that was sent: a client may report more than exists.
+        let end_ms = (audio_end_ms as f64).min(spoken.sent_ms);
         let text = heard_text(&spoken.timeline, spoken.total_ms, end_ms);
         self.set_transcript(item_id, text);
         if self.playback.as_ref().is_some_and(|p| p.item_id == item_id) {
@@ -1085,6 +1107,9 @@ impl Actor {
         };
 
         self.seq += 1;
+        if let Some(meter) = self.meter.as_mut() {
+            meter.add_turn();
+        }
         let id = new_response_id();
         let cancel = self.cancel.child_token();
         let speech = if audio {
@@ -1195,8 +1220,23 @@ impl Actor {
                 }
             }
             ResponseMsg::Finish(reason) => active.finish = Some(reason),
-            ResponseMsg::Usage(usage) => active.usage = Some(usage),
+            ResponseMsg::Usage(usage) => {
+                active.usage = Some(usage);
+                let prices = active.model.as_ref().and_then(|m| self.engines.gateway.models().get(m));
+                let cost = prices.map_or(0, |p| crate::llm::usage::cost_picousd(&usage, p));
+                if let Some(meter) = self.meter.as_mut() {
+                    meter.add_usage(
+                        usage.input_tokens,
+                        usage.output_tokens,
+                        usage.cached_input_tokens,
+                        u64::try_from(cost).unwrap_or(u64::MAX),
+                    );
+                }
+            }
             ResponseMsg::Speak(text) => {
+                if let Some(meter) = self.meter.as_mut() {
+                    meter.add_tts_chars(text.chars().filter(|c| !c.is_whitespace()).count() as u64);
+                }
                 self.ensure_message();
                 self.ensure_playback();
                 if let Some(p) = self.playback.as_mut() {
@@ -1443,13 +1483,16 @@ impl Actor {
             if unheard {
                 self.emit(ServerEvent::OutputAudioBufferCleared { event_id: new_event_id(), response_id: p.response_id.clone() });
             }
-            let heard = heard_text(&p.timeline, p.sent_ms, heard_ms);
+            // The chunk playing at the cut ends after its audio still queued, not where sending stopped.
+            let queued_of_chunk: f64 = p.queue.iter().map_while(|o| if let Out::Audio(_, ms) = o { Some(*ms) } else { None }).sum();
+            let chunk_end = p.sent_ms + queued_of_chunk;
+            let heard = heard_text(&p.timeline, chunk_end, heard_ms);
             if let Some(m) = self.active.as_mut().and_then(|a| a.message.as_mut()).filter(|m| m.item_id == p.item_id) {
                 m.spoken = heard.clone();
             }
             self.set_transcript(&p.item_id, heard);
             if let Some(entry) = self.conversation.get_mut(&p.item_id) {
-                entry.spoken = Some(super::conversation::Spoken { timeline: p.timeline.clone(), total_ms: p.sent_ms });
+                entry.spoken = Some(super::conversation::Spoken { timeline: p.timeline.clone(), total_ms: chunk_end, sent_ms: p.sent_ms });
             }
             if self.conversation.get(&p.item_id).is_some() {
                 self.emit(ServerEvent::ConversationItemTruncated {
@@ -1535,7 +1578,10 @@ impl Actor {
                 if let Some(entry) = self.conversation.get_mut(&m.item_id) {
                     entry.item = item.clone();
                     if let Some((_, timeline, total_ms)) = playback_item.as_ref().filter(|(pid, ..)| *pid == m.item_id) {
-                        entry.spoken = Some(super::conversation::Spoken { timeline: timeline.clone(), total_ms: *total_ms });
+                        if entry.spoken.is_none() {
+                            entry.spoken =
+                                Some(super::conversation::Spoken { timeline: timeline.clone(), total_ms: *total_ms, sent_ms: *total_ms });
+                        }
                     }
                     let previous_item_id =
                         self.conversation.position(&m.item_id).and_then(|i| i.checked_sub(1)).and_then(|i| self.conversation.id_at(i));
@@ -1613,14 +1659,19 @@ impl Actor {
             (Some(turn), Some(first)) => Some(first.duration_since(turn.speech_end).as_secs_f64() * 1000.0),
             _ => None,
         };
-        let voxgate = active.model.clone().map(|model| VoxgateResponseInfo {
-            model,
+        let meter = self.meter.as_ref().map(|m| {
+            let (billed_seconds, amount) = m.so_far(wall_ms());
+            MeterInfo { billed_seconds, amount_usd: amount.display_usd_full().trim_start_matches('$').to_string() }
+        });
+        let voxgate = (active.model.is_some() || meter.is_some()).then(|| VoxgateResponseInfo {
+            model: active.model.clone(),
             latency_ms: StageLatencies {
                 stt: active.turn.and_then(|t| t.stt_ms),
                 llm_ttft: active.ttft_ms,
                 tts_ttfb: active.tts_ttfb_ms,
                 voice_to_voice,
             },
+            meter,
         });
         let mut response = Response::in_progress(response_id.clone());
         response.status = status;
@@ -1669,6 +1720,12 @@ pub(super) fn heard_text(timeline: &[(f64, String)], total_ms: f64, heard_ms: f6
         break;
     }
     out
+}
+
+/// The wall clock in unix ms, as the ledger stamps sessions.
+fn wall_ms() -> i64 {
+    use crate::metering::Clock as _;
+    crate::metering::SystemClock.now_unix_ms()
 }
 
 fn words(t: &Transcript) -> Vec<Word> {

@@ -19,7 +19,10 @@ pub struct Entry {
 pub struct Spoken {
     /// (start in ms, text) for each chunk, in order.
     pub timeline: Vec<(f64, String)>,
+    /// Where the last chunk's audio ends (sent or not).
     pub total_ms: f64,
+    /// How much audio was sent to the client: truncation is clamped to it.
+    pub sent_ms: f64,
 }
 
 /// Why an item could not be inserted.

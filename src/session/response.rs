@@ -89,7 +89,7 @@ impl ResponseJob {
     async fn work(self) {
         let tx = Tagged { seq: self.seq, tx: self.tx.clone() };
         let began = Instant::now();
-        let mut answer = match self.gateway.start(&self.request, &self.key).await {
+        let mut answer = match self.gateway.start_in_session(&self.request, &self.key).await {
             Ok(a) => a,
             Err(e) => {
                 tx.send(ResponseMsg::Failed { code: "llm_failed", message: e.to_string() }).await;

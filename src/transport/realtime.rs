@@ -598,10 +598,24 @@ pub struct OutputTokenDetails {
 /// Extension on [`Response`] (`response.voxgate`): the model that served and stage latencies.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VoxgateResponseInfo {
-    /// The model that served the response (after any fallback), as the gateway names it.
-    pub model: String,
+    /// The model that served the response (after any fallback), as the gateway names it; absent when
+    /// no model answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
     #[serde(default)]
     pub latency_ms: StageLatencies,
+    /// The session's meter so far: what it costs at its flat rate up to this response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter: Option<MeterInfo>,
+}
+
+/// Extension (`response.voxgate.meter`): the session's billed time and amount so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterInfo {
+    /// Per started second since the session opened.
+    pub billed_seconds: u64,
+    /// USD at the session's flat rate, unrounded (e.g. `0.011250000000`); round to the cent only for display.
+    pub amount_usd: String,
 }
 
 /// Milliseconds per stage of one response; a stage that did not run is omitted.

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::metering::ledger::SessionMeter;
 use crate::session::{run_session, Inbound, Outbound, SessionStart, VoiceEngines};
 use crate::transport::realtime::{parse_client_event, ClientEvent, RealtimeError};
 
@@ -20,7 +21,7 @@ const INBOUND_CAPACITY: usize = 256;
 const OUTBOUND_CAPACITY: usize = 1024;
 
 /// Serves one Realtime session on `socket` until either side ends it or `cancel` fires (server shutdown).
-pub async fn serve<S, E>(socket: S, engines: Arc<VoiceEngines>, start: SessionStart, cancel: CancellationToken)
+pub async fn serve<S, E>(socket: S, engines: Arc<VoiceEngines>, start: SessionStart, meter: Option<SessionMeter>, cancel: CancellationToken)
 where
     S: Stream<Item = Result<Message, E>> + Sink<Message> + Send + Unpin + 'static,
     E: std::fmt::Display,
@@ -33,7 +34,7 @@ where
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let session_cancel = cancel.child_token();
     let session_id = start.session_id.clone();
-    let actor = tokio::spawn(run_session(engines.clone(), start, in_rx, out_tx, session_cancel.clone()));
+    let actor = tokio::spawn(run_session(engines.clone(), start, meter, in_rx, out_tx, session_cancel.clone()));
     metrics().add("voxgate_realtime_sessions_active", &[], 1.0);
 
     let writer_session_id = session_id.clone();

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::metering::ledger::SessionMeter;
 use crate::session::{run_session, Inbound, Outbound, SessionStart, VoiceEngines};
 use crate::transport::realtime::{
     AudioFormatSpec, AudioInput, AudioOutput, ClientEvent, ContentPart, ConversationItemCreate, ConversationItemTruncate,
@@ -98,8 +99,15 @@ struct MarkInfo {
 }
 
 /// Who may open a call and what it serves, decided by the HTTP layer from the `start` frame's
-/// custom parameters: `model` (route), `voice`, `instructions`, and `api_key` when keys are required.
-pub type Admit = Arc<dyn Fn(&HashMap<String, String>) -> Result<SessionStart, String> + Send + Sync>;
+/// custom parameters (`model` (route), `voice`, `instructions`, and `api_key` when keys are required),
+/// with the meter that bills the call.
+pub type Admit = Arc<dyn Fn(HashMap<String, String>) -> crate::stt::BoxFuture<Result<Admitted, String>> + Send + Sync>;
+
+/// A call let in: its session and its meter (`None` runs unmetered).
+pub struct Admitted {
+    pub session: SessionStart,
+    pub meter: Option<SessionMeter>,
+}
 
 /// Why a call ended early; logged, and the socket closed with a clear reason.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +140,11 @@ where
 {
     let (mut sink, mut stream) = socket.split();
     let started = tokio::time::timeout(START_TIMEOUT, wait_for_start(&mut stream)).await.unwrap_or(Err(CallError::NoStart));
-    let (start, stream_sid) = match started.and_then(|s| check_start(s, &admit)) {
+    let checked = match started.and_then(check_start) {
+        Ok(start) => admit(start.custom_parameters.clone()).await.map(|a| (a, start)).map_err(CallError::Refused),
+        Err(e) => Err(e),
+    };
+    let (admitted, start) = match checked {
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "twilio stream refused");
@@ -140,7 +152,7 @@ where
             return;
         }
     };
-    let (session_start, params) = start;
+    let (session_start, meter, params, stream_sid) = (admitted.session, admitted.meter, start.custom_parameters, start.stream_sid);
     let session_id = session_start.session_id.clone();
     info!(%session_id, %stream_sid, "twilio call started");
     let accounts = engines.gateway.accounts.clone();
@@ -150,7 +162,7 @@ where
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, mut out_rx) = mpsc::channel(1024);
     let session_cancel = cancel.child_token();
-    let actor = tokio::spawn(run_session(engines.clone(), session_start, in_rx, out_tx, session_cancel.clone()));
+    let actor = tokio::spawn(run_session(engines.clone(), session_start, meter, in_rx, out_tx, session_cancel.clone()));
     // Configure the session for the phone line before any audio.
     let _ = in_tx
         .send(Inbound::Event(ClientEvent::SessionUpdate(Box::new(SessionUpdate { event_id: None, session: phone_session(&params) }))))
@@ -364,17 +376,14 @@ where
     Err(CallError::NoStart)
 }
 
-type Started = ((SessionStart, HashMap<String, String>), String);
-
-fn check_start(start: StartInfo, admit: &Admit) -> Result<Started, CallError> {
+fn check_start(start: StartInfo) -> Result<StartInfo, CallError> {
     if let Some(f) = &start.media_format {
         if f.encoding != "audio/x-mulaw" || f.sample_rate != 8000 || f.channels != 1 {
             return Err(CallError::Format(format!("{} at {} Hz, {} channel(s)", f.encoding, f.sample_rate, f.channels)));
         }
     }
-    let session = admit(&start.custom_parameters).map_err(CallError::Refused)?;
     debug!(call_sid = %start.call_sid, "twilio start accepted");
-    Ok(((session, start.custom_parameters), start.stream_sid))
+    Ok(start)
 }
 
 fn same_stream(sid: &Option<String>, expected: &str, session_id: &str) -> bool {

@@ -177,11 +177,25 @@ pub async fn start_voxgate(config: &str, env: &[(&str, &str)]) -> (String, std::
     let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let mut config = voxgate::config::Config::from_toml(config, &lookup).expect("test config is valid");
     config.listen = "127.0.0.1:0".parse().unwrap();
+    // Each server its own ledger: one server's start must not recover another's open sessions.
+    let dir = temp_dir("ledger");
+    config.metering.fallback = dir.join("ledger.sqlite.fallback.jsonl");
+    config.metering.ledger = dir.join("ledger.sqlite");
     let server = voxgate::server::Server::bind(&config).await.expect("server binds");
     let addr = server.local_addr().unwrap();
     let state = server.state.clone();
     tokio::spawn(server.run(tokio_util::sync::CancellationToken::new(), Duration::from_secs(1)));
     (format!("http://{addr}"), state)
+}
+
+/// A fresh, empty folder under the system's temp dir for one test.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("voxgate-test-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// Read an SSE response body to the end and return its `data:` payloads.
