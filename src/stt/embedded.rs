@@ -559,7 +559,7 @@ mod tests {
         let pieces = spread_words(" Book a table.", 10_000, 11_000, 0.8);
         assert_eq!(
             pieces.iter().map(|p| (p.start_ms, p.end_ms)).collect::<Vec<_>>(),
-            [(10_000, 10_400), (10_400, 10_500), (10_500, 11_000)]
+            [(10_000, 10_363), (10_363, 10_454), (10_454, 11_000)]
         );
         let t = clean(pieces);
         assert_eq!(t.text, "Book a table.");
