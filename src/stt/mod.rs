@@ -7,8 +7,11 @@ use std::pin::Pin;
 
 use tokio::sync::mpsc;
 
+#[cfg(feature = "embedded-stt")]
+pub mod embedded;
 pub mod fake;
 pub mod vad;
+pub mod wer;
 
 /// Sample rate of the audio every STT engine receives (mono PCM16). Transports resample to it.
 pub const STT_RATE_HZ: u32 = 16_000;

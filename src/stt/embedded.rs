@@ -1,0 +1,607 @@
+//! The embedded speech-to-text engine: Whisper tiny.en (CTranslate2 format) run in process through
+//! `ct2rs`, the offline default that needs no keys and no network. `voxgate models fetch` installs
+//! the model files.
+//!
+//! # How it runs
+//! - [`WhisperStt::load`] checks the model folder and loads one model per worker thread
+//!   ([`WhisperSettings::workers`] OS threads, each computing with
+//!   [`WhisperSettings::threads_per_worker`] CTranslate2 threads). Decoding never runs on the async
+//!   runtime.
+//! - Whisper does not stream: an utterance's audio is collected while its channel is open and
+//!   decoded as a whole when it closes (the *final*). Finals wait in a bounded queue of
+//!   [`QUEUED_FINALS_MAX`]; when it is full, `transcribe` waits asynchronously for a place, so the
+//!   wait shows in the transcript's latency and never blocks a tokio worker.
+//! - Partials: while the audio is open, the growing utterance is re-decoded at most every
+//!   `partial_interval_ms` of received audio, greedily (beam 1), and only when a worker is idle
+//!   with nothing queued: a partial is skipped rather than queued, and workers always take queued
+//!   finals first. A partial already being decoded is not interrupted, so a final that arrives at
+//!   that moment with no other worker free waits for it (one short decode at most).
+//! - Dropping the `transcribe` future abandons the work: a queued job whose receiver is gone is
+//!   skipped by the worker.
+//! - Utterances longer than 30 s are decoded in equal windows of at most 30 s, joined in order.
+//!   At most [`UTTERANCE_MS_MAX`] of audio is kept per utterance; later audio is dropped (logged).
+//!
+//! # What a transcript holds
+//! - Word timings are estimated: `ct2rs` 0.10 gives word timings only with Whisper's timestamp
+//!   prompt, which tiny.en answers with empty text (measured: every fixture came back empty), so
+//!   decoding uses the `<|notimestamps|>` prompt, which gives text only. The words are then spread
+//!   over the window's speech (first to last 10 ms frame at or above [`SPEECH_LEVEL_DBFS`])
+//!   proportionally to their length in characters. Times are ms from the session's input start
+//!   (`utterance.start_ms` + offset in the utterance).
+//! - Confidence is the documented constant [`WORD_CONFIDENCE`] for every word: the text-only path
+//!   of `ct2rs` 0.10 does not return the engine's scores.
+//! - A window with no 10 ms frame at [`SPEECH_LEVEL_DBFS`] or above is not decoded: Whisper
+//!   hallucinates on silence (tiny.en heard "1." in 3 s of digital silence).
+//! - Whisper's artefacts are trimmed: surrounding whitespace, and bracketed non-speech tags such as
+//!   `[BLANK_AUDIO]`, `(silence)` or `[Music]`; a transcript with nothing else is empty. Word texts
+//!   carry no surrounding punctuation (like the fixtures' sidecars); the text keeps Whisper's.
+//!
+//! # The preprocessor config
+//! `ct2rs` reads a standard Whisper `preprocessor_config.json` from the model folder; the model
+//! package does not ship one. When it is missing, `load` writes the standard values
+//! ([`PREPROCESSOR_CONFIG`]) into the folder atomically (temporary file, fsync, rename), once.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::{BoxFuture, SpeechToText, SttError, Transcript, Utterance, Word, STT_RATE_HZ};
+
+/// Finals that may wait for a worker; `transcribe` waits (asynchronously) when this many do.
+pub const QUEUED_FINALS_MAX: usize = 16;
+/// The longest utterance kept, in ms of audio; the rest is dropped.
+pub const UTTERANCE_MS_MAX: u64 = 5 * 60 * 1000;
+/// Whisper's input window.
+pub const WINDOW_MS: u64 = 30_000;
+/// Confidence of every word: `ct2rs` 0.10 returns no scores with text-only decoding.
+pub const WORD_CONFIDENCE: f32 = 0.8;
+/// Frame level that counts as speech when spreading words over an utterance (see the module doc).
+pub const SPEECH_LEVEL_DBFS: f64 = -45.0;
+/// Beam size of finals (CTranslate2's default). Partials decode greedily.
+pub const FINAL_BEAM_SIZE: usize = 5;
+/// Files the model folder must hold (besides the preprocessor config, written when missing).
+pub const MODEL_FILES: [&str; 4] = ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"];
+/// The standard Whisper feature extractor settings (80 mel bins, 25 ms window, 10 ms hop, 30 s).
+pub const PREPROCESSOR_CONFIG: &str = r#"{
+  "chunk_length": 30,
+  "feature_extractor_type": "WhisperFeatureExtractor",
+  "feature_size": 80,
+  "hop_length": 160,
+  "n_fft": 400,
+  "n_samples": 480000,
+  "nb_max_frames": 3000,
+  "padding_side": "right",
+  "padding_value": 0.0,
+  "processor_class": "WhisperProcessor",
+  "return_attention_mask": false,
+  "sampling_rate": 16000
+}
+"#;
+const PREPROCESSOR_CONFIG_FILE: &str = "preprocessor_config.json";
+
+/// How the engine uses the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WhisperSettings {
+    /// Decoding threads, each with its own model (about 150 MB each). Default 1.
+    pub workers: usize,
+    /// CTranslate2 compute threads per worker. Default 2.
+    pub threads_per_worker: usize,
+    /// Received audio between partial decodes, in ms; 0 turns partials off. Default 700.
+    pub partial_interval_ms: u64,
+}
+
+impl Default for WhisperSettings {
+    fn default() -> Self {
+        WhisperSettings { workers: 1, threads_per_worker: 2, partial_interval_ms: 700 }
+    }
+}
+
+/// Counters since the engine was loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WhisperStats {
+    pub finals_decoded: u64,
+    pub partials_decoded: u64,
+    /// Partials not started because no worker was idle.
+    pub partials_skipped: u64,
+    /// Queued jobs skipped because their `transcribe` future was dropped.
+    pub jobs_abandoned: u64,
+    /// Decodes that failed (engine error or panic).
+    pub jobs_failed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    finals: AtomicU64,
+    partials: AtomicU64,
+    partials_skipped: AtomicU64,
+    abandoned: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Whisper tiny.en in process. Cheap to clone (the workers are shared); the workers stop when the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct WhisperStt {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    queue: Arc<Queue>,
+    partial_interval_ms: u64,
+    stats: Arc<Counters>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.wake.notify_all();
+    }
+}
+
+impl std::fmt::Debug for WhisperStt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WhisperStt").field("partial_interval_ms", &self.shared.partial_interval_ms).finish_non_exhaustive()
+    }
+}
+
+impl WhisperStt {
+    /// Loads the model from `model_dir` (see [`crate::models::whisper_model_dir`]) into
+    /// `settings.workers` worker threads. Blocks while the models load (well under a second each).
+    pub fn load(model_dir: &Path, settings: WhisperSettings) -> Result<WhisperStt, SttError> {
+        check_model_dir(model_dir)?;
+        ensure_preprocessor_config(model_dir)?;
+        let workers = settings.workers.clamp(1, 64);
+        let threads = settings.threads_per_worker.clamp(1, 64);
+        let queue = Arc::new(Queue::new());
+        let stats = Arc::new(Counters::default());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for n in 0..workers {
+            let (dir, queue, stats, ready) = (model_dir.to_path_buf(), queue.clone(), stats.clone(), ready_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("voxgate-whisper-{n}"))
+                .spawn(move || match Engine::load(&dir, threads) {
+                    Ok(engine) => {
+                        let _ = ready.send(Ok(()));
+                        drop(ready);
+                        worker_loop(&engine, &queue, &stats);
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                })
+                .map_err(|e| SttError::Engine(format!("cannot start a whisper worker thread: {e}")))?;
+        }
+        drop(ready_tx);
+        let shared = Arc::new(Shared { queue, partial_interval_ms: settings.partial_interval_ms, stats });
+        for _ in 0..workers {
+            // On an error `shared` drops here and closes the queue, so the loaded workers stop.
+            ready_rx.recv().map_err(|_| SttError::Engine("a whisper worker stopped while loading".into()))??;
+        }
+        tracing::info!(model_dir = %model_dir.display(), workers, threads_per_worker = threads, "whisper loaded");
+        Ok(WhisperStt { shared })
+    }
+
+    /// Counters since the engine was loaded.
+    pub fn stats(&self) -> WhisperStats {
+        let s = &self.shared.stats;
+        WhisperStats {
+            finals_decoded: s.finals.load(Ordering::Relaxed),
+            partials_decoded: s.partials.load(Ordering::Relaxed),
+            partials_skipped: s.partials_skipped.load(Ordering::Relaxed),
+            jobs_abandoned: s.abandoned.load(Ordering::Relaxed),
+            jobs_failed: s.failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Every model file present, or an error naming the folder and the fix.
+fn check_model_dir(model_dir: &Path) -> Result<(), SttError> {
+    let fetch = "run `voxgate models fetch` to install it";
+    if !model_dir.is_dir() {
+        return Err(SttError::Unavailable(format!("the Whisper model folder {} is missing; {fetch}", model_dir.display())));
+    }
+    let missing: Vec<&str> = MODEL_FILES.iter().copied().filter(|f| !model_dir.join(f).is_file()).collect();
+    if !missing.is_empty() {
+        return Err(SttError::Unavailable(format!(
+            "the Whisper model folder {} lacks {}; {fetch}",
+            model_dir.display(),
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Writes [`PREPROCESSOR_CONFIG`] into the folder when it has none: temporary file, fsync, rename.
+fn ensure_preprocessor_config(model_dir: &Path) -> Result<(), SttError> {
+    let path = model_dir.join(PREPROCESSOR_CONFIG_FILE);
+    if path.is_file() {
+        return Ok(());
+    }
+    let temp = model_dir.join(format!(".{PREPROCESSOR_CONFIG_FILE}.{}.tmp", std::process::id()));
+    let fail = |e: std::io::Error| {
+        let _ = std::fs::remove_file(&temp);
+        SttError::Unavailable(format!("cannot write {} (the Whisper feature settings): {e}", path.display()))
+    };
+    let mut file = std::fs::File::create(&temp).map_err(fail)?;
+    file.write_all(PREPROCESSOR_CONFIG.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
+    drop(file);
+    std::fs::rename(&temp, &path).map_err(fail)?;
+    tracing::info!(path = %path.display(), "wrote the standard Whisper preprocessor config");
+    Ok(())
+}
+
+impl SpeechToText for WhisperStt {
+    fn name(&self) -> &str {
+        "whisper-tiny-en"
+    }
+
+    fn transcribe(&self, mut utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let samples_max = (UTTERANCE_MS_MAX * u64::from(STT_RATE_HZ) / 1000) as usize;
+            let interval_samples = (shared.partial_interval_ms * u64::from(STT_RATE_HZ) / 1000) as usize;
+            let mut audio: Vec<i16> = Vec::new();
+            let mut dropped_samples = 0usize;
+            let mut next_partial_at = interval_samples;
+            let mut partial: Option<oneshot::Receiver<Result<Transcript, SttError>>> = None;
+            loop {
+                tokio::select! {
+                    frame = utterance.audio.recv() => {
+                        let Some(frame) = frame else { break };
+                        let room = samples_max - audio.len();
+                        audio.extend_from_slice(&frame[..frame.len().min(room)]);
+                        dropped_samples += frame.len().saturating_sub(room);
+                        if interval_samples > 0 && partial.is_none() && audio.len() >= next_partial_at && dropped_samples == 0 {
+                            partial = shared.queue.try_submit_partial(&audio, utterance.start_ms);
+                            if partial.is_some() {
+                                next_partial_at = audio.len() + interval_samples;
+                            } else {
+                                shared.stats.partials_skipped.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    result = async { partial.as_mut().expect("guarded by the branch condition").await }, if partial.is_some() => {
+                        partial = None;
+                        if let Ok(Ok(transcript)) = result {
+                            if !transcript.text.is_empty() {
+                                // Partials are advisory: a full queue drops this one.
+                                let _ = partials.try_send(transcript);
+                            }
+                        }
+                    }
+                }
+            }
+            // A partial still running is of no use now; dropping its receiver lets a queued one be skipped.
+            drop(partial);
+            if dropped_samples > 0 {
+                tracing::warn!(
+                    dropped_ms = dropped_samples as u64 * 1000 / u64::from(STT_RATE_HZ),
+                    "utterance too long for whisper; audio after the limit was dropped"
+                );
+            }
+            if audio.is_empty() {
+                return Ok(Transcript::default());
+            }
+            shared.queue.submit_final(audio, utterance.start_ms).await
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The job queue: finals before partials, bounded finals, partials only onto an idle worker.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobKind {
+    Final,
+    Partial,
+}
+
+struct Job {
+    kind: JobKind,
+    samples: Vec<i16>,
+    start_ms: u64,
+    reply: oneshot::Sender<Result<Transcript, SttError>>,
+    /// A final's place in the bounded queue, given back when a worker takes the job.
+    place: Option<OwnedSemaphorePermit>,
+}
+
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+    final_places: Arc<Semaphore>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    finals: VecDeque<Job>,
+    partials: VecDeque<Job>,
+    idle_workers: usize,
+    closed: bool,
+}
+
+impl Queue {
+    fn new() -> Queue {
+        Queue { state: Mutex::default(), wake: Condvar::new(), final_places: Arc::new(Semaphore::new(QUEUED_FINALS_MAX)) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The state stays consistent across a panic (every change is one push or pop).
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queues a partial only when a worker is idle with nothing else to take.
+    fn try_submit_partial(&self, samples: &[i16], start_ms: u64) -> Option<oneshot::Receiver<Result<Transcript, SttError>>> {
+        let mut state = self.lock();
+        if state.closed || state.idle_workers <= state.finals.len() + state.partials.len() {
+            return None;
+        }
+        let (reply, receiver) = oneshot::channel();
+        state.partials.push_back(Job { kind: JobKind::Partial, samples: samples.to_vec(), start_ms, reply, place: None });
+        drop(state);
+        self.wake.notify_one();
+        Some(receiver)
+    }
+
+    /// Queues a final, waiting for a place when the queue is full, and waits for its transcript.
+    async fn submit_final(&self, samples: Vec<i16>, start_ms: u64) -> Result<Transcript, SttError> {
+        let place = self.final_places.clone().acquire_owned().await.map_err(|_| stopped())?;
+        let (reply, receiver) = oneshot::channel();
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(stopped());
+            }
+            state.finals.push_back(Job { kind: JobKind::Final, samples, start_ms, reply, place: Some(place) });
+        }
+        self.wake.notify_one();
+        receiver.await.map_err(|_| stopped())?
+    }
+
+    /// The next job (finals first), or `None` once the engine is dropped.
+    fn take(&self) -> Option<Job> {
+        let mut state = self.lock();
+        state.idle_workers += 1;
+        loop {
+            if let Some(job) = state.finals.pop_front().or_else(|| state.partials.pop_front()) {
+                state.idle_workers -= 1;
+                return Some(job);
+            }
+            if state.closed {
+                state.idle_workers -= 1;
+                return None;
+            }
+            state = self.wake.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+fn stopped() -> SttError {
+    SttError::Engine("the whisper workers stopped".into())
+}
+
+fn worker_loop(engine: &Engine, queue: &Queue, stats: &Counters) {
+    while let Some(job) = queue.take() {
+        drop(job.place);
+        if job.reply.is_closed() {
+            stats.abandoned.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.decode(&job.samples, job.start_ms, job.kind)))
+            .unwrap_or_else(|_| Err(SttError::Engine("the whisper decoder panicked".into())));
+        let audio_ms = job.samples.len() as u64 * 1000 / u64::from(STT_RATE_HZ);
+        match (&decoded, job.kind) {
+            (Err(e), _) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, kind = ?job.kind, "whisper decode failed");
+            }
+            (Ok(_), JobKind::Final) => {
+                stats.finals.fetch_add(1, Ordering::Relaxed);
+            }
+            (Ok(_), JobKind::Partial) => {
+                stats.partials.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tracing::debug!(kind = ?job.kind, audio_ms, decode_ms = started.elapsed().as_millis() as u64, "whisper decode");
+        let _ = job.reply.send(decoded);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One worker's model.
+
+struct Engine {
+    whisper: ct2rs::Whisper,
+    final_options: ct2rs::WhisperOptions,
+    partial_options: ct2rs::WhisperOptions,
+}
+
+impl Engine {
+    fn load(model_dir: &Path, threads: usize) -> Result<Engine, SttError> {
+        let config = ct2rs::Config { num_threads_per_replica: threads, ..Default::default() };
+        let whisper = ct2rs::Whisper::new(model_dir, config)
+            .map_err(|e| SttError::Unavailable(format!("cannot load the Whisper model from {}: {e:#}", model_dir.display())))?;
+        let final_options = ct2rs::WhisperOptions { beam_size: FINAL_BEAM_SIZE, ..Default::default() };
+        let partial_options = ct2rs::WhisperOptions { beam_size: 1, ..Default::default() };
+        Ok(Engine { whisper, final_options, partial_options })
+    }
+
+    fn decode(&self, samples: &[i16], start_ms: u64, kind: JobKind) -> Result<Transcript, SttError> {
+        let options = match kind {
+            JobKind::Final => &self.final_options,
+            JobKind::Partial => &self.partial_options,
+        };
+        let audio: Vec<f32> = samples.iter().map(|&s| f32::from(s) / 32768.0).collect();
+        let mut pieces = Vec::new();
+        for (offset, window) in windows(audio.len()) {
+            let offset_ms = start_ms + offset as u64 * 1000 / u64::from(STT_RATE_HZ);
+            let window_ms = window.len() as u64 * 1000 / u64::from(STT_RATE_HZ);
+            let Some((speech_start_ms, speech_end_ms)) = speech_span_ms(&samples[window.clone()]) else {
+                // Nothing at speech level: Whisper would hallucinate ("1.", "you") on silence.
+                continue;
+            };
+            let texts = self
+                .whisper
+                .generate(&audio[window.clone()], Some("en"), false, options)
+                .map_err(|e| SttError::Engine(format!("whisper decode failed: {e:#}")))?;
+            let text = texts.join(" ");
+            pieces.extend(spread_words(&text, offset_ms + speech_start_ms, offset_ms + speech_end_ms.min(window_ms), WORD_CONFIDENCE));
+        }
+        Ok(clean(pieces))
+    }
+}
+
+/// Equal windows of at most [`WINDOW_MS`] covering `len` samples: (offset, range).
+fn windows(len: usize) -> Vec<(usize, std::ops::Range<usize>)> {
+    let window_max = (WINDOW_MS * u64::from(STT_RATE_HZ) / 1000) as usize;
+    let count = len.div_ceil(window_max).max(1);
+    let size = len.div_ceil(count);
+    (0..count).map(|i| (i * size, i * size..((i + 1) * size).min(len))).filter(|(_, r)| !r.is_empty()).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// From the engine's output to a transcript (pure, unit-tested).
+
+/// A whitespace-separated word of the transcript, timed.
+#[derive(Debug, Clone, PartialEq)]
+struct Piece {
+    text: String,
+    start_ms: u64,
+    end_ms: u64,
+    confidence: f32,
+}
+
+/// Spreads the whitespace-separated words of `text` over `start_ms..end_ms` proportionally to their
+/// length in characters.
+fn spread_words(text: &str, start_ms: u64, end_ms: u64, confidence: f32) -> Vec<Piece> {
+    let text_words: Vec<&str> = text.split_whitespace().collect();
+    let total = text_words.iter().map(|w| w.chars().count()).sum::<usize>().max(1) as u64;
+    let span = end_ms.saturating_sub(start_ms);
+    let mut chars_before = 0u64;
+    text_words
+        .iter()
+        .map(|w| {
+            let len = w.chars().count() as u64;
+            let piece = Piece {
+                text: (*w).to_owned(),
+                start_ms: start_ms + span * chars_before / total,
+                end_ms: start_ms + span * (chars_before + len) / total,
+                confidence,
+            };
+            chars_before += len;
+            piece
+        })
+        .collect()
+}
+
+/// Where speech is in `samples`, in ms from their start: from the first to the end of the last
+/// 10 ms frame whose RMS reaches [`SPEECH_LEVEL_DBFS`]; `None` when none does.
+fn speech_span_ms(samples: &[i16]) -> Option<(u64, u64)> {
+    let frame = (STT_RATE_HZ / 100) as usize;
+    let level = 32768.0 * 10f64.powf(SPEECH_LEVEL_DBFS / 20.0);
+    let energy_min = level * level * frame as f64;
+    let voiced: Vec<usize> = samples
+        .chunks(frame)
+        .enumerate()
+        .filter(|(_, f)| f.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() >= energy_min)
+        .map(|(i, _)| i)
+        .collect();
+    let len_ms = samples.len() as u64 * 1000 / u64::from(STT_RATE_HZ);
+    match (voiced.first(), voiced.last()) {
+        (Some(&first), Some(&last)) => Some((first as u64 * 10, ((last as u64 + 1) * 10).min(len_ms))),
+        _ => None,
+    }
+}
+
+/// Drops bracketed non-speech tags, keeps Whisper's punctuation in the text but not in word texts,
+/// and returns an empty transcript when no word is left.
+fn clean(pieces: Vec<Piece>) -> Transcript {
+    let mut depth = 0usize;
+    let mut kept = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        let opens = piece.text.chars().filter(|c| matches!(c, '[' | '(')).count();
+        let closes = piece.text.chars().filter(|c| matches!(c, ']' | ')')).count();
+        let inside = depth > 0 || opens > 0;
+        depth = (depth + opens).saturating_sub(closes);
+        if !inside {
+            kept.push(piece);
+        }
+    }
+    let trim = |s: &str| s.trim_matches(|c: char| !c.is_alphanumeric() && !matches!(c, '$' | '%' | '€' | '£')).to_owned();
+    let words: Vec<Word> = kept
+        .iter()
+        .filter(|p| p.text.chars().any(char::is_alphanumeric))
+        .map(|p| Word {
+            text: trim(&p.text),
+            start_ms: p.start_ms,
+            end_ms: p.end_ms.max(p.start_ms),
+            confidence: p.confidence.clamp(0.0, 1.0),
+        })
+        .collect();
+    if words.is_empty() {
+        return Transcript::default();
+    }
+    let text = kept.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(" ");
+    let confidence = words.iter().map(|w| w.confidence).sum::<f32>() / words.len() as f32;
+    Transcript { text: text.trim().to_owned(), words, speaker: None, confidence }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_spread_over_the_speech_by_length_and_lose_their_punctuation() {
+        let pieces = spread_words(" Book a table.", 10_000, 11_000, 0.8);
+        assert_eq!(
+            pieces.iter().map(|p| (p.start_ms, p.end_ms)).collect::<Vec<_>>(),
+            [(10_000, 10_363), (10_363, 10_454), (10_454, 11_000)]
+        );
+        let t = clean(pieces);
+        assert_eq!(t.text, "Book a table.");
+        assert_eq!(t.words.iter().map(|w| w.text.as_str()).collect::<Vec<_>>(), ["Book", "a", "table"]);
+        assert!((t.confidence - 0.8).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_speech_span_skips_leading_and_trailing_silence() {
+        let mut samples = vec![0i16; 16_000];
+        samples[4_000..8_000].iter_mut().enumerate().for_each(|(i, s)| *s = if i % 2 == 0 { 3_000 } else { -3_000 });
+        assert_eq!(speech_span_ms(&samples), Some((250, 500)));
+        assert_eq!(speech_span_ms(&[0; 1_600]), None);
+    }
+
+    #[test]
+    fn non_speech_tags_and_blank_output_give_an_empty_transcript() {
+        for text in ["[BLANK_AUDIO]", " (silence) ", "[Music]", "  ", "(upbeat music)", "..."] {
+            let t = clean(spread_words(text, 0, 1_000, 0.8));
+            assert_eq!(t, Transcript::default(), "{text:?}");
+        }
+        let t = clean(spread_words("[BLANK_AUDIO] Hello there.", 0, 1_000, 0.8));
+        assert_eq!(t.text, "Hello there.");
+        assert_eq!(t.words.len(), 2);
+    }
+
+    #[test]
+    fn long_audio_is_cut_into_equal_windows_of_at_most_30_s() {
+        assert_eq!(windows(16_000), [(0, 0..16_000)]);
+        assert_eq!(windows(480_000), [(0, 0..480_000)]);
+        assert_eq!(windows(480_001), [(0, 0..240_001), (240_001, 240_001..480_001)]);
+        let w = windows(16_000 * 95);
+        assert_eq!(w.len(), 4);
+        assert!(w.iter().all(|(_, r)| r.len() <= 480_000));
+        assert_eq!(w.last().unwrap().1.end, 16_000 * 95);
+    }
+
+    #[test]
+    fn a_missing_folder_or_file_names_the_folder_and_the_fix() {
+        let err = check_model_dir(Path::new("/nonexistent/whisper-tiny-en")).unwrap_err();
+        assert_eq!(err.kind(), "unavailable");
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/whisper-tiny-en") && msg.contains("voxgate models fetch"), "{msg}");
+    }
+}
