@@ -92,8 +92,8 @@ fn rate_limited(key: &KeyState, limited: &Limited) -> ApiError {
     e
 }
 
-/// OpenAI's `x-ratelimit-*` headers for the key's per-minute limits. Remaining tokens are those
-/// before this request's own tokens, which are charged when its answer ends.
+/// OpenAI's `x-ratelimit-*` headers for the key's per-minute limits, as they stand when the headers
+/// are written: after a whole answer (its tokens charged), but before a stream's tokens are known.
 fn rate_limit_headers(key: &KeyState, headers: &mut HeaderMap) {
     let mut put = |name: &'static str, value: String| {
         if let Ok(v) = HeaderValue::from_str(&value) {
