@@ -479,12 +479,12 @@ fn check_request(request: ChatRequest) -> Result<ChatRequest, ApiError> {
     }
     match &request.tool_choice {
         None => {}
-        Some(ToolChoice::Mode(m)) if matches!(m.as_str(), "none" | "auto" | "required") => {
-            if m == "required" && tools.is_empty() {
-                return Err(ApiError::invalid("`tool_choice` is \"required\" but no `tools` were given.", Some("tool_choice"))
-                    .code("invalid_value"));
-            }
+        Some(ToolChoice::Mode(m)) if m == "required" && tools.is_empty() => {
+            return Err(
+                ApiError::invalid("`tool_choice` is \"required\" but no `tools` were given.", Some("tool_choice")).code("invalid_value")
+            );
         }
+        Some(ToolChoice::Mode(m)) if matches!(m.as_str(), "none" | "auto" | "required") => {}
         Some(ToolChoice::Mode(m)) => {
             return Err(ApiError::invalid(
                 format!("`tool_choice` {m:?} is not one of none, auto, required, or a named function."),
@@ -492,15 +492,14 @@ fn check_request(request: ChatRequest) -> Result<ChatRequest, ApiError> {
             )
             .code("invalid_value"));
         }
-        Some(ToolChoice::Named { function, .. }) => {
-            if !tools.iter().any(|t| t.function.name == function.name) {
-                return Err(ApiError::invalid(
-                    format!("`tool_choice` names function {:?}, which is not in `tools`.", function.name),
-                    Some("tool_choice"),
-                )
-                .code("invalid_value"));
-            }
+        Some(ToolChoice::Named { function, .. }) if !tools.iter().any(|t| t.function.name == function.name) => {
+            return Err(ApiError::invalid(
+                format!("`tool_choice` names function {:?}, which is not in `tools`.", function.name),
+                Some("tool_choice"),
+            )
+            .code("invalid_value"));
         }
+        Some(ToolChoice::Named { .. }) => {}
     }
     Ok(request)
 }

@@ -83,6 +83,8 @@ pub struct Caller {
 
 /// Find the key of a request, or the 401 to answer: `invalid_api_key` for a missing or unknown
 /// key, `api_key_revoked` for a revoked one. `missing` says how to send a key on this endpoint.
+/// (ApiError is large, but built only on the refusal path, once per request.)
+#[allow(clippy::result_large_err)]
 pub fn authenticate(keys: &KeyBook, presented: Option<&str>, missing: &str) -> Result<Caller, ApiError> {
     if keys.is_empty() {
         return Ok(Caller { name: ANONYMOUS.to_string(), key: None });

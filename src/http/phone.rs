@@ -91,7 +91,7 @@ pub async fn twiml(Query(query): Query<HashMap<String, String>>, headers: Header
         .into_response();
     };
     // Behind a TLS proxy (as Twilio requires: wss), the proxy says so; on loopback, plain ws.
-    let secure = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).map_or(true, |p| p == "https");
+    let secure = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_none_or(|p| p == "https");
     let scheme = if secure { "wss" } else { "ws" };
     let mut params = String::new();
     for name in ["model", "voice", "instructions", "api_key"] {

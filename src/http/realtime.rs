@@ -153,6 +153,7 @@ pub(super) fn close_reason(reason: &str) -> String {
 
 /// The caller from `Authorization: Bearer` or the browser subprotocol; anonymous without keys.
 /// Unknown and revoked keys are refused with 401 before the upgrade.
+#[allow(clippy::result_large_err)]
 fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let from_protocol = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
