@@ -60,12 +60,7 @@ async fn the_demo_page_hears_the_microphone_and_plays_the_answer() {
     );
     let driver_port = free_port();
     let _driver = Killed(
-        Command::new(&driver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts"),
+        Command::new(&driver).arg(format!("--port={driver_port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver starts"),
     );
     wait_for_port(port, "voxgate");
     wait_for_port(driver_port, "chromedriver");
@@ -74,37 +69,29 @@ async fn the_demo_page_hears_the_microphone_and_plays_the_answer() {
     let http = reqwest::Client::new();
     let profile = std::env::temp_dir().join(format!("voxgate-chromium-{}", std::process::id()));
     let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-    "binary": chromium,
-    "args": [
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-        format!("--user-data-dir={}", profile.display()),
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-        format!("--use-file-for-fake-audio-capture={dir}/fixtures/audio/table_booking.wav"),
-        "--autoplay-policy=no-user-gesture-required", "--window-size=1100,900"
-    ]}}}});
+        "binary": chromium,
+        "args": [
+            "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+            format!("--user-data-dir={}", profile.display()),
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            format!("--use-file-for-fake-audio-capture={dir}/fixtures/audio/table_booking.wav"),
+            "--autoplay-policy=no-user-gesture-required", "--window-size=1100,900"
+        ]}}}});
     let created: Value = http.post(format!("{wd}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
     let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {created}")).to_string();
     let base = format!("{wd}/session/{session}");
     let script = |code: &str| json!({"script": code, "args": []});
 
     http.post(format!("{base}/url")).json(&json!({"url": format!("http://127.0.0.1:{port}/")})).send().await.unwrap();
-    let clicked: Value = http
-        .post(format!("{base}/execute/sync"))
-        .json(&script("document.getElementById('start').click(); return true;"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let clicked: Value =
+        http.post(format!("{base}/execute/sync")).json(&script("document.getElementById('start').click(); return true;")).send().await.unwrap().json().await.unwrap();
     assert_eq!(clicked["value"], true, "{clicked}");
 
     // One whole turn: the user's words, the agent's words, and the agent's audio played.
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {
-        let v: Value =
-            http.post(format!("{base}/execute/sync")).json(&script("return window.voxgate;")).send().await.unwrap().json().await.unwrap();
+        let v: Value = http.post(format!("{base}/execute/sync")).json(&script("return window.voxgate;")).send().await.unwrap().json().await.unwrap();
         let state = v["value"].clone();
         let done = state["userFinal"].as_array().is_some_and(|a| !a.is_empty())
             && state["agentFinal"].as_array().is_some_and(|a| !a.is_empty())
