@@ -28,7 +28,7 @@ pub enum ServerError {
 
 /// Without gateway keys only loopback listening is allowed.
 pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
-    if config.api_keys.is_empty() && !config.listen.ip().is_loopback() {
+    if config.keys.is_empty() && !config.listen.ip().is_loopback() {
         return Err(ServerError::OpenWithoutKeys(config.listen));
     }
     Ok(())

@@ -13,24 +13,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use super::error::ApiError;
-use super::{KeyName, Shared};
+use super::keys::{Budget, KeyState, Limited};
+use super::{Caller, Shared};
 use crate::llm::router::Answer;
 use crate::llm::types::{ChatRequest, Completion, Content, Event, Message, ToolChoice, Usage};
 
-pub async fn completions(
-    State(state): State<Shared>,
-    Extension(KeyName(key)): Extension<KeyName>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match handle(state, key, headers, body).await {
+pub async fn completions(State(state): State<Shared>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Body) -> Response {
+    let key = caller.key.clone();
+    let mut response = match handle(state, caller, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
+    };
+    if let Some(key) = key.filter(|k| k.has_gateway_limits()) {
+        rate_limit_headers(&key, response.headers_mut());
     }
+    response
 }
 
-async fn handle(state: Shared, key: String, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn handle(state: Shared, caller: Caller, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.trim_start().to_ascii_lowercase().starts_with("application/json") {
         return Err(ApiError::new(
@@ -56,12 +59,93 @@ async fn handle(state: Shared, key: String, headers: HeaderMap, body: Body) -> R
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
     let request = parse_request(&bytes)?;
 
-    let answer = state.gateway.start(&request, &key).await.map_err(ApiError::from)?;
+    if let Some(key) = &caller.key {
+        key.try_request().map_err(|limited| rate_limited(key, &limited))?;
+    }
+    // Charged with the answer's tokens when it ends or is dropped (usage is known only then).
+    let charge = TokenCharge { key: caller.key.clone(), tokens: 0 };
+    let answer = state.gateway.start(&request, &caller.name).await.map_err(ApiError::from)?;
     if request.stream {
         let include_usage = request.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        Ok(stream_response(answer, include_usage))
+        Ok(stream_response(answer, include_usage, charge))
     } else {
-        whole_response(answer).await
+        whole_response(answer, charge).await
+    }
+}
+
+/// OpenAI's 429 for a key over its own limit: type `requests` or `tokens`, code `rate_limit_exceeded`,
+/// and `Retry-After` in whole seconds.
+fn rate_limited(key: &KeyState, limited: &Limited) -> ApiError {
+    let (kind, what) = if limited.kind == "tokens" { ("tokens", "tokens per min (TPM)") } else { ("requests", "requests per min (RPM)") };
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        kind,
+        format!(
+            "Rate limit reached for API key {:?} on {what}: Limit {}. Please try again in {}s.",
+            key.name(),
+            limited.limit,
+            limited.retry_after_s()
+        ),
+    )
+    .code("rate_limit_exceeded");
+    e.retry_after_s = Some(limited.retry_after_s());
+    e
+}
+
+/// OpenAI's `x-ratelimit-*` headers for the key's per-minute limits, as they stand when the headers
+/// are written: after a whole answer (its tokens charged), but before a stream's tokens are known.
+fn rate_limit_headers(key: &KeyState, headers: &mut HeaderMap) {
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
+    };
+    let budgets: [(Option<Budget>, [&'static str; 3]); 2] = [
+        (key.requests_budget(), ["x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"]),
+        (key.tokens_budget(), ["x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"]),
+    ];
+    for (budget, [limit, remaining, reset]) in budgets {
+        if let Some(b) = budget {
+            put(limit, b.limit.to_string());
+            put(remaining, b.remaining.to_string());
+            put(reset, reset_text(b.reset));
+        }
+    }
+}
+
+/// A reset time as OpenAI writes it: `20ms`, `1.5s`, `6m0s`.
+fn reset_text(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let text = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// The tokens (input + output, as in `usage.total_tokens`) a request is charged against its key's
+/// tokens-per-minute limit, on drop: when the answer ended, failed, or the client went away.
+struct TokenCharge {
+    key: Option<Arc<KeyState>>,
+    tokens: u64,
+}
+
+impl TokenCharge {
+    fn set(&mut self, usage: &Usage) {
+        self.tokens = usage.input_tokens.saturating_add(usage.output_tokens);
+    }
+}
+
+impl Drop for TokenCharge {
+    fn drop(&mut self) {
+        if let Some(key) = &self.key {
+            if self.tokens > 0 {
+                key.record_tokens(self.tokens);
+            }
+        }
     }
 }
 
@@ -86,11 +170,16 @@ fn usage_json(u: &Usage) -> Value {
     })
 }
 
-async fn whole_response(mut answer: Answer) -> Result<Response, ApiError> {
+async fn whole_response(mut answer: Answer, mut charge: TokenCharge) -> Result<Response, ApiError> {
     let mut completion = Completion::default();
     while let Some(event) = answer.next().await {
         match event {
-            Ok(e) => completion.push(&e),
+            Ok(e) => {
+                if let Event::Usage(u) = &e {
+                    charge.set(u);
+                }
+                completion.push(&e)
+            }
             Err(e) => {
                 // Nothing has reached the client yet, but the serving model is fixed: report it.
                 let mut api =
@@ -140,6 +229,7 @@ struct StreamState {
     phase: Phase,
     finished: bool,
     usage: Option<Usage>,
+    charge: TokenCharge,
 }
 
 impl StreamState {
@@ -185,6 +275,7 @@ impl StreamState {
                             return Some(self.chunk(json!({}), Some(reason.as_str())));
                         }
                         Event::Usage(u) => {
+                            self.charge.set(&u);
                             self.usage = Some(u);
                             continue;
                         }
@@ -228,9 +319,9 @@ impl StreamState {
     }
 }
 
-fn stream_response(answer: Answer, include_usage: bool) -> Response {
+fn stream_response(answer: Answer, include_usage: bool, charge: TokenCharge) -> Response {
     let headers = meta_headers(&answer);
-    let state = StreamState { answer, include_usage, phase: Phase::Start, finished: false, usage: None };
+    let state = StreamState { answer, include_usage, phase: Phase::Start, finished: false, usage: None, charge };
     // When the client goes away, hyper drops this stream, which drops the Answer and with it
     // the upstream connection (and records the request as cancelled).
     let stream = futures::stream::unfold(state, |mut s| async move {
@@ -388,12 +479,12 @@ fn check_request(request: ChatRequest) -> Result<ChatRequest, ApiError> {
     }
     match &request.tool_choice {
         None => {}
-        Some(ToolChoice::Mode(m)) if matches!(m.as_str(), "none" | "auto" | "required") => {
-            if m == "required" && tools.is_empty() {
-                return Err(ApiError::invalid("`tool_choice` is \"required\" but no `tools` were given.", Some("tool_choice"))
-                    .code("invalid_value"));
-            }
+        Some(ToolChoice::Mode(m)) if m == "required" && tools.is_empty() => {
+            return Err(
+                ApiError::invalid("`tool_choice` is \"required\" but no `tools` were given.", Some("tool_choice")).code("invalid_value")
+            );
         }
+        Some(ToolChoice::Mode(m)) if matches!(m.as_str(), "none" | "auto" | "required") => {}
         Some(ToolChoice::Mode(m)) => {
             return Err(ApiError::invalid(
                 format!("`tool_choice` {m:?} is not one of none, auto, required, or a named function."),
@@ -401,15 +492,14 @@ fn check_request(request: ChatRequest) -> Result<ChatRequest, ApiError> {
             )
             .code("invalid_value"));
         }
-        Some(ToolChoice::Named { function, .. }) => {
-            if !tools.iter().any(|t| t.function.name == function.name) {
-                return Err(ApiError::invalid(
-                    format!("`tool_choice` names function {:?}, which is not in `tools`.", function.name),
-                    Some("tool_choice"),
-                )
-                .code("invalid_value"));
-            }
+        Some(ToolChoice::Named { function, .. }) if !tools.iter().any(|t| t.function.name == function.name) => {
+            return Err(ApiError::invalid(
+                format!("`tool_choice` names function {:?}, which is not in `tools`.", function.name),
+                Some("tool_choice"),
+            )
+            .code("invalid_value"));
         }
+        Some(ToolChoice::Named { .. }) => {}
     }
     Ok(request)
 }

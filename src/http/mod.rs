@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod error;
+pub mod keys;
 pub mod phone;
 pub mod realtime;
 
@@ -24,15 +25,15 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::llm::router::Gateway;
 use crate::metering::ledger::Ledger;
-use crate::secret::Secret;
 use crate::session::VoiceEngines;
 use error::ApiError;
+use keys::{KeyBook, KeyState, Lookup};
 
 /// Everything a handler needs.
 pub struct AppState {
     pub gateway: Arc<Gateway>,
-    /// (name for usage rows, key)
-    pub keys: Vec<(String, Secret)>,
+    /// The gateway keys (hashed) and their live limits.
+    pub keys: KeyBook,
     pub body_limit_bytes: usize,
     /// Engines and limits of voice sessions.
     pub voice: Arc<VoiceEngines>,
@@ -52,10 +53,9 @@ pub type Shared = Arc<AppState>;
 
 impl AppState {
     pub fn new(config: &Config, gateway: Arc<Gateway>, voice: Arc<VoiceEngines>, ledger: Ledger) -> Self {
-        let keys = config.api_keys.iter().enumerate().map(|(i, k)| (format!("key-{}", i + 1), k.clone())).collect();
         AppState {
             gateway,
-            keys,
+            keys: KeyBook::new(&config.keys),
             body_limit_bytes: config.gateway.body_limit_bytes,
             session_slots: Arc::new(Semaphore::new(voice.settings.max_sessions)),
             voice,
@@ -68,22 +68,61 @@ impl AppState {
 }
 
 impl AppState {
-    /// The name of the gateway key `presented`, if it is one.
+    /// The name of the gateway key `presented`, if it is a live (not revoked) one.
     pub fn key_name(&self, presented: &str) -> Option<String> {
-        // Compare against every key so the time taken does not say which one nearly matched.
-        let mut found = None;
-        for (name, key) in &self.keys {
-            if constant_time_eq(presented.as_bytes(), key.expose().as_bytes()) {
-                found = Some(name.clone());
-            }
+        match self.keys.lookup(presented) {
+            Lookup::Anonymous => Some(ANONYMOUS.to_string()),
+            Lookup::Key(k) => Some(k.name().to_string()),
+            Lookup::Revoked(_) | Lookup::Unknown => None,
         }
-        found
     }
 }
 
-/// The API key's name, put into request extensions by [`auth`].
+/// The key name requests are booked under when no keys are configured.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Who is calling: the key found by [`authenticate`] (`None` when no keys are configured).
 #[derive(Clone, Debug)]
-pub struct KeyName(pub String);
+pub struct Caller {
+    pub name: String,
+    pub key: Option<Arc<KeyState>>,
+}
+
+/// Find the key of a request, or the 401 to answer: `invalid_api_key` for a missing or unknown
+/// key, `api_key_revoked` for a revoked one. `missing` says how to send a key on this endpoint.
+/// (ApiError is large, but built only on the refusal path, once per request.)
+#[allow(clippy::result_large_err)]
+pub fn authenticate(keys: &KeyBook, presented: Option<&str>, missing: &str) -> Result<Caller, ApiError> {
+    if keys.is_empty() {
+        return Ok(Caller { name: ANONYMOUS.to_string(), key: None });
+    }
+    let Some(presented) = presented else {
+        return Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", format!("Missing API key: {missing}."))
+            .code("invalid_api_key"));
+    };
+    match keys.lookup(presented) {
+        Lookup::Anonymous => Ok(Caller { name: ANONYMOUS.to_string(), key: None }),
+        Lookup::Key(k) => Ok(Caller { name: k.name().to_string(), key: Some(k) }),
+        Lookup::Revoked(name) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            format!("The API key {name:?} has been revoked; ask the server's operator for a new key."),
+        )
+        .code("api_key_revoked")),
+        Lookup::Unknown => {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "Incorrect API key provided.").code("invalid_api_key"))
+        }
+    }
+}
+
+/// The token of `Authorization: Bearer <token>`, trimmed.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+}
 
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
@@ -128,41 +167,13 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Shared, shutdown: C
         .await
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn auth(State(state): State<Shared>, mut request: Request, next: Next) -> Response {
-    if state.keys.is_empty() {
-        request.extensions_mut().insert(KeyName("anonymous".into()));
-        return next.run(request).await;
-    }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Missing API key: send it as `Authorization: Bearer <key>`.",
-        )
-        .code("invalid_api_key")
-        .into_response();
-    };
-    match state.key_name(presented) {
-        Some(name) => {
-            request.extensions_mut().insert(KeyName(name));
+    match authenticate(&state.keys, bearer(request.headers()), "send it as `Authorization: Bearer <key>`") {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        None => ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "Incorrect API key provided.")
-            .code("invalid_api_key")
-            .into_response(),
+        Err(refusal) => refusal.into_response(),
     }
 }
 

@@ -2,9 +2,12 @@
 //! `POST /v1/phone/twilio/twiml` (the `<Connect><Stream>` document a Twilio number's call webhook returns).
 //! Twilio cannot send headers on the stream, so with gateway keys configured the key rides in the
 //! stream's custom parameter `api_key` (a `<Parameter>` in the TwiML), or in `?api_key=` of the TwiML URL.
+//! The key is therefore checked on the `start` frame, after the upgrade: an unknown or revoked key, or
+//! one at its `max_sessions`, closes the stream with 1008 and a reason (Twilio's protocol has no
+//! error message); the key's session slot is held until the call ends.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Query, State};
@@ -12,7 +15,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::Shared;
+use super::keys::{Lookup, SessionGuard};
+use super::{Shared, ANONYMOUS};
 use crate::session::SessionStart;
 use crate::transport::realtime::new_session_id;
 use crate::transport::twilio;
@@ -24,11 +28,16 @@ pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) ->
             .into_response();
     };
     let admit_state = state.clone();
+    // Filled by `admit` with the key's session slot; dropped with the call.
+    let key_slot: Arc<Mutex<Option<SessionGuard>>> = Arc::default();
+    let admit_slot = key_slot.clone();
     let admit: twilio::Admit = Arc::new(move |params: HashMap<String, String>| {
         let state = admit_state.clone();
+        let slot = admit_slot.clone();
         Box::pin(async move {
-            let session = admit(&state, &params)?;
+            let (session, guard) = admit(&state, &params)?;
             let meter = super::realtime::open_meter(&state, &session, "twilio").await?;
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = guard;
             Ok(twilio::Admitted { session, meter: Some(meter) })
         })
     });
@@ -39,26 +48,39 @@ pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) ->
         tracker
             .track_future(async move {
                 call.await;
+                drop(key_slot.lock().unwrap_or_else(|p| p.into_inner()).take());
                 drop(slot);
             })
             .await
     })
 }
 
-/// Decides from the `start` frame's custom parameters whether the call may run, and on which route.
-fn admit(state: &Shared, params: &HashMap<String, String>) -> Result<SessionStart, String> {
-    let key = if state.keys.is_empty() {
-        "anonymous".to_string()
+/// Decides from the `start` frame's custom parameters whether the call may run, and on which route;
+/// takes the key's session slot.
+fn admit(state: &Shared, params: &HashMap<String, String>) -> Result<(SessionStart, Option<SessionGuard>), String> {
+    let (key, guard) = if state.keys.is_empty() {
+        (ANONYMOUS.to_string(), None)
     } else {
         let presented =
             params.get("api_key").ok_or("this server needs an API key: add <Parameter name=\"api_key\" value=\"...\"/> to the <Stream>")?;
-        state.key_name(presented.trim()).ok_or("incorrect API key")?
+        match state.keys.lookup(presented) {
+            Lookup::Anonymous => (ANONYMOUS.to_string(), None),
+            Lookup::Key(k) => {
+                let guard = k.try_open_session().map_err(|limited| {
+                    tracing::info!(key = k.name(), limit = limited.limit, "twilio call refused: key at its session limit");
+                    format!("session limit: key {:?} allows {} concurrent", k.name(), limited.limit)
+                })?;
+                (k.name().to_string(), Some(guard))
+            }
+            Lookup::Revoked(name) => return Err(format!("API key {name:?} has been revoked")),
+            Lookup::Unknown => return Err("incorrect API key".to_string()),
+        }
     };
     let route = params.get("model").cloned().unwrap_or_else(|| "default".to_string());
     if !state.gateway.routes().contains_key(&route) && !state.gateway.models().contains_key(&route) {
         return Err(format!("model {route:?} is not a route or model of this server"));
     }
-    Ok(SessionStart { session_id: new_session_id(), route, key })
+    Ok((SessionStart { session_id: new_session_id(), route, key }, guard))
 }
 
 /// `POST /v1/phone/twilio/twiml[?model=ROUTE&voice=V&api_key=K]`: the TwiML that connects a call to
@@ -74,7 +96,7 @@ pub async fn twiml(Query(query): Query<HashMap<String, String>>, headers: Header
         .into_response();
     };
     // Behind a TLS proxy (as Twilio requires: wss), the proxy says so; on loopback, plain ws.
-    let secure = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).map_or(true, |p| p == "https");
+    let secure = headers.get("x-forwarded-proto").and_then(|v| v.to_str().ok()).is_none_or(|p| p == "https");
     let scheme = if secure { "wss" } else { "ws" };
     let mut params = String::new();
     for name in ["model", "voice", "instructions", "api_key"] {

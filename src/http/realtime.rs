@@ -1,19 +1,26 @@
 //! `GET /v1/realtime?model=ROUTE`: authenticates, picks the route, takes a session slot and hands the
 //! upgraded WebSocket to the Realtime transport. Browsers, which cannot set headers, send the key as
 //! the subprotocol `openai-insecure-api-key.<key>` beside `realtime`.
+//!
+//! A key at its `max_sessions` is refused after the upgrade, not before: a browser's WebSocket API
+//! shows no HTTP status, so the client gets an `error` event (`session_limit_exceeded`) and a close
+//! 1008 whose reason names the limit. This handler writes both itself, before any session exists.
+//! No `rate_limits.updated` is sent: the SDKs type its `name` as `requests` | `tokens` only, and a
+//! session count is neither.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::Shared;
+use super::keys::Limited;
+use super::{Caller, Shared};
 use crate::metering::ledger::{SessionMeter, SessionStart as LedgerSession};
 use crate::session::SessionStart;
-use crate::transport::realtime::new_session_id;
+use crate::transport::realtime::{new_session_id, RealtimeError, ServerEvent};
 use crate::transport::realtime_socket;
 
 const KEY_PROTOCOL_PREFIX: &str = "openai-insecure-api-key.";
@@ -29,9 +36,9 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let key = match authenticate(&state, &headers) {
-        Ok(k) => k,
-        Err(refusal) => return refusal,
+    let caller = match authenticate(&state, &headers) {
+        Ok(c) => c,
+        Err(refusal) => return refusal.into_response(),
     };
     let Ok(Query(query)) = query else {
         return ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "The query string is not valid; use ?model=ROUTE.")
@@ -79,35 +86,51 @@ pub async fn upgrade(
         .code("too_many_sessions")
         .into_response();
     };
-    let start = SessionStart { session_id: new_session_id(), route, key };
-    // No meter, no session: a call the ledger cannot bill is refused, not served for free.
-    let meter = match open_meter(&state, &start, "realtime").await {
-        Ok(m) => m,
-        Err(message) => {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("ledger_unavailable").into_response();
+    // The key's own session slot, held as long as the server's: both are freed when the session ends.
+    let key_slot = caller.key.as_ref().map(|k| k.try_open_session()).transpose();
+    let start = SessionStart { session_id: new_session_id(), route, key: caller.name.clone() };
+    // No meter, no session: a call the ledger cannot bill is refused, not served for free. (A key
+    // over its session limit is refused after the upgrade and never metered.)
+    let meter = if key_slot.is_ok() {
+        match open_meter(&state, &start, "realtime").await {
+            Ok(m) => Some(m),
+            Err(message) => {
+                return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("ledger_unavailable").into_response();
+            }
         }
+    } else {
+        None
     };
     let max_message = state.voice.settings.max_event_bytes.saturating_mul(4).saturating_add(64 * 1024);
     let state2 = state.clone();
     ws.protocols(["realtime"]).max_message_size(max_message).max_frame_size(max_message).on_upgrade(move |socket| async move {
+        let key_slot = match key_slot {
+            Ok(s) => s,
+            Err(limited) => {
+                drop(slot);
+                return refuse_over_limit(socket, &caller.name, &limited).await;
+            }
+        };
         let tracker = state2.sessions.clone();
-        let session = realtime_socket::serve(socket, state2.voice.clone(), start, Some(meter), state2.sessions_cancel.clone());
+        let session = realtime_socket::serve(socket, state2.voice.clone(), start, meter, state2.sessions_cancel.clone());
         tracker
             .track_future(async move {
                 session.await;
+                drop(key_slot);
                 drop(slot);
             })
             .await
     })
 }
 
-/// Opens the session's meter in the ledger at the key's rate (the server's default for now).
+/// Opens the session's meter in the ledger at the key's own rate, else the server's.
 pub(super) async fn open_meter(state: &Shared, start: &SessionStart, protocol: &str) -> Result<SessionMeter, String> {
+    let rate = state.keys.by_name(&start.key).and_then(|k| k.config.rate_microusd_per_hour).unwrap_or(state.rate_microusd_per_hour);
     let session = LedgerSession {
         id: start.session_id.clone(),
         key_id: start.key.clone(),
         protocol: protocol.to_string(),
-        rate_microusd_per_hour: state.rate_microusd_per_hour,
+        rate_microusd_per_hour: rate,
     };
     state.ledger.open_session(session).await.map_err(|e| {
         state.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "ledger_unavailable")]);
@@ -116,34 +139,58 @@ pub(super) async fn open_meter(state: &Shared, start: &SessionStart, protocol: &
     })
 }
 
-/// The key's name from `Authorization: Bearer` or the browser subprotocol; anonymous without keys.
-/// (The refusal is a whole response: this runs once per connection, so its size does not matter.)
-#[allow(clippy::result_large_err)]
-fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<String, Response> {
-    if state.keys.is_empty() {
-        return Ok("anonymous".to_string());
+/// Tell a client its key is at its session limit: an `error` event, then close 1008 with the reason.
+async fn refuse_over_limit(mut socket: WebSocket, key: &str, limited: &Limited) {
+    let message = format!(
+        "The API key {key:?} is at its limit of {} concurrent voice session{}; close one and try again.",
+        limited.limit,
+        if limited.limit == 1 { "" } else { "s" }
+    );
+    tracing::info!(key, limit = limited.limit, "realtime session refused: key at its session limit");
+    let error = ServerEvent::error(RealtimeError {
+        error_type: "invalid_request_error".to_string(),
+        code: Some("session_limit_exceeded".to_string()),
+        message,
+        param: None,
+        event_id: None,
+    });
+    if let Ok(text) = serde_json::to_string(&error) {
+        let _ = socket.send(Message::Text(Utf8Bytes::from(text))).await;
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
+    let reason = close_reason(&format!("session limit: key {key:?} allows {} concurrent", limited.limit));
+    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1008, reason: Utf8Bytes::from(reason) }))).await;
+    // Let the client's close frame arrive (or the client go) before the socket is dropped.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        use futures::StreamExt;
+        while let Some(Ok(m)) = socket.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// A close reason fits in 123 bytes; cut at a character boundary.
+pub(super) fn close_reason(reason: &str) -> String {
+    let mut reason = reason.to_string();
+    while reason.len() > 123 {
+        reason.pop();
+    }
+    reason
+}
+
+/// The caller from `Authorization: Bearer` or the browser subprotocol; anonymous without keys.
+/// Unknown and revoked keys are refused with 401 before the upgrade.
+#[allow(clippy::result_large_err)]
+fn authenticate(state: &Shared, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let from_protocol = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').map(str::trim).find_map(|p| p.strip_prefix(KEY_PROTOCOL_PREFIX)));
-    let Some(presented) = bearer.or(from_protocol) else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "Missing API key: send `Authorization: Bearer <key>` or the subprotocol `openai-insecure-api-key.<key>`.",
-        )
-        .code("invalid_api_key")
-        .into_response());
-    };
-    state.key_name(presented).ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "Incorrect API key provided.")
-            .code("invalid_api_key")
-            .into_response()
-    })
+    super::authenticate(
+        &state.keys,
+        super::bearer(headers).or(from_protocol),
+        "send `Authorization: Bearer <key>` or the subprotocol `openai-insecure-api-key.<key>`",
+    )
 }
