@@ -415,19 +415,100 @@ fn worker_loop(engine: &Engine, queue: &Queue, stats: &Counters) {
 // One worker's model.
 
 struct Engine {
-    whisper: ct2rs::Whisper,
+    whisper: ct2rs::sys::Whisper,
+    tokenizer: ct2rs::tokenizers::hf::Tokenizer,
+    features: Features,
     final_options: ct2rs::WhisperOptions,
     partial_options: ct2rs::WhisperOptions,
 }
 
+/// Log-mel feature extraction, as Whisper's preprocessor config describes it.
+struct Features {
+    n_fft: usize,
+    hop_length: usize,
+    n_samples: usize,
+    feature_size: usize,
+    nb_max_frames: usize,
+    mel_filters: ndarray::Array2<f64>,
+}
+
+impl Features {
+    fn read(path: &Path) -> Result<Features, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let field = |name: &str| v[name].as_u64().map(|n| n as usize).ok_or_else(|| format!("{}: no `{name}`", path.display()));
+        let (sampling_rate, n_fft, feature_size) = (field("sampling_rate")?, field("n_fft")?, field("feature_size")?);
+        Ok(Features {
+            n_fft,
+            hop_length: field("hop_length")?,
+            n_samples: field("n_samples")?,
+            feature_size,
+            nb_max_frames: field("nb_max_frames")?,
+            mel_filters: mel_spec::mel::mel(sampling_rate as f64, n_fft, feature_size, None, None, false, true),
+        })
+    }
+
+    /// The stacked log-mel spectrogram of `samples` in windows of `n_samples`, and the window count.
+    fn extract(&self, samples: &[f32]) -> (ndarray::Array3<f32>, usize) {
+        use ndarray::{s, Array2, Axis};
+        let mut stft = mel_spec::stft::Spectrogram::new(self.n_fft, self.hop_length);
+        let mut chunks = Vec::new();
+        for chunk in samples.chunks(self.n_samples) {
+            let mut spectrogram = Array2::<f32>::zeros((self.feature_size, self.nb_max_frames));
+            for (i, frame) in chunk.chunks(self.hop_length).enumerate() {
+                if let Some(fft) = stft.add(frame) {
+                    let mel = mel_spec::mel::norm_mel(&mel_spec::mel::log_mel_spectrogram(&fft, &self.mel_filters)).mapv(|v| v as f32);
+                    spectrogram.slice_mut(s![.., i]).assign(&mel.slice(s![.., 0]));
+                }
+            }
+            chunks.push(spectrogram);
+        }
+        let count = chunks.len();
+        let views: Vec<_> = chunks.iter().map(|a| a.view()).collect();
+        let stacked = ndarray::stack(Axis(0), &views)
+            .map(|a| a.as_standard_layout().into_owned())
+            .unwrap_or_else(|_| ndarray::Array3::zeros((0, 0, 0)));
+        (stacked, count)
+    }
+}
+
 impl Engine {
     fn load(model_dir: &Path, threads: usize) -> Result<Engine, SttError> {
+        let unavailable = |e: String| SttError::Unavailable(format!("cannot load the Whisper model from {}: {e}", model_dir.display()));
         let config = ct2rs::Config { num_threads_per_replica: threads, ..Default::default() };
-        let whisper = ct2rs::Whisper::new(model_dir, config)
-            .map_err(|e| SttError::Unavailable(format!("cannot load the Whisper model from {}: {e:#}", model_dir.display())))?;
+        let whisper = ct2rs::sys::Whisper::new(model_dir, config).map_err(|e| unavailable(format!("{e:#}")))?;
+        let tokenizer = ct2rs::tokenizers::hf::Tokenizer::new(model_dir).map_err(|e| unavailable(format!("{e:#}")))?;
+        let features = Features::read(&model_dir.join("preprocessor_config.json")).map_err(unavailable)?;
         let final_options = ct2rs::WhisperOptions { beam_size: FINAL_BEAM_SIZE, ..Default::default() };
         let partial_options = ct2rs::WhisperOptions { beam_size: 1, ..Default::default() };
-        Ok(Engine { whisper, final_options, partial_options })
+        Ok(Engine { whisper, tokenizer, features, final_options, partial_options })
+    }
+
+    /// Decodes with the prompt the model was trained on. English-only models (`.en`) know no language
+    /// or task tokens: they start `<|startoftranscript|><|notimestamps|>`, which ct2rs's `Whisper`
+    /// wrapper (it always adds `<|en|><|transcribe|>`) cannot do.
+    fn generate(&self, audio: &[f32], options: &ct2rs::WhisperOptions) -> Result<Vec<String>, String> {
+        use ct2rs::Tokenizer as _;
+        let (mut mel, count) = self.features.extract(audio);
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let shape = mel.shape().to_vec();
+        let slice = mel.as_slice_mut().ok_or("the features are not contiguous")?;
+        let view = ct2rs::sys::StorageView::new(&shape, slice, Default::default()).map_err(|e| format!("{e:#}"))?;
+        let prompt: Vec<&str> = if self.whisper.is_multilingual() {
+            vec!["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+        } else {
+            vec!["<|startoftranscript|>", "<|notimestamps|>"]
+        };
+        let results = self.whisper.generate(&view, &vec![prompt; count], options).map_err(|e| format!("{e:#}"))?;
+        results
+            .into_iter()
+            .map(|r| {
+                let tokens = r.sequences.into_iter().next().ok_or("no transcript")?;
+                self.tokenizer.decode(tokens).map_err(|e| format!("{e:#}"))
+            })
+            .collect()
     }
 
     fn decode(&self, samples: &[i16], start_ms: u64, kind: JobKind) -> Result<Transcript, SttError> {
@@ -444,10 +525,8 @@ impl Engine {
                 // Nothing at speech level: Whisper would hallucinate ("1.", "you") on silence.
                 continue;
             };
-            let texts = self
-                .whisper
-                .generate(&audio[window.clone()], Some("en"), false, options)
-                .map_err(|e| SttError::Engine(format!("whisper decode failed: {e:#}")))?;
+            let texts =
+                self.generate(&audio[window.clone()], options).map_err(|e| SttError::Engine(format!("whisper decode failed: {e}")))?;
             let text = texts.join(" ");
             pieces.extend(spread_words(&text, offset_ms + speech_start_ms, offset_ms + speech_end_ms.min(window_ms), WORD_CONFIDENCE));
         }
