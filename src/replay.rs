@@ -134,12 +134,14 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
     };
     let mut reply: Vec<i16> = Vec::new();
     let mut open_responses = 0usize;
+    // Turns whose speech ended and whose transcript has not come back yet.
+    let mut transcribing = 0usize;
     let mut playing = false;
     let mut fed_at: Option<Instant> = None;
     let mut last_event = Instant::now();
     let mut feeder = feeder;
     loop {
-        let quiet = open_responses == 0 && !playing;
+        let quiet = open_responses == 0 && !playing && transcribing == 0;
         // Once everything is fed: stop half a second after the last event when nothing is in
         // flight (a turn still being transcribed shows up well within that), or give up after ANSWER_WAIT.
         let wake = fed_at.map(|fed| if quiet { last_event.max(fed) + Duration::from_millis(500) } else { fed + ANSWER_WAIT });
@@ -161,12 +163,17 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
                 let mut mark = |event: &str, detail: Option<String>| report.timeline.push(Mark { t_ms: now, event: event.into(), detail });
                 match *event {
                     ServerEvent::InputAudioBufferSpeechStarted { audio_start_ms, .. } => mark("speech_started", Some(format!("audio_start_ms={audio_start_ms}"))),
-                    ServerEvent::InputAudioBufferSpeechStopped { audio_end_ms, .. } => mark("speech_stopped", Some(format!("audio_end_ms={audio_end_ms}"))),
+                    ServerEvent::InputAudioBufferSpeechStopped { audio_end_ms, .. } => {
+                        transcribing += 1;
+                        mark("speech_stopped", Some(format!("audio_end_ms={audio_end_ms}")));
+                    }
                     ServerEvent::InputAudioTranscriptionCompleted { transcript, .. } => {
+                        transcribing = transcribing.saturating_sub(1);
                         mark("transcript", Some(transcript.clone()));
                         report.transcripts.push(transcript);
                     }
                     ServerEvent::InputAudioTranscriptionFailed { error, .. } => {
+                        transcribing = transcribing.saturating_sub(1);
                         mark("transcript_failed", Some(error.message.clone()));
                         report.errors.push(error.message);
                     }

@@ -102,11 +102,12 @@ async fn unknown_and_revoked_keys_get_401_and_both_key_forms_work() {
         assert_eq!(ok.status(), 200, "{name}");
         assert!(header(&ok, "x-ratelimit-limit-requests").is_none(), "no limits, no rate-limit headers");
     }
-    let usage: Value =
-        reqwest::Client::new().get(format!("{base}/v1/usage")).bearer_auth("vk-open").send().await.unwrap().json().await.unwrap();
-    let keys: Vec<&str> = usage["data"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
-    for name in ["key-1", "hashed", "open"] {
-        assert!(keys.contains(&name), "usage booked under the key's name: {usage}");
+    // Usage is booked under each key's name, and a key sees only its own rows.
+    for (key, name) in [("vk-legacy", "key-1"), ("vk-hashed", "hashed"), ("vk-open", "open")] {
+        let usage: Value =
+            reqwest::Client::new().get(format!("{base}/v1/usage")).bearer_auth(key).send().await.unwrap().json().await.unwrap();
+        let keys: Vec<&str> = usage["data"].as_array().unwrap().iter().map(|r| r["key"].as_str().unwrap()).collect();
+        assert_eq!(keys, [name], "{usage}");
     }
 }
 

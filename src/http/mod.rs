@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod error;
 pub mod keys;
+pub mod ledger;
 pub mod phone;
 pub mod realtime;
 
@@ -129,6 +130,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/chat/completions", post(chat::completions))
         .route("/v1/models", get(models))
         .route("/v1/usage", get(usage))
+        .route("/v1/sessions", get(ledger::sessions))
+        .route("/v1/sessions/{id}", get(ledger::session))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .merge(api)
@@ -136,6 +139,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/phone/twilio", get(phone::twilio_stream))
         .route("/v1/phone/twilio/twiml", post(phone::twiml))
         .route("/", get(|| async { axum::response::Html(include_str!("static/index.html")) }))
+        .route("/dashboard", get(|| async { axum::response::Html(include_str!("static/dashboard.html")) }))
         .route("/healthz", get(|| async { axum::Json(json!({"status": "ok"})) }))
         .route("/metrics", get(metrics))
         .fallback(|| async {
@@ -182,11 +186,13 @@ async fn count_requests(State(state): State<Shared>, request: Request, next: Nex
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/models" => "/v1/models",
         "/v1/usage" => "/v1/usage",
+        "/v1/sessions" => "/v1/sessions",
         "/v1/realtime" => "/v1/realtime",
         "/v1/phone/twilio" => "/v1/phone/twilio",
         "/v1/phone/twilio/twiml" => "/v1/phone/twilio/twiml",
         "/healthz" => "/healthz",
         "/" => "/",
+        "/dashboard" => "/dashboard",
         "/metrics" => "/metrics",
         _ => "other",
     };
@@ -203,13 +209,27 @@ async fn models(State(state): State<Shared>) -> impl IntoResponse {
     axum::Json(json!({"object": "list", "data": data}))
 }
 
-async fn usage(State(state): State<Shared>) -> impl IntoResponse {
+/// Without parameters: the live per-key, per-model view since the server started (latency
+/// percentiles included). With `from`, `to` or `group_by`: the durable ledger's report.
+async fn usage(
+    State(state): State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !q.is_empty() {
+        return ledger::usage(&caller, &state, &q, &headers).await;
+    }
     let book = &state.gateway.accounts.usage;
-    axum::Json(json!({
-        "object": "list",
-        "data": book.rows(),
-        "total_cost_usd": crate::llm::usage::picousd_to_usd(book.total_picousd()),
-    }))
+    let mut rows = book.rows();
+    let total_cost_usd = if caller.key.is_some() {
+        // A key sees its own rows only.
+        rows.retain(|r| r.key == caller.name);
+        rows.iter().map(|r| r.cost_usd).sum()
+    } else {
+        crate::llm::usage::picousd_to_usd(book.total_picousd())
+    };
+    axum::Json(json!({"object": "list", "data": rows, "total_cost_usd": total_cost_usd})).into_response()
 }
 
 async fn metrics(State(state): State<Shared>) -> impl IntoResponse {

@@ -114,14 +114,18 @@ where
     };
 
     let writer = tokio::spawn(writer);
-    tokio::select! {
-        _ = reader => {}
-        _ = session_cancel.cancelled() => {}
+    let mut actor = actor;
+    let client_left = tokio::select! {
+        _ = reader => true,
+        _ = session_cancel.cancelled() => false,
+    };
+    // The reader (and its sender) is gone. When the client left, the actor sees its inbound close
+    // and ends the session itself (recording why); otherwise, or if it does not, cancel it.
+    if !client_left || tokio::time::timeout(Duration::from_secs(2), &mut actor).await.is_err() {
+        session_cancel.cancel();
+        let _ = actor.await;
     }
-    // The client has gone (or the server stops): the reader (and its sender) is dropped; end the
-    // session and everything it started.
     session_cancel.cancel();
-    let _ = actor.await;
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
     metrics().add("voxgate_realtime_sessions_active", &[], -1.0);
 }

@@ -318,9 +318,14 @@ where
             }
         }
     }
+    // The actor sees its inbound close and ends the session itself; cancel it if it does not.
     drop(in_tx);
+    let mut actor = actor;
+    if tokio::time::timeout(Duration::from_secs(2), &mut actor).await.is_err() {
+        session_cancel.cancel();
+        let _ = actor.await;
+    }
     session_cancel.cancel();
-    let _ = actor.await;
     let _ = sink.send(close(1000, "call ended")).await;
     metrics.add("voxgate_realtime_sessions_active", &[], -1.0);
 }
