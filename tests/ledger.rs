@@ -1,15 +1,13 @@
 //! The usage ledger as the server will use it: sessions opened, metered, closed and queried;
 //! 1,000 concurrent sessions; a real SIGKILL mid-session; a read-only and a full ledger.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use voxgate::metering::ledger::Fault;
 use voxgate::metering::{
-    amount, billed_seconds, Amount, Clock, GroupBy, Ledger, LedgerError, LedgerOptions, ManualClock, RequestRecord, SessionQuery,
-    SessionStart, SystemClock, UsageQuery,
+    amount, Amount, Clock, GroupBy, Ledger, LedgerError, LedgerOptions, ManualClock, RequestRecord, SessionQuery, SessionStart, UsageQuery,
 };
 
 const RATE: u64 = 4_500_000;

@@ -225,8 +225,10 @@ fn wants_csv(headers: &HeaderMap) -> bool {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"))
 }
 
+/// (The refusal is a whole response; this runs once per request.)
 /// `from`/`to` as unix seconds, `YYYY-MM-DD` (UTC midnight) or `YYYY-MM-DDTHH:MM[:SS]Z`; default:
 /// from the epoch to now plus a day. `to` is exclusive.
+#[allow(clippy::result_large_err)]
 fn window(q: &HashMap<String, String>) -> Result<(i64, i64), Response> {
     let parse = |name: &str, default: i64| match q.get(name) {
         None => Ok(default),

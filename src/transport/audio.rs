@@ -198,7 +198,7 @@ const fn alaw_expand(code: u8) -> i16 {
 pub fn decode_to_pcm(format: AudioFormat, bytes: &[u8], out: &mut Vec<i16>) -> Result<(), AudioError> {
     match format {
         AudioFormat::Pcm16 { .. } => {
-            if bytes.len() % 2 != 0 {
+            if !bytes.len().is_multiple_of(2) {
                 return Err(AudioError::OddPcm16Length { len_bytes: bytes.len() });
             }
             out.reserve(bytes.len() / 2);
