@@ -42,24 +42,31 @@ fn find_program(names: &[&str]) -> String {
     panic!("none of {names:?} is installed: run ./.ci/setup (it installs Debian's chromium and chromium-driver)");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_draws_charts_from_a_few_sessions() {
+/// voxgate (fake engines, its own ledger) and chromedriver, each killed when dropped.
+struct Stack {
+    port: u16,
+    wd: String,
+    chromium: String,
+    _server: Killed,
+    _driver: Killed,
+}
+
+fn start_stack(what: &str) -> Stack {
     let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]);
     let driver = find_program(&["chromedriver"]);
-    let dir = env!("CARGO_MANIFEST_DIR");
     let port = free_port();
-    let _server = Killed(
+    let server = Killed(
         Command::new(env!("CARGO_BIN_EXE_voxgate"))
-            .current_dir(dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["serve", "--config", "tests/browser/voxgate.toml", "--listen", &format!("127.0.0.1:{port}")])
-            .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-dashboard-{}.sqlite", std::process::id())))
+            .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-{what}-{}.sqlite", std::process::id())))
             .env("VOXGATE_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
             .expect("voxgate starts"),
     );
     let driver_port = free_port();
-    let _driver = Killed(
+    let driver = Killed(
         Command::new(&driver)
             .arg(format!("--port={driver_port}"))
             .stdout(Stdio::null())
@@ -69,6 +76,51 @@ async fn the_dashboard_draws_charts_from_a_few_sessions() {
     );
     wait_for_port(port, "voxgate");
     wait_for_port(driver_port, "chromedriver");
+    Stack { port, wd: format!("http://127.0.0.1:{driver_port}"), chromium, _server: server, _driver: driver }
+}
+
+impl Stack {
+    /// A headless Chromium session with the flags this machine's closed network needs, plus `extra`;
+    /// returns the WebDriver session's base URL and the profile folder to remove afterwards.
+    async fn browser(&self, http: &reqwest::Client, what: &str, extra: &[String]) -> (String, std::path::PathBuf) {
+        let profile = std::env::temp_dir().join(format!("voxgate-chromium-{what}-{}", std::process::id()));
+        let mut args: Vec<String> = [
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.push(format!("--user-data-dir={}", profile.display()));
+        args.extend(extra.iter().cloned());
+        let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {"binary": self.chromium, "args": args}}}});
+        let created: Value = http.post(format!("{}/session", self.wd)).json(&capabilities).send().await.unwrap().json().await.unwrap();
+        let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {created}")).to_string();
+        (format!("{}/session/{session}", self.wd), profile)
+    }
+}
+
+/// Saves a screenshot of the WebDriver session as `target/test-artifacts/NAME` and returns its bytes.
+async fn screenshot(http: &reqwest::Client, base: &str, name: &str) -> Vec<u8> {
+    let shot: Value = http.get(format!("{base}/screenshot")).send().await.unwrap().json().await.unwrap();
+    let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let png = base64::engine::general_purpose::STANDARD.decode(shot["value"].as_str().unwrap_or_default()).unwrap_or_default();
+    std::fs::write(artifacts.join(name), &png).unwrap();
+    png
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_draws_charts_from_a_few_sessions() {
+    let stack = start_stack("dashboard");
+    let port = stack.port;
 
     // A few sessions with a turn each, and a standalone request.
     let http = reqwest::Client::new();
@@ -107,16 +159,7 @@ async fn the_dashboard_draws_charts_from_a_few_sessions() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    let wd = format!("http://127.0.0.1:{driver_port}");
-    let profile = std::env::temp_dir().join(format!("voxgate-chromium-dash-{}", std::process::id()));
-    let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-        "binary": chromium,
-        "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-            format!("--user-data-dir={}", profile.display()), "--window-size=1200,1000"]}}}});
-    let created: Value = http.post(format!("{wd}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
-    let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {created}")).to_string();
-    let base = format!("{wd}/session/{session}");
+    let (base, profile) = stack.browser(&http, "dashboard", &["--window-size=1200,1000".to_string()]).await;
     http.post(format!("{base}/url")).json(&json!({"url": format!("http://127.0.0.1:{port}/dashboard")})).send().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let state = loop {
@@ -136,11 +179,7 @@ async fn the_dashboard_draws_charts_from_a_few_sessions() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let screenshot: Value = http.get(format!("{base}/screenshot")).send().await.unwrap().json().await.unwrap();
-    let artifacts = std::path::Path::new(dir).join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let png = base64::engine::general_purpose::STANDARD.decode(screenshot["value"].as_str().unwrap_or_default()).unwrap_or_default();
-    std::fs::write(artifacts.join("dashboard.png"), &png).unwrap();
+    let png = screenshot(&http, &base, "dashboard.png").await;
     let _ = http.delete(&base).send().await;
     let _ = std::fs::remove_dir_all(&profile);
     assert!(png.starts_with(b"\x89PNG"));
@@ -152,49 +191,17 @@ async fn the_dashboard_draws_charts_from_a_few_sessions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_page_hears_the_microphone_and_plays_the_answer() {
-    let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]);
-    let driver = find_program(&["chromedriver"]);
-    let dir = env!("CARGO_MANIFEST_DIR");
-
-    let port = free_port();
-    let _server = Killed(
-        Command::new(env!("CARGO_BIN_EXE_voxgate"))
-            .current_dir(dir)
-            .args(["serve", "--config", "tests/browser/voxgate.toml", "--listen", &format!("127.0.0.1:{port}")])
-            .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-test-ledger-{}-{}.sqlite", std::process::id(), line!())))
-            .env("VOXGATE_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("voxgate starts"),
-    );
-    let driver_port = free_port();
-    let _driver = Killed(
-        Command::new(&driver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts"),
-    );
-    wait_for_port(port, "voxgate");
-    wait_for_port(driver_port, "chromedriver");
-
-    let wd = format!("http://127.0.0.1:{driver_port}");
+    let stack = start_stack("demo");
+    let (port, dir) = (stack.port, env!("CARGO_MANIFEST_DIR"));
     let http = reqwest::Client::new();
-    let profile = std::env::temp_dir().join(format!("voxgate-chromium-{}", std::process::id()));
-    let capabilities = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
-    "binary": chromium,
-    "args": [
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-        format!("--user-data-dir={}", profile.display()),
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    let extra = [
+        "--use-fake-ui-for-media-stream".to_string(),
+        "--use-fake-device-for-media-stream".to_string(),
         format!("--use-file-for-fake-audio-capture={dir}/fixtures/audio/table_booking.wav"),
-        "--autoplay-policy=no-user-gesture-required", "--window-size=1100,900"
-    ]}}}});
-    let created: Value = http.post(format!("{wd}/session")).json(&capabilities).send().await.unwrap().json().await.unwrap();
-    let session = created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no WebDriver session: {created}")).to_string();
-    let base = format!("{wd}/session/{session}");
+        "--autoplay-policy=no-user-gesture-required".to_string(),
+        "--window-size=1100,900".to_string(),
+    ];
+    let (base, profile) = stack.browser(&http, "demo", &extra).await;
     let script = |code: &str| json!({"script": code, "args": []});
 
     http.post(format!("{base}/url")).json(&json!({"url": format!("http://127.0.0.1:{port}/")})).send().await.unwrap();
@@ -223,11 +230,7 @@ async fn the_demo_page_hears_the_microphone_and_plays_the_answer() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
-    let screenshot: Value = http.get(format!("{base}/screenshot")).send().await.unwrap().json().await.unwrap();
-    let artifacts = std::path::Path::new(dir).join("target/test-artifacts");
-    std::fs::create_dir_all(&artifacts).unwrap();
-    let png = base64::engine::general_purpose::STANDARD.decode(screenshot["value"].as_str().unwrap_or_default()).unwrap_or_default();
-    std::fs::write(artifacts.join("demo-after-one-turn.png"), &png).unwrap();
+    let png = screenshot(&http, &base, "demo-after-one-turn.png").await;
     let _ = http.delete(&base).send().await;
     let _ = std::fs::remove_dir_all(&profile);
 
