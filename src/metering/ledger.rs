@@ -25,6 +25,13 @@ use super::{Clock, SystemClock};
 const COMMANDS_MAX: usize = 1024;
 /// At most this many rows from [`Ledger::sessions`].
 pub const SESSIONS_QUERY_MAX: usize = 10_000;
+
+/// Gateway requests written in one transaction at most.
+const REQUEST_BATCH_MAX: usize = 512;
+/// How long a gateway request may wait for others to share its transaction (and its sync). The
+/// caller never waits for it; a crash within this window loses at most these records' rows, as a
+/// crash before the write would.
+const REQUEST_BATCH_WAIT: Duration = Duration::from_millis(20);
 /// Sessions appear under this prefix and their protocol when usage is grouped by model.
 pub const SESSION_MODEL_GROUP_PREFIX: &str = "session:";
 /// The schema, one migration per version; version N has applied the first N.
@@ -778,11 +785,36 @@ impl Actor {
         ticks.tick().await; // the first tick is immediate
         let shutdown_reply = loop {
             tokio::select! {
-                command = rx.recv() => match command {
-                    Some(Command::Shutdown { reply }) => break Some(reply),
-                    Some(command) => self.handle(command),
-                    None => break None,
-                },
+                command = rx.recv() => {
+                    let Some(first) = command else { break None };
+                    // Gateway requests arrive by the thousand a second: the ones already queued are
+                    // written in one transaction (one sync) instead of one each.
+                    let mut next = Some(first);
+                    let mut batch = Vec::new();
+                    let mut stop = None;
+                    while let Some(command) = next.take() {
+                        match command {
+                            Command::Request { record, reply } => {
+                                batch.push((record, reply));
+                                if batch.len() < REQUEST_BATCH_MAX {
+                                    // Give more requests a moment to join this transaction; other
+                                    // commands arriving meanwhile are handled at once.
+                                    let wait = tokio::time::timeout(REQUEST_BATCH_WAIT, rx.recv());
+                                    next = wait.await.ok().flatten();
+                                }
+                            }
+                            Command::Shutdown { reply } => stop = Some(reply),
+                            other => {
+                                self.write_requests(std::mem::take(&mut batch));
+                                self.handle(other);
+                            }
+                        }
+                    }
+                    self.write_requests(batch);
+                    if let Some(reply) = stop {
+                        break Some(reply);
+                    }
+                }
                 _ = ticks.tick() => self.checkpoint(),
             }
         };
@@ -908,6 +940,33 @@ impl Actor {
 
     /// To the ledger if it can be written; otherwise to the fallback file at once and kept for
     /// retry. An error only when neither took it (it stays pending in memory).
+    /// Writes gateway requests in one transaction; if that fails, one by one (each to the fallback
+    /// file when it cannot be written).
+    fn write_requests(&mut self, batch: Vec<(RequestRecord, oneshot::Sender<Result<(), LedgerError>>)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let together = (|| -> rusqlite::Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            for (record, _) in &batch {
+                put_request(&tx, record)?;
+            }
+            tx.commit()
+        })();
+        match together {
+            Ok(()) => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(_) => {
+                for (record, reply) in batch {
+                    let _ = reply.send(self.write_or_fallback(FallbackLine::Request(record)));
+                }
+            }
+        }
+    }
+
     fn write_or_fallback(&mut self, line: FallbackLine) -> Result<(), LedgerError> {
         match put_line(&self.conn, &line) {
             Ok(_) => Ok(()),
