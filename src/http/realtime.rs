@@ -9,7 +9,7 @@
 //! session count is neither.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -157,8 +157,8 @@ async fn refuse_over_limit(mut socket: WebSocket, key: &str, limited: &Limited) 
     if let Ok(text) = serde_json::to_string(&error) {
         let _ = socket.send(Message::Text(Utf8Bytes::from(text))).await;
     }
-    let reason = close_reason(&format!("session limit: key {key:?} allows {} concurrent", limited.limit));
-    let _ = socket.send(Message::Close(Some(CloseFrame { code: 1008, reason: Utf8Bytes::from(reason) }))).await;
+    let reason = format!("session limit: key {key:?} allows {} concurrent", limited.limit);
+    let _ = socket.send(crate::transport::close_frame(1008, &reason)).await;
     // Let the client's close frame arrive (or the client go) before the socket is dropped.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         use futures::StreamExt;
@@ -169,15 +169,6 @@ async fn refuse_over_limit(mut socket: WebSocket, key: &str, limited: &Limited) 
         }
     })
     .await;
-}
-
-/// A close reason fits in 123 bytes; cut at a character boundary.
-pub(super) fn close_reason(reason: &str) -> String {
-    let mut reason = reason.to_string();
-    while reason.len() > 123 {
-        reason.pop();
-    }
-    reason
 }
 
 /// The caller from `Authorization: Bearer` or the browser subprotocol; anonymous without keys.

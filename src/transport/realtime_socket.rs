@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::extract::ws::{Message, Utf8Bytes};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -50,7 +50,7 @@ where
                     }
                 },
                 Outbound::Close { code, reason } => {
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))).await;
+                    let _ = sink.send(super::close_frame(code, &reason)).await;
                     return;
                 }
             };
@@ -59,7 +59,7 @@ where
             }
         }
         // The actor ended without a close of its own: the server is shutting down or the client left.
-        let _ = sink.send(Message::Close(Some(CloseFrame { code: 1001, reason: Utf8Bytes::from_static("session ended") }))).await;
+        let _ = sink.send(super::close_frame(1001, "session ended")).await;
     };
 
     let reader_session_id = session_id.clone();

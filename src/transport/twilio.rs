@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
+use axum::extract::ws::{Message, Utf8Bytes};
 use base64::Engine as _;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
@@ -148,7 +148,7 @@ where
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "twilio stream refused");
-            let _ = sink.send(close(1008, &e.to_string())).await;
+            let _ = sink.send(super::close_frame(1008, &e.to_string())).await;
             return;
         }
     };
@@ -184,7 +184,7 @@ where
                 let event = match out {
                     Outbound::Event(e) => *e,
                     Outbound::Close { code, reason } => {
-                        let _ = sink.send(close(code, &reason)).await;
+                        let _ = sink.send(super::close_frame(code, &reason)).await;
                         break;
                     }
                 };
@@ -262,7 +262,7 @@ where
                     Ok(v) => v,
                     Err(e) => {
                         warn!(%session_id, error = %e, "twilio call: not a Twilio frame; closing");
-                        let _ = sink.send(close(1003, &format!("not a Twilio Media Streams frame: {e}"))).await;
+                        let _ = sink.send(super::close_frame(1003, &format!("not a Twilio Media Streams frame: {e}"))).await;
                         break;
                     }
                 };
@@ -326,7 +326,7 @@ where
         let _ = actor.await;
     }
     session_cancel.cancel();
-    let _ = sink.send(close(1000, "call ended")).await;
+    let _ = sink.send(super::close_frame(1000, "call ended")).await;
     metrics.add("voxgate_realtime_sessions_active", &[], -1.0);
 }
 
@@ -412,13 +412,4 @@ fn phone_session(params: &HashMap<String, String>) -> Session {
         }),
         ..Session::default()
     }
-}
-
-fn close(code: u16, reason: &str) -> Message {
-    // A close reason is at most 123 bytes.
-    let mut reason = reason.to_string();
-    while reason.len() > 120 {
-        reason.pop();
-    }
-    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
 }
