@@ -149,6 +149,7 @@ pub async fn gateway(rates: &[u32], duration: Duration) -> anyhow::Result<String
         .args(["serve", "--config"])
         .arg(&config_path)
         .env("VOXGATE_LOG", "warn")
+        .env("VOXGATE_LEDGER", dir.join(format!("ledger-{port}.sqlite")))
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().unwrap_or(0);

@@ -24,7 +24,7 @@ fn serve(models_dir: &std::path::Path) -> Server {
     std::fs::create_dir_all(&cwd).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_voxgate"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-test-ledger-{}-{}.sqlite", std::process::id(), line!())))
+        .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-test-ledger-{}-{}.sqlite", std::process::id(), port)))
         .current_dir(&cwd)
         .env("VOXGATE_MODELS_DIR", models_dir)
         .env("VOXGATE_LOG", "warn")
@@ -33,9 +33,13 @@ fn serve(models_dir: &std::path::Path) -> Server {
         .env_remove("GEMINI_API_KEY")
         .spawn()
         .expect("voxgate starts");
+    let mut child = child;
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return Server(child, port);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("voxgate exited before listening ({status}); its stderr is above");
         }
         std::thread::sleep(Duration::from_millis(50));
     }

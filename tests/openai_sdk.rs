@@ -13,7 +13,7 @@ fn the_openai_python_sdk_works_against_voxgate() {
     let dir = env!("CARGO_MANIFEST_DIR");
     let mut server = Command::new(env!("CARGO_BIN_EXE_voxgate"))
         .args(["serve", "--config", &format!("{dir}/tests/sdk/voxgate.toml"), "--listen", &format!("127.0.0.1:{port}")])
-        .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-test-ledger-{}-{}.sqlite", std::process::id(), line!())))
+        .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-test-ledger-{}-{}.sqlite", std::process::id(), port)))
         .env("VOXGATE_API_KEY", "vk-sdk-test")
         .env("VOXGATE_LOG", "warn")
         .spawn()

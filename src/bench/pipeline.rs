@@ -462,6 +462,8 @@ impl Child {
             .args(["serve", "--config"])
             .arg(&config_path)
             .env("VOXGATE_LOG", "warn")
+            // Its own ledger: not the one of a server running from the same folder.
+            .env("VOXGATE_LEDGER", dir.join(format!("ledger-{port}.sqlite")))
             .kill_on_drop(true)
             .spawn()?;
         let pid = child.id().unwrap_or(0);

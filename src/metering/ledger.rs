@@ -89,6 +89,10 @@ pub enum LedgerError {
     Io(#[from] std::io::Error),
     #[error("usage ledger: {0}")]
     Schema(String),
+    /// Another process holds the ledger: two servers writing one ledger would each take the
+    /// other's open sessions for a crash's leftovers and close them as `recovered`.
+    #[error("the usage ledger {0} is in use by another voxgate process; give each server its own ledger ([metering] ledger or VOXGATE_LEDGER)")]
+    InUse(String),
 }
 
 impl LedgerError {
@@ -101,6 +105,7 @@ impl LedgerError {
             LedgerError::Sqlite(_) => "sqlite",
             LedgerError::Io(_) => "io",
             LedgerError::Schema(_) => "schema",
+            LedgerError::InUse(_) => "in_use",
         }
     }
 }
@@ -596,6 +601,9 @@ struct Pending {
 /// The ledger thread's state.
 struct Actor {
     conn: Connection,
+    /// An exclusive lock on `<ledger>.lock`, held while the ledger is open (released by the OS
+    /// when the process dies, so a crash never leaves it locked).
+    _lock: std::fs::File,
     fallback_path: PathBuf,
     clock: Arc<dyn Clock>,
     open: HashMap<String, OpenSession>,
@@ -611,9 +619,6 @@ fn u(v: i64) -> u64 {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, LedgerError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     let conn = Connection::open(path).map_err(|e| LedgerError::Unavailable(unwritable(&e)))?;
     conn.busy_timeout(Duration::from_secs(5))?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(|e| LedgerError::Unavailable(unwritable(&e)))?;
@@ -627,10 +632,27 @@ fn open_connection(path: &Path) -> Result<Connection, LedgerError> {
     Ok(conn)
 }
 
+/// Takes `<ledger>.lock` for this process, or says who has it.
+fn lock_ledger(path: &Path) -> Result<std::fs::File, LedgerError> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&name)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LedgerError::InUse(path.display().to_string())),
+        Err(std::fs::TryLockError::Error(e)) => Err(LedgerError::Io(e)),
+    }
+}
+
+/// Brings the schema up to date in one write transaction: the version is read under the same
+/// lock that applies the migrations, so two openers never both apply one.
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| LedgerError::Unavailable(unwritable(&e)))?;
-    let version: i64 = conn.query_row("SELECT coalesce(max(version), 0) FROM schema_version", [], |r| r.get(0))?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(|e| LedgerError::Unavailable(unwritable(&e)))?;
+    let version: i64 = tx.query_row("SELECT coalesce(max(version), 0) FROM schema_version", [], |r| r.get(0))?;
     let version = usize::try_from(version).unwrap_or(usize::MAX);
     if version > MIGRATIONS.len() {
         return Err(LedgerError::Schema(format!(
@@ -639,11 +661,10 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
         )));
     }
     for (n, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         tx.execute_batch(sql)?;
         tx.execute("INSERT INTO schema_version (version) VALUES (?1)", [n as i64 + 1])?;
-        tx.commit()?;
     }
+    tx.commit()?;
     Ok(())
 }
 
@@ -766,11 +787,16 @@ fn sync_dir(path: &Path) {
 
 impl Actor {
     fn start(options: &LedgerOptions) -> Result<(Actor, RecoveryReport), LedgerError> {
+        if let Some(dir) = options.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let lock = lock_ledger(&options.path)?;
         let mut conn = open_connection(&options.path)?;
         migrate(&mut conn)?;
         let report = recover(&mut conn, &options.fallback_path)?;
         let actor = Actor {
             conn,
+            _lock: lock,
             fallback_path: options.fallback_path.clone(),
             clock: options.clock.clone(),
             open: HashMap::new(),
@@ -1279,6 +1305,33 @@ mod tests {
         assert!(matches!(ledger.open_session(start("a")).await, Err(LedgerError::Duplicate(_))));
         ledger.shutdown().await;
         assert!(matches!(ledger.session("a").await, Err(LedgerError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_second_server_on_the_same_ledger_is_refused_until_the_first_shuts_down() {
+        let d = dir("in-use");
+        let clock = Arc::new(ManualClock::new(0));
+        let (first, _) = open(&d, clock.clone()).await;
+        let live = first.open_session(start("live")).await.unwrap();
+        let options = || LedgerOptions {
+            path: d.join("ledger.sqlite"),
+            fallback_path: d.join("ledger.fallback.jsonl"),
+            checkpoint_every: Duration::from_secs(3600),
+            clock: clock.clone(),
+        };
+        let err = Ledger::open_with(options()).await.unwrap_err();
+        assert!(matches!(err, LedgerError::InUse(_)), "{err}");
+        assert!(err.to_string().contains("another voxgate process"), "{err}");
+        // The refused opener did not take the live session for a crash's leftover.
+        clock.advance_ms(3_000);
+        live.close("closed").await;
+        let r = first.session("live").await.unwrap().unwrap();
+        assert_eq!(r.close_reason.as_deref(), Some("closed"));
+        first.shutdown().await;
+        let (second, report) = Ledger::open_with(options()).await.unwrap();
+        assert!(report.recovered_sessions.is_empty());
+        assert_eq!(second.session("live").await.unwrap().unwrap().billed_seconds, 3);
+        second.shutdown().await;
     }
 
     #[tokio::test]
