@@ -169,6 +169,41 @@ async fn a_thousand_concurrent_one_second_sessions_leave_a_thousand_records() {
     ledger.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_recorded_without_waiting_are_all_seen_by_queries_and_all_written_by_shutdown() {
+    let d = temp_dir("nowait");
+    let clock = Arc::new(ManualClock::new(T0));
+    let (ledger, _) = open(&d, clock.clone()).await;
+    // More than one batch's worth, from several tasks at once.
+    let tasks: Vec<_> = (0..4)
+        .map(|t| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                for n in 0..400 {
+                    ledger.record_request_nowait(request(&format!("req_{t}_{n}"), &format!("k{t}"), "gpt-4o-mini", T0, 10));
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // A query asked after the records were handed over sees every one of them.
+    let q = UsageQuery { from_ms: 0, to_ms: i64::MAX, group_by: GroupBy::Key };
+    let usage = ledger.usage(q.clone()).await.unwrap();
+    assert_eq!(usage.iter().map(|r| (r.group.as_str(), r.requests)).collect::<Vec<_>>(), [("k0", 400), ("k1", 400), ("k2", 400), ("k3", 400)]);
+    // Records handed over just before shutdown are written by it.
+    for n in 0..10 {
+        ledger.record_request_nowait(request(&format!("late_{n}"), "k9", "gpt-4o-mini", T0, 10));
+    }
+    ledger.shutdown().await;
+    let (ledger, _) = open(&d, clock).await;
+    let usage = ledger.usage(q).await.unwrap();
+    assert_eq!(usage.iter().map(|r| r.requests).sum::<u64>(), 1_610);
+    assert_eq!(usage.iter().map(|r| r.request_cost_picousd).sum::<u64>(), 16_100);
+    ledger.shutdown().await;
+}
+
 // Recovery after SIGKILL is tested on the real server in tests/metering_http.rs
 // (`a_server_killed_with_sigkill_bills_its_open_sessions_once_as_recovered`).
 

@@ -333,7 +333,30 @@ enum Command {
 #[derive(Clone)]
 pub struct Ledger {
     tx: mpsc::Sender<Command>,
+    requests: Arc<RequestBuffer>,
     clock: Arc<dyn Clock>,
+}
+
+/// Gateway requests waiting for the ledger thread. The gateway's hot path only pushes under an
+/// uncontended lock; the ledger thread is woken once per batch (when the buffer stops being
+/// empty, and again if it fills), not once per request: at thousands of requests a second the
+/// wake-ups, not the inserts, were what other requests waited behind.
+struct RequestBuffer {
+    rows: std::sync::Mutex<RequestRows>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct RequestRows {
+    rows: Vec<RequestRecord>,
+    /// Set when the ledger thread has finished: later records cannot be written.
+    closed: bool,
+}
+
+impl RequestBuffer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RequestRows> {
+        self.rows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for Ledger {
@@ -359,8 +382,11 @@ impl Ledger {
         let (tx, rx) = mpsc::channel(COMMANDS_MAX);
         let (ready_tx, ready_rx) = oneshot::channel();
         let clock = options.clock.clone();
+        let requests = Arc::new(RequestBuffer { rows: Default::default(), wake: tokio::sync::Notify::new() });
+        let buffer = requests.clone();
         std::thread::Builder::new().name("ledger".into()).spawn(move || {
-            let actor = match Actor::start(&options) {
+            lower_priority();
+            let actor = match Actor::start(&options, buffer) {
                 Ok((actor, report)) => {
                     let _ = ready_tx.send(Ok(report));
                     actor
@@ -379,7 +405,7 @@ impl Ledger {
             }
         })?;
         let report = ready_rx.await.map_err(|_| LedgerError::Closed)??;
-        Ok((Ledger { tx, clock }, report))
+        Ok((Ledger { tx, requests, clock }, report))
     }
 
     /// The ledger's clock, for stamping [`RequestRecord::ts_ms`].
@@ -396,9 +422,17 @@ impl Ledger {
     /// Records a gateway call without waiting for the write (the gateway's hot path): a record
     /// the ledger cannot write still goes to the fallback file, and a full queue is logged.
     pub fn record_request_nowait(&self, record: RequestRecord) {
-        let (reply, _) = oneshot::channel();
-        if let Err(e) = self.tx.try_send(Command::Request { record, reply }) {
-            tracing::error!(error = %e, "ledger queue full: a gateway request was not recorded");
+        let wake = {
+            let mut buffer = self.requests.lock();
+            if buffer.closed {
+                tracing::error!(request_id = %record.id, "the ledger has shut down: a gateway request was not recorded");
+                return;
+            }
+            buffer.rows.push(record);
+            buffer.rows.len() == 1 || buffer.rows.len() == REQUEST_BATCH_MAX
+        };
+        if wake {
+            self.requests.wake.notify_one();
         }
     }
 
@@ -604,6 +638,7 @@ struct Actor {
     /// An exclusive lock on `<ledger>.lock`, held while the ledger is open (released by the OS
     /// when the process dies, so a crash never leaves it locked).
     _lock: std::fs::File,
+    requests: Arc<RequestBuffer>,
     fallback_path: PathBuf,
     clock: Arc<dyn Clock>,
     open: HashMap<String, OpenSession>,
@@ -630,6 +665,20 @@ fn open_connection(path: &Path) -> Result<Connection, LedgerError> {
     // last commits (an opening row, a final record) on power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
+}
+
+/// Gives the calling thread a lower scheduling priority (nice 10), so that writing the ledger
+/// never delays a request or an audio frame on a busy machine: the ledger's work is not urgent
+/// (sessions wait for it only when they open and close), it is only owed eventually.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id, no pointers involved.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+        if done != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "the ledger thread keeps its priority");
+        }
+    }
 }
 
 /// Takes `<ledger>.lock` for this process, or says who has it.
@@ -726,23 +775,28 @@ fn put_session(conn: &Connection, s: &SessionRecord) -> rusqlite::Result<usize> 
     ])
 }
 
-fn put_request(conn: &Connection, r: &RequestRecord) -> rusqlite::Result<usize> {
-    conn.prepare(
-        "INSERT OR IGNORE INTO requests (id, ts_ms, key_id, model, outcome, input_tokens, output_tokens, cached_tokens, cost_picousd, \
-         latency_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        r.id,
+const INSERT_REQUEST: &str = "INSERT OR IGNORE INTO requests (id, ts_ms, key_id, model, outcome, input_tokens, output_tokens, \
+     cached_tokens, cost_picousd, latency_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+type RequestRow<'a> = (&'a str, i64, &'a str, &'a str, &'a str, i64, i64, i64, i64, i64);
+
+fn request_row(r: &RequestRecord) -> RequestRow<'_> {
+    (
+        &r.id,
         r.ts_ms,
-        r.key_id,
-        r.model,
-        r.outcome,
+        &r.key_id,
+        &r.model,
+        &r.outcome,
         i(r.input_tokens),
         i(r.output_tokens),
         i(r.cached_tokens),
         i(r.cost_picousd),
-        i(r.latency_ms)
-    ])
+        i(r.latency_ms),
+    )
+}
+
+fn put_request(conn: &Connection, r: &RequestRecord) -> rusqlite::Result<usize> {
+    conn.prepare(INSERT_REQUEST)?.execute(request_row(r))
 }
 
 fn put_line(conn: &Connection, line: &FallbackLine) -> rusqlite::Result<usize> {
@@ -786,7 +840,7 @@ fn sync_dir(path: &Path) {
 }
 
 impl Actor {
-    fn start(options: &LedgerOptions) -> Result<(Actor, RecoveryReport), LedgerError> {
+    fn start(options: &LedgerOptions, requests: Arc<RequestBuffer>) -> Result<(Actor, RecoveryReport), LedgerError> {
         if let Some(dir) = options.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;
         }
@@ -797,6 +851,7 @@ impl Actor {
         let actor = Actor {
             conn,
             _lock: lock,
+            requests,
             fallback_path: options.fallback_path.clone(),
             clock: options.clock.clone(),
             open: HashMap::new(),
@@ -809,37 +864,27 @@ impl Actor {
         let mut ticks = tokio::time::interval(checkpoint_every.max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // the first tick is immediate
+        // When the buffered gateway requests are written: REQUEST_BATCH_WAIT after the first one
+        // arrived, so the work comes in small, even slices (one transaction, one sync each).
+        let mut flush_at: Option<tokio::time::Instant> = None;
         let shutdown_reply = loop {
             tokio::select! {
-                command = rx.recv() => {
-                    let Some(first) = command else { break None };
-                    // Gateway requests arrive by the thousand a second: the ones already queued are
-                    // written in one transaction (one sync) instead of one each.
-                    let mut next = Some(first);
-                    let mut batch = Vec::new();
-                    let mut stop = None;
-                    while let Some(command) = next.take() {
-                        match command {
-                            Command::Request { record, reply } => {
-                                batch.push((record, reply));
-                                if batch.len() < REQUEST_BATCH_MAX {
-                                    // Give more requests a moment to join this transaction; other
-                                    // commands arriving meanwhile are handled at once.
-                                    let wait = tokio::time::timeout(REQUEST_BATCH_WAIT, rx.recv());
-                                    next = wait.await.ok().flatten();
-                                }
-                            }
-                            Command::Shutdown { reply } => stop = Some(reply),
-                            other => {
-                                self.write_requests(std::mem::take(&mut batch));
-                                self.handle(other);
-                            }
-                        }
+                command = rx.recv() => match command {
+                    None => break None,
+                    Some(Command::Shutdown { reply }) => break Some(reply),
+                    Some(command) => self.handle(command),
+                },
+                () = self.requests.wake.notified() => {
+                    if self.requests.lock().rows.len() >= REQUEST_BATCH_MAX {
+                        flush_at = None;
+                        self.write_requests();
+                    } else {
+                        flush_at.get_or_insert_with(|| tokio::time::Instant::now() + REQUEST_BATCH_WAIT);
                     }
-                    self.write_requests(batch);
-                    if let Some(reply) = stop {
-                        break Some(reply);
-                    }
+                }
+                () = tokio::time::sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                    flush_at = None;
+                    self.write_requests();
                 }
                 _ = ticks.tick() => self.checkpoint(),
             }
@@ -853,6 +898,8 @@ impl Actor {
     }
 
     fn handle(&mut self, command: Command) {
+        // Buffered requests first: a query sees every request recorded before it was asked.
+        self.write_requests();
         match command {
             Command::Open { start, counters, reply } => {
                 let _ = reply.send(self.open_session(start, counters));
@@ -968,27 +1015,29 @@ impl Actor {
     /// retry. An error only when neither took it (it stays pending in memory).
     /// Writes gateway requests in one transaction; if that fails, one by one (each to the fallback
     /// file when it cannot be written).
-    fn write_requests(&mut self, batch: Vec<(RequestRecord, oneshot::Sender<Result<(), LedgerError>>)>) {
+    /// Writes the buffered gateway requests in one transaction; if that fails, one by one (each
+    /// to the fallback file when it cannot be written).
+    fn write_requests(&mut self) {
+        let batch = std::mem::take(&mut self.requests.lock().rows);
         if batch.is_empty() {
             return;
         }
         let together = (|| -> rusqlite::Result<()> {
             let tx = self.conn.unchecked_transaction()?;
-            for (record, _) in &batch {
-                put_request(&tx, record)?;
+            {
+                // One statement for the batch: preparing costs more than executing.
+                let mut insert = tx.prepare(INSERT_REQUEST)?;
+                for record in &batch {
+                    insert.execute(request_row(record))?;
+                }
             }
             tx.commit()
         })();
-        match together {
-            Ok(()) => {
-                for (_, reply) in batch {
-                    let _ = reply.send(Ok(()));
-                }
-            }
-            Err(_) => {
-                for (record, reply) in batch {
-                    let _ = reply.send(self.write_or_fallback(FallbackLine::Request(record)));
-                }
+        if together.is_err() {
+            for record in batch {
+                // A record neither the ledger nor the fallback file took stays pending and is
+                // retried at every checkpoint.
+                let _ = self.write_or_fallback(FallbackLine::Request(record));
             }
         }
     }
@@ -1165,6 +1214,8 @@ impl Actor {
     /// Shutdown: sessions still open end now (`shutdown`), pending records get a last try, and
     /// whatever still cannot be written is in the fallback file.
     fn finish(mut self) {
+        self.requests.lock().closed = true;
+        self.write_requests();
         self.close_dropped();
         let now = self.clock.now_unix_ms();
         let ids: Vec<String> = self.open.keys().cloned().collect();
