@@ -42,7 +42,7 @@ pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) ->
         })
     });
     let state2 = state.clone();
-    ws.on_upgrade(move |socket| async move {
+    ws.read_buffer_size(crate::transport::WS_READ_BUFFER_BYTES).on_upgrade(move |socket| async move {
         let tracker = state2.sessions.clone();
         let call = twilio::serve(socket, state2.voice.clone(), admit, state2.sessions_cancel.clone());
         tracker

@@ -103,7 +103,8 @@ pub async fn upgrade(
     };
     let max_message = state.voice.settings.max_event_bytes.saturating_mul(4).saturating_add(64 * 1024);
     let state2 = state.clone();
-    ws.protocols(["realtime"]).max_message_size(max_message).max_frame_size(max_message).on_upgrade(move |socket| async move {
+    let ws = ws.protocols(["realtime"]).read_buffer_size(crate::transport::WS_READ_BUFFER_BYTES);
+    ws.max_message_size(max_message).max_frame_size(max_message).on_upgrade(move |socket| async move {
         let key_slot = match key_slot {
             Ok(s) => s,
             Err(limited) => {

@@ -15,8 +15,7 @@ use crate::metering::ledger::SessionMeter;
 use crate::session::{run_session, Inbound, Outbound, SessionStart, VoiceEngines};
 use crate::transport::realtime::{parse_client_event, ClientEvent, RealtimeError};
 
-/// Client events waiting for the actor. Audio beyond it is dropped (and counted), other events wait.
-const INBOUND_CAPACITY: usize = 256;
+use crate::transport::{push_audio, INBOUND_CAPACITY};
 /// Outbound events waiting for the socket; the actor closes a session whose client leaves this many unread.
 const OUTBOUND_CAPACITY: usize = 1024;
 
@@ -99,13 +98,8 @@ where
                 Err(e) => Inbound::Invalid(e.to_realtime_error()),
             };
             if matches!(&inbound, Inbound::Event(ClientEvent::InputAudioBufferAppend(_))) {
-                // Real-time audio never blocks the reader: a full queue drops the frame, counted.
-                match in_tx.try_send(inbound) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        metrics().inc("voxgate_audio_frames_dropped_total", &[("stage", "input")]);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                if !push_audio(&in_tx, inbound, metrics()).await {
+                    return;
                 }
             } else if in_tx.send(inbound).await.is_err() {
                 return;

@@ -159,7 +159,7 @@ where
     let metrics = &accounts.metrics;
     metrics.add("voxgate_realtime_sessions_active", &[], 1.0);
 
-    let (in_tx, in_rx) = mpsc::channel(256);
+    let (in_tx, in_rx) = mpsc::channel(super::INBOUND_CAPACITY);
     let (out_tx, mut out_rx) = mpsc::channel(1024);
     let session_cancel = cancel.child_token();
     let actor = tokio::spawn(run_session(engines.clone(), session_start, meter, in_rx, out_tx, session_cancel.clone()));
@@ -280,6 +280,8 @@ where
                             continue;
                         }
                         let append = ClientEvent::InputAudioBufferAppend(InputAudioBufferAppend { event_id: None, audio: media.payload });
+                        // Twilio sends at real time, and this loop also paces the outbound audio:
+                        // a full queue (the actor behind real time) drops the frame, counted.
                         if in_tx.try_send(Inbound::Event(append)).is_err() {
                             metrics.inc("voxgate_audio_frames_dropped_total", &[("stage", "input")]);
                         }
