@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use super::{BoxFuture, TextToSpeech, TtsError};
 
 /// Tone frequency and amplitude: quiet, but with real energy for a VAD or level meter.
-const TONE_HZ: f64 = 220.0;
+const TONE_HZ: u32 = 220;
 const TONE_AMPLITUDE: f64 = 2_000.0;
 
 /// How the fake speaks.
@@ -38,13 +38,23 @@ impl Default for FakeTtsSettings {
 #[derive(Debug, Clone)]
 pub struct FakeTts {
     settings: FakeTtsSettings,
+    /// Whole periods of the tone (`rate / gcd(rate, 220)` samples), computed once: a benchmark
+    /// with hundreds of sessions must measure the pipeline, not the fake's `sin` calls.
+    tone: std::sync::Arc<[i16]>,
 }
 
 impl FakeTts {
     pub fn new(settings: FakeTtsSettings) -> Self {
         let rate_hz = settings.rate_hz.max(1_000);
         let frame_ms = settings.frame_ms.max(1);
-        FakeTts { settings: FakeTtsSettings { rate_hz, frame_ms, ..settings } }
+        let (mut a, mut b) = (rate_hz, TONE_HZ);
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        let tone = (0..rate_hz / a)
+            .map(|k| (TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * f64::from(TONE_HZ) * f64::from(k) / f64::from(rate_hz)).sin()) as i16)
+            .collect();
+        FakeTts { settings: FakeTtsSettings { rate_hz, frame_ms, ..settings }, tone }
     }
 
     /// How many samples `text` becomes: `ms_per_char` per non-whitespace character, at least one
@@ -95,7 +105,7 @@ impl TextToSpeech for FakeTts {
         let ttfb_ms = script.slow_ms.unwrap_or(self.settings.ttfb_ms);
         let total = self.samples_for(&text);
         let frame_len = self.frame_len();
-        let rate_hz = f64::from(self.settings.rate_hz);
+        let tone = self.tone.clone();
         Box::pin(async move {
             if script.error {
                 return Err(TtsError::Engine(format!("scripted failure for voice {:?}", voice.unwrap_or_default())));
@@ -106,9 +116,7 @@ impl TextToSpeech for FakeTts {
             let mut sent = 0;
             while sent < total {
                 let len = frame_len.min(total - sent);
-                let frame = (sent..sent + len)
-                    .map(|k| (TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * TONE_HZ * k as f64 / rate_hz).sin()) as i16)
-                    .collect();
+                let frame = (sent..sent + len).map(|k| tone[k % tone.len()]).collect();
                 if audio.send(frame).await.is_err() {
                     // The listener hung up (barge-in): nothing left to do.
                     return Ok(());
