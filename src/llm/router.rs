@@ -286,7 +286,7 @@ impl Gateway {
                             self.count_attempts(&attempts);
                             let ttft = began.elapsed();
                             let fell_back = attempts.len() > 1;
-                            let id = format!("chatcmpl-{}", super::ids::random_suffix());
+                            let id = format!("chatcmpl-{}", super::ids::time_ordered_suffix());
                             return Ok(Answer {
                                 id: id.clone(),
                                 created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
@@ -395,7 +395,7 @@ impl Gateway {
         });
         if let (false, Some(sink)) = (in_session, self.accounts.sink.get()) {
             sink(FinishedRequest {
-                id: format!("chatcmpl-{}", super::ids::random_suffix()),
+                id: format!("chatcmpl-{}", super::ids::time_ordered_suffix()),
                 key: key.to_string(),
                 model: requested.to_string(),
                 outcome: Outcome::Error,
