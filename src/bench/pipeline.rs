@@ -289,7 +289,31 @@ struct TurnState {
 }
 
 /// One client: connect at `start`, stream until `end`, measuring every turn.
-async fn run_client(url: Arc<str>, frames: Arc<Frames>, holdback_16k: u64, epoch: Instant, start: Instant, end: Instant) -> SessionReport {
+/// Where in the 20 ms frame period client `i`'s frames go out: spread over the period by the
+/// golden-ratio sequence, as independent callers' clocks would be. (Starting sessions 20 ms apart
+/// would otherwise put every client on one phase: all their frames at once, every 20 ms.)
+fn frame_phase(i: usize) -> Duration {
+    let golden = (5f64.sqrt() - 1.0) / 2.0;
+    Duration::from_millis(FRAME_MS).mul_f64((i as f64 * golden).fract())
+}
+
+/// The first instant at or after `now` that lies `phase` into a frame period counted from `epoch`.
+fn next_on_phase(epoch: Instant, now: Instant, phase: Duration) -> Instant {
+    let period = Duration::from_millis(FRAME_MS).as_nanos();
+    let into = now.duration_since(epoch).as_nanos() % period;
+    let wait = (phase.as_nanos() + period - into) % period;
+    now + Duration::from_nanos(wait as u64)
+}
+
+async fn run_client(
+    url: Arc<str>,
+    frames: Arc<Frames>,
+    holdback_16k: u64,
+    epoch: Instant,
+    start: Instant,
+    phase: Duration,
+    end: Instant,
+) -> SessionReport {
     let mut report = SessionReport::default();
     sleep_until(start).await;
     let mut ws = match connect(&url).await {
@@ -303,7 +327,7 @@ async fn run_client(url: Arc<str>, frames: Arc<Frames>, holdback_16k: u64, epoch
     let began = Instant::now();
     let engines = EngineTimes::bench();
     let silence_ms = engines.silence_ms as u64;
-    let mut ticker = tokio::time::interval(Duration::from_millis(FRAME_MS));
+    let mut ticker = tokio::time::interval_at(next_on_phase(epoch, Instant::now(), phase), Duration::from_millis(FRAME_MS));
     // A late client sends the frames it owes at once, as a phone line's buffered audio would: the
     // audio clock stays on the wall clock and the offered load does not shrink when the host is busy.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -584,7 +608,7 @@ async fn load(
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let start = epoch + ramp.mul_f64(i as f64 / n as f64);
-            tokio::spawn(run_client(url.clone(), frames.clone(), holdback_16k, epoch, start, end))
+            tokio::spawn(run_client(url.clone(), frames.clone(), holdback_16k, epoch, start, frame_phase(i), end))
         })
         .collect();
     let rss_loaded = {
@@ -705,6 +729,20 @@ async fn load(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn clients_frame_clocks_are_spread_over_the_period() {
+        let epoch = Instant::now();
+        let mut phases: Vec<Duration> = (0..500).map(frame_phase).collect();
+        phases.sort();
+        let widest_gap = phases.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+        assert!(phases[0] < Duration::from_micros(100) && phases[499] > Duration::from_micros(19_900));
+        assert!(widest_gap < Duration::from_micros(100), "{widest_gap:?}");
+        for (now_ms, phase_us, want_us) in [(0u64, 5_000u64, 5_000u64), (7, 5_000, 25_000), (20, 0, 20_000), (41, 19_999, 59_999)] {
+            let at = next_on_phase(epoch, epoch + Duration::from_millis(now_ms), Duration::from_micros(phase_us));
+            assert_eq!(at.duration_since(epoch), Duration::from_micros(want_us), "now {now_ms} ms, phase {phase_us} µs");
+        }
+    }
     use super::*;
 
     #[test]
