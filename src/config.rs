@@ -82,6 +82,8 @@ pub struct RawStt {
     pub transcripts: Vec<String>,
     /// fake: delay from the end of an utterance to its final transcript (default 0).
     pub latency_ms: Option<u64>,
+    /// fake: wait with a precise timer thread instead of tokio's 1 ms timer (benchmarks).
+    pub precise_timing: Option<bool>,
 }
 
 /// `[tts]`: the text-to-speech engine voice sessions use.
@@ -100,6 +102,8 @@ pub struct RawTts {
     pub ttfb_ms: Option<u64>,
     /// fake: audio length per non-blank character (default 60).
     pub ms_per_char: Option<u32>,
+    /// fake: wait with a precise timer thread instead of tokio's 1 ms timer (benchmarks).
+    pub precise_timing: Option<bool>,
 }
 
 /// `[realtime]`: limits of `/v1/realtime` sessions.
@@ -289,6 +293,7 @@ pub enum SttConfig {
         script: Vec<PathBuf>,
         transcripts: Vec<String>,
         latency_ms: u64,
+        precise_timing: bool,
     },
     /// Whisper from `models_dir`. `explicit`: named in the config (a missing model is an error at
     /// start) rather than the default (a missing model leaves sessions without speech input, with a warning).
@@ -306,6 +311,7 @@ pub enum TtsConfig {
     Fake {
         ttfb_ms: u64,
         ms_per_char: u32,
+        precise_timing: bool,
     },
     /// The Piper voice from `models_dir`; by default, espeak-ng when the voice is missing.
     Embedded {
@@ -511,6 +517,7 @@ impl Config {
                 script: user.stt.script.clone(),
                 transcripts: user.stt.transcripts.clone(),
                 latency_ms: user.stt.latency_ms.unwrap_or(0),
+                precise_timing: user.stt.precise_timing.unwrap_or(false),
             },
             other => {
                 return Err(ConfigError::Invalid(format!(
@@ -524,7 +531,11 @@ impl Config {
                 TtsConfig::Embedded { explicit: e == "embedded", workers: user.tts.workers.unwrap_or(1).max(1) }
             }
             "espeak" => TtsConfig::Espeak { voice: user.tts.voice.clone().unwrap_or_else(|| "en-us".to_string()) },
-            "fake" => TtsConfig::Fake { ttfb_ms: user.tts.ttfb_ms.unwrap_or(0), ms_per_char: user.tts.ms_per_char.unwrap_or(60).max(1) },
+            "fake" => TtsConfig::Fake {
+                ttfb_ms: user.tts.ttfb_ms.unwrap_or(0),
+                ms_per_char: user.tts.ms_per_char.unwrap_or(60).max(1),
+                precise_timing: user.tts.precise_timing.unwrap_or(false),
+            },
             other => {
                 return Err(ConfigError::Invalid(format!(
                     "tts.engine = {other:?} is not an engine; use \"embedded\", \"espeak\", \"fake\" or \"none\""

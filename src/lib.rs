@@ -17,6 +17,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod fake_clock;
 pub mod http;
 pub mod llm;
 pub mod metering;

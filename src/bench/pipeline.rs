@@ -54,6 +54,10 @@ pub struct PipelineOptions {
     pub seconds: u64,
     /// Sessions connected and idle for the memory measurement (0: skip).
     pub idle: usize,
+    /// The fake engines wait with [`crate::fake_clock`]'s precise timer thread, so the engine time
+    /// subtracted from a turn is the time the engines really took; with tokio's 1 ms timer each
+    /// engine's wait runs up to 1 ms long and that rounding lands in the overhead.
+    pub precise_engine_timers: bool,
 }
 
 /// Engine times the fakes are configured with: what a turn spends outside the pipeline.
@@ -462,7 +466,7 @@ struct Child {
 }
 
 impl Child {
-    async fn start(max_sessions: usize) -> anyhow::Result<Child> {
+    async fn start(max_sessions: usize, precise: bool) -> anyhow::Result<Child> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
@@ -476,12 +480,13 @@ impl Child {
             format!(
                 "listen = \"127.0.0.1:{port}\"\n\
                  [providers.fake]\nkind = \"fake\"\n\
-                 [[models]]\nid = \"bench-voice\"\nprovider = \"fake\"\nupstream = \"slow-{LLM_TTFT_MS}\"\n\
+                 [[models]]\nid = \"bench-voice\"\nprovider = \"fake\"\nupstream = \"slow-{LLM_TTFT_MS}{precise_llm}\"\n\
                  input_usd_per_mtok = 0.4\noutput_usd_per_mtok = 1.6\n\
                  [routes.bench]\nmodels = [\"bench-voice\"]\n\
-                 [stt]\nengine = \"fake\"\nscript = [{sidecar:?}]\nlatency_ms = {STT_LATENCY_MS}\n\
-                 [tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\n\
-                 [realtime]\nmax_sessions = {max_sessions}\n"
+                 [stt]\nengine = \"fake\"\nscript = [{sidecar:?}]\nlatency_ms = {STT_LATENCY_MS}\nprecise_timing = {precise}\n\
+                 [tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\nprecise_timing = {precise}\n\
+                 [realtime]\nmax_sessions = {max_sessions}\n",
+                precise_llm = if precise { "+precise" } else { "" },
             ),
         )?;
         let child = tokio::process::Command::new(std::env::current_exe()?)
@@ -527,7 +532,7 @@ fn status_kb(pid: u32, field: &str) -> Option<f64> {
 pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     let frames = Arc::new(load_frames(&fixture_path("wav"))?);
     let holdback_16k = resampler_holdback_16k();
-    let child = Child::start(options.sessions.max(options.idle) + 16).await?;
+    let child = Child::start(options.sessions.max(options.idle) + 16, options.precise_engine_timers).await?;
     let url: Arc<str> = Arc::from(child.ws_url());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = String::new();
@@ -640,11 +645,12 @@ async fn load(
     let _ = writeln!(
         out,
         "{n} sessions, starts spread over {} s, then {} s with all running; fake engines: STT {STT_LATENCY_MS} ms after the \
-         {} ms silence window, LLM time to first token {LLM_TTFT_MS} ms, TTS first audio {TTS_TTFB_MS} ms; \
-         voxgate and the load generator share {cores} cores\n",
+         {} ms silence window, LLM time to first token {LLM_TTFT_MS} ms, TTS first audio {TTS_TTFB_MS} ms, \
+         waiting with {}; voxgate and the load generator share {cores} cores\n",
         ramp.as_secs(),
         options.seconds,
-        engines.silence_ms
+        engines.silence_ms,
+        if options.precise_engine_timers { "a precise timer thread" } else { "tokio's 1 ms timer" },
     );
     let _ = writeln!(out, "| per turn, ms | turns | p50 | p95 | p99 | max |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");

@@ -63,13 +63,13 @@ fn absent<T>(explicit: bool, message: String, without: &str) -> Result<Option<T>
 fn build_stt(config: &Config) -> Result<Option<Arc<dyn SpeechToText>>, String> {
     match &config.stt {
         SttConfig::None => Ok(None),
-        SttConfig::Fake { script, transcripts, latency_ms } => {
+        SttConfig::Fake { script, transcripts, latency_ms, precise_timing } => {
             let mut lines = Vec::new();
             for path in script {
                 lines.extend(Sidecar::load(path).map_err(|e| format!("stt.script: {e}"))?.utterances);
             }
             lines.extend(transcripts.iter().map(|t| ScriptedUtterance::from_text(t)));
-            Ok(Some(Arc::new(FakeStt::new(lines, *latency_ms))))
+            Ok(Some(Arc::new(FakeStt::new(lines, *latency_ms).with_precise_timing(*precise_timing))))
         }
         SttConfig::Embedded { explicit, workers, partial_interval_ms } => {
             let without = "voice sessions take text only";
@@ -99,9 +99,12 @@ fn build_stt(config: &Config) -> Result<Option<Arc<dyn SpeechToText>>, String> {
 fn build_tts(config: &Config) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
     match &config.tts {
         TtsConfig::None => Ok(None),
-        TtsConfig::Fake { ttfb_ms, ms_per_char } => {
-            Ok(Some(Arc::new(FakeTts::new(FakeTtsSettings { ttfb_ms: *ttfb_ms, ms_per_char: *ms_per_char, ..FakeTtsSettings::default() }))))
-        }
+        TtsConfig::Fake { ttfb_ms, ms_per_char, precise_timing } => Ok(Some(Arc::new(FakeTts::new(FakeTtsSettings {
+            ttfb_ms: *ttfb_ms,
+            ms_per_char: *ms_per_char,
+            precise_timing: *precise_timing,
+            ..FakeTtsSettings::default()
+        })))),
         TtsConfig::Espeak { voice } => Ok(Some(Arc::new(EspeakTts::new(voice).map_err(|e| format!("tts: {e}"))?))),
         TtsConfig::Embedded { explicit, workers } => {
             let piper = piper(config, *workers);

@@ -106,15 +106,21 @@ impl ScriptedUtterance {
 pub struct FakeStt {
     script: Arc<[ScriptedUtterance]>,
     latency_ms: u64,
+    precise_timing: bool,
 }
 
 impl FakeStt {
     /// `latency_ms`: the wait between the end of the audio and the final transcript.
     pub fn new(script: Vec<ScriptedUtterance>, latency_ms: u64) -> FakeStt {
-        FakeStt { script: script.into(), latency_ms }
+        FakeStt { script: script.into(), latency_ms, precise_timing: false }
     }
 
     /// The utterances of every sidecar, in order.
+    /// Waits with [`crate::fake_clock`]'s precise timer (benchmarks) instead of tokio's.
+    pub fn with_precise_timing(self, precise_timing: bool) -> FakeStt {
+        FakeStt { precise_timing, ..self }
+    }
+
     pub fn from_sidecars(paths: &[PathBuf], latency_ms: u64) -> Result<FakeStt, SttError> {
         let mut script = Vec::new();
         for path in paths {
@@ -154,6 +160,7 @@ impl SpeechToText for FakeStt {
             len => self.script[utterance.ordinal as usize % len].clone(),
         };
         let latency = Duration::from_millis(self.latency_ms);
+        let precise = self.precise_timing;
         Box::pin(async move {
             let words = rebase(&line.words, utterance.start_ms);
             let origin_ms = line.words.first().map_or(0, |w| w.start_ms);
@@ -171,7 +178,7 @@ impl SpeechToText for FakeStt {
                     let _ = partials.try_send(transcript(text, so_far, line.speaker.clone()));
                 }
             }
-            tokio::time::sleep(latency).await;
+            crate::fake_clock::wait(latency, precise).await;
             match line.error {
                 Some(message) => Err(SttError::Engine(message)),
                 None => Ok(transcript(line.text, words, line.speaker)),

@@ -26,11 +26,13 @@ pub struct FakeTtsSettings {
     pub ms_per_char: u32,
     /// Frame length (default 20).
     pub frame_ms: u32,
+    /// Wait with [`crate::fake_clock`]'s precise timer (benchmarks) instead of tokio's.
+    pub precise_timing: bool,
 }
 
 impl Default for FakeTtsSettings {
     fn default() -> Self {
-        FakeTtsSettings { rate_hz: 24_000, ttfb_ms: 0, ms_per_char: 60, frame_ms: 20 }
+        FakeTtsSettings { rate_hz: 24_000, ttfb_ms: 0, ms_per_char: 60, frame_ms: 20, precise_timing: false }
     }
 }
 
@@ -106,13 +108,12 @@ impl TextToSpeech for FakeTts {
         let total = self.samples_for(&text);
         let frame_len = self.frame_len();
         let tone = self.tone.clone();
+        let precise = self.settings.precise_timing;
         Box::pin(async move {
             if script.error {
                 return Err(TtsError::Engine(format!("scripted failure for voice {:?}", voice.unwrap_or_default())));
             }
-            if ttfb_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(ttfb_ms)).await;
-            }
+            crate::fake_clock::wait(Duration::from_millis(ttfb_ms), precise).await;
             let mut sent = 0;
             while sent < total {
                 let len = frame_len.min(total - sent);

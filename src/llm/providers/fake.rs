@@ -3,6 +3,7 @@
 //! The name is a `+`-separated list of directives (anything unknown is ignored):
 //! - `slow-MS`: wait MS milliseconds before the first token;
 //! - `delay-MS`: wait MS milliseconds between tokens;
+//! - `precise`: wait with a precise timer thread rather than tokio's 1 ms timer (benchmarks);
 //! - `error-STATUS`: fail with that HTTP status (`retry-S` adds `Retry-After: S`);
 //! - `flaky-N`: the first N calls fail with 503, later ones succeed;
 //! - `stall-N`: send N tokens, then hang;
@@ -42,6 +43,7 @@ struct Script {
     json: bool,
     invalid: bool,
     context: bool,
+    precise: bool,
     reply: Option<String>,
 }
 
@@ -68,6 +70,7 @@ fn parse(name: &str) -> Script {
             ("json", _) => s.json = true,
             ("invalid", _) => s.invalid = true,
             ("context", _) => s.context = true,
+            ("precise", _) => s.precise = true,
             _ => {}
         }
     }
@@ -184,14 +187,15 @@ impl Fake {
         events.push(Event::Usage(Usage { input_tokens: count_words(request), output_tokens: content_count, ..Usage::default() }));
 
         let slow = Duration::from_millis(script.slow_ms);
+        let precise = script.precise;
         let delay = Duration::from_millis(script.delay_ms);
         let stall_after = script.stall_after;
         let cut_after = script.cut_after;
         let stream = futures::stream::unfold((events.into_iter(), 0usize), move |(mut it, sent)| async move {
             if sent == 0 && !slow.is_zero() {
-                tokio::time::sleep(slow).await;
+                crate::fake_clock::wait(slow, precise).await;
             } else if sent > 0 && !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                crate::fake_clock::wait(delay, precise).await;
             }
             if stall_after == Some(sent) {
                 std::future::pending::<()>().await;
