@@ -78,8 +78,11 @@ async fn post(base: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new().post(format!("{base}/v1/chat/completions")).json(body).send().await.unwrap()
 }
 
+/// A streamed answer put together: text, tool calls (name, arguments), finish reason, usage.
+type Assembled = (String, Vec<(String, String)>, Option<String>, Option<Value>);
+
 /// Text, tool calls (name, arguments) and finish reason from a streamed answer.
-fn assemble(frames: &[String]) -> (String, Vec<(String, String)>, Option<String>, Option<Value>) {
+fn assemble(frames: &[String]) -> Assembled {
     let mut text = String::new();
     let mut calls: Vec<(String, String)> = Vec::new();
     let mut finish = None;

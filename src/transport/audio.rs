@@ -423,7 +423,7 @@ impl Resampler {
             if !ready {
                 return;
             }
-            if let Some(value) = self.from_phase_table() {
+            if let Some(value) = self.tabled_output() {
                 out.push(value.clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16);
                 self.advance();
                 continue;
@@ -452,7 +452,7 @@ impl Resampler {
     /// The next output from the phase table, when its whole input window has arrived and lies
     /// inside the stream (the edges, which repeat the first and last sample, take the long way).
     #[inline]
-    fn from_phase_table(&self) -> Option<i64> {
+    fn tabled_output(&self) -> Option<i64> {
         let table = self.phases.as_ref()?;
         let lo = self.pos_int.checked_sub(self.half_taps)?;
         if lo < self.pending_start || lo + table.width as u64 > self.received {
