@@ -419,8 +419,9 @@ impl Ledger {
         wait_for_ledger(rx).await.ok_or(LedgerError::Closed)
     }
 
-    /// Records a gateway call without waiting for the write (the gateway's hot path): a record
-    /// the ledger cannot write still goes to the fallback file, and a full queue is logged.
+    /// Records a gateway call without waiting for the write (the gateway's hot path): the record
+    /// joins a buffer written within `REQUEST_BATCH_WAIT`; one the ledger cannot write still goes
+    /// to the fallback file. After shutdown the record is logged as lost.
     pub fn record_request_nowait(&self, record: RequestRecord) {
         let wake = {
             let mut buffer = self.requests.lock();
