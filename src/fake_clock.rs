@@ -81,7 +81,9 @@ impl Timer {
                 continue;
             }
             due = match due.heap.peek() {
-                Some(&Reverse((at, _))) => self.changed.wait_timeout(due, at.saturating_duration_since(now)).unwrap_or_else(PoisonError::into_inner).0,
+                Some(&Reverse((at, _))) => {
+                    self.changed.wait_timeout(due, at.saturating_duration_since(now)).unwrap_or_else(PoisonError::into_inner).0
+                }
                 None => self.changed.wait(due).unwrap_or_else(PoisonError::into_inner),
             };
         }

@@ -191,7 +191,10 @@ async fn requests_recorded_without_waiting_are_all_seen_by_queries_and_all_writt
     // A query asked after the records were handed over sees every one of them.
     let q = UsageQuery { from_ms: 0, to_ms: i64::MAX, group_by: GroupBy::Key };
     let usage = ledger.usage(q.clone()).await.unwrap();
-    assert_eq!(usage.iter().map(|r| (r.group.as_str(), r.requests)).collect::<Vec<_>>(), [("k0", 400), ("k1", 400), ("k2", 400), ("k3", 400)]);
+    assert_eq!(
+        usage.iter().map(|r| (r.group.as_str(), r.requests)).collect::<Vec<_>>(),
+        [("k0", 400), ("k1", 400), ("k2", 400), ("k3", 400)]
+    );
     // Records handed over just before shutdown are written by it.
     for n in 0..10 {
         ledger.record_request_nowait(request(&format!("late_{n}"), "k9", "gpt-4o-mini", T0, 10));

@@ -271,7 +271,8 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<t
 
 async fn connect(url: &str) -> anyhow::Result<Ws> {
     // The same small read buffer as the server's: the load generator shares its cores.
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(crate::transport::WS_READ_BUFFER_BYTES);
+    let config =
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(crate::transport::WS_READ_BUFFER_BYTES);
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
     // Wait for `session.created`.
     while let Some(msg) = ws.next().await {

@@ -91,7 +91,9 @@ pub enum LedgerError {
     Schema(String),
     /// Another process holds the ledger: two servers writing one ledger would each take the
     /// other's open sessions for a crash's leftovers and close them as `recovered`.
-    #[error("the usage ledger {0} is in use by another voxgate process; give each server its own ledger ([metering] ledger or VOXGATE_LEDGER)")]
+    #[error(
+        "the usage ledger {0} is in use by another voxgate process; give each server its own ledger ([metering] ledger or VOXGATE_LEDGER)"
+    )]
     InUse(String),
 }
 
@@ -697,9 +699,7 @@ fn lock_ledger(path: &Path) -> Result<std::fs::File, LedgerError> {
 /// Brings the schema up to date in one write transaction: the version is read under the same
 /// lock that applies the migrations, so two openers never both apply one.
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| LedgerError::Unavailable(unwritable(&e)))?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| LedgerError::Unavailable(unwritable(&e)))?;
     tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         .map_err(|e| LedgerError::Unavailable(unwritable(&e)))?;
     let version: i64 = tx.query_row("SELECT coalesce(max(version), 0) FROM schema_version", [], |r| r.get(0))?;
@@ -865,8 +865,8 @@ impl Actor {
         let mut ticks = tokio::time::interval(checkpoint_every.max(Duration::from_millis(1)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // the first tick is immediate
-        // When the buffered gateway requests are written: REQUEST_BATCH_WAIT after the first one
-        // arrived, so the work comes in small, even slices (one transaction, one sync each).
+                            // When the buffered gateway requests are written: REQUEST_BATCH_WAIT after the first one
+                            // arrived, so the work comes in small, even slices (one transaction, one sync each).
         let mut flush_at: Option<tokio::time::Instant> = None;
         let shutdown_reply = loop {
             tokio::select! {

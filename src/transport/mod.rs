@@ -19,7 +19,11 @@ pub const APPEND_WAIT_MAX: std::time::Duration = std::time::Duration::from_milli
 
 /// Hands an audio append to the session's actor (see [`APPEND_WAIT_MAX`]); `false` when the
 /// actor has ended.
-pub async fn push_audio(to_actor: &tokio::sync::mpsc::Sender<crate::session::Inbound>, audio: crate::session::Inbound, metrics: &crate::metrics::Metrics) -> bool {
+pub async fn push_audio(
+    to_actor: &tokio::sync::mpsc::Sender<crate::session::Inbound>,
+    audio: crate::session::Inbound,
+    metrics: &crate::metrics::Metrics,
+) -> bool {
     use tokio::sync::mpsc::error::TrySendError;
     match to_actor.try_send(audio) {
         Ok(()) => true,
