@@ -127,6 +127,19 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> anyhow::Result<()> 
     anyhow::bail!("voxgate did not become ready")
 }
 
+/// This binary as `voxgate serve --config CONFIG` (listening on `port`), killed when dropped. It
+/// gets its own ledger beside the config, never the one of a server running from the same folder.
+fn spawn_server(config: &std::path::Path, port: u16) -> std::io::Result<tokio::process::Child> {
+    let ledger = config.with_file_name(format!("ledger-{port}.sqlite"));
+    tokio::process::Command::new(std::env::current_exe()?)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("VOXGATE_LOG", "warn")
+        .env("VOXGATE_LEDGER", ledger)
+        .kill_on_drop(true)
+        .spawn()
+}
+
 /// Run the gateway overhead benchmark and return a Markdown report.
 pub async fn gateway(rates: &[u32], duration: Duration) -> anyhow::Result<String> {
     let upstream = fake_upstream().await?;
@@ -144,14 +157,7 @@ pub async fn gateway(rates: &[u32], duration: Duration) -> anyhow::Result<String
              [[models]]\nid = \"bench\"\nprovider = \"bench\"\ninput_usd_per_mtok = 0.4\noutput_usd_per_mtok = 1.6\n"
         ),
     )?;
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("VOXGATE_LOG", "warn")
-        .env("VOXGATE_LEDGER", dir.join(format!("ledger-{port}.sqlite")))
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = spawn_server(&config_path, port)?;
     let pid = child.id().unwrap_or(0);
     let client = reqwest::Client::builder().pool_max_idle_per_host(2048).tcp_nodelay(true).build()?;
     let base = format!("http://127.0.0.1:{port}");

@@ -490,14 +490,7 @@ impl Child {
                 precise_llm = if precise { "+precise" } else { "" },
             ),
         )?;
-        let child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .env("VOXGATE_LOG", "warn")
-            // Its own ledger: not the one of a server running from the same folder.
-            .env("VOXGATE_LEDGER", dir.join(format!("ledger-{port}.sqlite")))
-            .kill_on_drop(true)
-            .spawn()?;
+        let child = super::spawn_server(&config_path, port)?;
         let pid = child.id().unwrap_or(0);
         let base = format!("http://127.0.0.1:{port}");
         let child = Child { child, pid, base, dir };
