@@ -190,12 +190,32 @@ pub async fn start_voxgate(config: &str, env: &[(&str, &str)]) -> (String, std::
 
 /// A fresh, empty folder under the system's temp dir for one test.
 pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(sweep_stale_temp_files);
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = std::env::temp_dir().join(format!("voxgate-test-{what}-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes what earlier test runs left in the temporary folder: `voxgate-*` entries none of whose
+/// numeric name parts is a running process (each name carries its test process's id). A full
+/// run leaves hundreds of small ledgers; over many runs they filled a CI disk.
+pub fn sweep_stale_temp_files() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("voxgate-") else { continue };
+        let numbers: Vec<u32> = rest.split(['-', '.']).filter_map(|part| part.parse().ok()).collect();
+        let alive = numbers.iter().any(|n| std::path::Path::new(&format!("/proc/{n}")).exists());
+        if numbers.is_empty() || alive {
+            continue;
+        }
+        let path = entry.path();
+        let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+    }
 }
 
 /// Read an SSE response body to the end and return its `data:` payloads.
