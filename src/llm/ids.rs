@@ -8,20 +8,29 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// 24 characters of `[A-Za-z0-9]`.
 pub fn random_suffix() -> String {
+    let mut out = String::with_capacity(24);
+    push_random(&mut out, 24);
+    out
+}
+
+/// Appends `len` characters of `[A-Za-z0-9]`, 12 from each hash of the process-wide counter.
+fn push_random(out: &mut String, len: usize) {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut out = String::with_capacity(24);
-    for half in 0..2u64 {
+    let mut left = len;
+    let mut part = 0u64;
+    while left > 0 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u64(n);
-        h.write_u64(half);
+        h.write_u64(part);
         let mut x = h.finish();
-        for _ in 0..12 {
+        for _ in 0..left.min(12) {
             out.push(ALPHABET[(x % 62) as usize] as char);
             x /= 62;
         }
+        left = left.saturating_sub(12);
+        part += 1;
     }
-    out
 }
 
 /// 24 characters that sort by creation time: 7 of milliseconds since 1970 in base 62 (ASCII
@@ -39,7 +48,7 @@ pub fn time_ordered_suffix() -> String {
     }
     let mut out = String::with_capacity(24);
     out.extend(time.iter().map(|&c| c as char));
-    out.push_str(&random_suffix()[..17]);
+    push_random(&mut out, 17);
     out
 }
 

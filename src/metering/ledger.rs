@@ -1299,15 +1299,17 @@ mod tests {
         d
     }
 
-    async fn open(d: &Path, clock: Arc<ManualClock>) -> (Ledger, RecoveryReport) {
-        Ledger::open_with(LedgerOptions {
+    fn options(d: &Path, clock: Arc<ManualClock>) -> LedgerOptions {
+        LedgerOptions {
             path: d.join("ledger.sqlite"),
             fallback_path: d.join("ledger.fallback.jsonl"),
             checkpoint_every: Duration::from_secs(3600),
             clock,
-        })
-        .await
-        .unwrap()
+        }
+    }
+
+    async fn open(d: &Path, clock: Arc<ManualClock>) -> (Ledger, RecoveryReport) {
+        Ledger::open_with(options(d, clock)).await.unwrap()
     }
 
     fn start(id: &str) -> SessionStart {
@@ -1365,13 +1367,7 @@ mod tests {
         let clock = Arc::new(ManualClock::new(0));
         let (first, _) = open(&d, clock.clone()).await;
         let live = first.open_session(start("live")).await.unwrap();
-        let options = || LedgerOptions {
-            path: d.join("ledger.sqlite"),
-            fallback_path: d.join("ledger.fallback.jsonl"),
-            checkpoint_every: Duration::from_secs(3600),
-            clock: clock.clone(),
-        };
-        let err = Ledger::open_with(options()).await.unwrap_err();
+        let err = Ledger::open_with(options(&d, clock.clone())).await.unwrap_err();
         assert!(matches!(err, LedgerError::InUse(_)), "{err}");
         assert!(err.to_string().contains("another voxgate process"), "{err}");
         // The refused opener did not take the live session for a crash's leftover.
@@ -1380,7 +1376,7 @@ mod tests {
         let r = first.session("live").await.unwrap().unwrap();
         assert_eq!(r.close_reason.as_deref(), Some("closed"));
         first.shutdown().await;
-        let (second, report) = Ledger::open_with(options()).await.unwrap();
+        let (second, report) = open(&d, clock).await;
         assert!(report.recovered_sessions.is_empty());
         assert_eq!(second.session("live").await.unwrap().unwrap().billed_seconds, 3);
         second.shutdown().await;
@@ -1395,14 +1391,7 @@ mod tests {
         let conn = Connection::open(d.join("ledger.sqlite")).unwrap();
         conn.execute("INSERT INTO schema_version (version) VALUES (99)", []).unwrap();
         drop(conn);
-        let err = Ledger::open_with(LedgerOptions {
-            path: d.join("ledger.sqlite"),
-            fallback_path: d.join("f.jsonl"),
-            checkpoint_every: Duration::from_secs(1),
-            clock,
-        })
-        .await
-        .unwrap_err();
+        let err = Ledger::open_with(options(&d, clock)).await.unwrap_err();
         assert_eq!(err.kind(), "schema", "{err}");
     }
 }
