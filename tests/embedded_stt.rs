@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use voxgate::models::{default_models_dir, whisper_model_dir};
 use voxgate::stt::embedded::{WhisperSettings, WhisperStt, MODEL_FILES};
 use voxgate::stt::fake::Sidecar;
-use voxgate::stt::vad::{EnergyVad, VadEvent, VadSettings};
+use voxgate::stt::vad::{EnergyVad, VadEvent, VadSettings, PAUSE_MS};
 use voxgate::stt::wer::{wer, WerCount};
 use voxgate::stt::{SpeechToText, SttError, Transcript, Utterance, STT_RATE_HZ};
 
@@ -90,6 +90,7 @@ fn turns(samples: &[i16]) -> Vec<(u64, usize)> {
             match event {
                 VadEvent::SpeechStarted { audio_start_ms } => start_ms = Some(audio_start_ms),
                 VadEvent::SpeechStopped { .. } => turns.push((start_ms.take().unwrap(), i * 320 + at)),
+                VadEvent::SpeechPaused { .. } | VadEvent::SpeechResumed => {}
             }
         }
     }
@@ -110,7 +111,7 @@ struct Outcome {
 async fn transcribe(stt: &WhisperStt, start_ms: u64, audio: &[i16], pace: Option<Duration>) -> Result<Outcome, SttError> {
     let (audio_tx, audio_rx) = mpsc::channel(4_096);
     let (partials_tx, mut partials_rx) = mpsc::channel(64);
-    let job = tokio::spawn(stt.transcribe(Utterance { start_ms, ordinal: 0, audio: audio_rx }, partials_tx));
+    let job = tokio::spawn(stt.transcribe(Utterance { start_ms, ordinal: 0, audio: audio_rx, pause: None }, partials_tx));
     for frame in audio.chunks(320) {
         audio_tx.send(frame.to_vec()).await.unwrap();
         if let Some(pace) = pace {
@@ -238,7 +239,7 @@ async fn a_dropped_transcription_is_skipped_and_the_engine_goes_on() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let (audio_tx, audio_rx) = mpsc::channel(4_096);
     let (partials_tx, _partials_rx) = mpsc::channel(4);
-    let abandoned = tokio::spawn(stt.transcribe(Utterance { start_ms: 0, ordinal: 1, audio: audio_rx }, partials_tx));
+    let abandoned = tokio::spawn(stt.transcribe(Utterance { start_ms: 0, ordinal: 1, audio: audio_rx, pause: None }, partials_tx));
     for frame in samples.chunks(320) {
         audio_tx.send(frame.to_vec()).await.unwrap();
     }
@@ -252,6 +253,110 @@ async fn a_dropped_transcription_is_skipped_and_the_engine_goes_on() {
     let stats = stt.stats();
     assert_eq!(stats.finals_decoded + stats.jobs_abandoned, 3, "{stats:?}");
     assert_eq!(stats.jobs_failed, 0);
+}
+
+/// Waits (a bounded while) until `done` holds for the engine's counters.
+async fn until_stats(stt: &WhisperStt, what: &str, done: impl Fn(&voxgate::stt::embedded::WhisperStats) -> bool) {
+    for _ in 0..1_000 {
+        if done(&stt.stats()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} never happened; stats {:?}", stt.stats());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_started_at_the_pause_is_the_transcript_when_the_turn_ends_there() {
+    let _turn = DECODING.lock().await;
+    let links = ModelLinks::new("early");
+    let stt = load(&links, 0);
+    let wav = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/table_booking.wav");
+    let reference = Sidecar::load(&wav.with_extension("json")).unwrap().utterances[0].text.clone();
+    let samples = read(&wav);
+    // The session's way: the VAD reports pauses, each one is passed on, the stop closes the audio.
+    // (The utterance opens at the file's start, so it holds all the speech.)
+    let mut vad = EnergyVad::new(VadSettings::default(), STT_RATE_HZ).report_pauses(PAUSE_MS);
+    let (audio_tx, audio_rx) = mpsc::channel(4_096);
+    let (pause_tx, pause_rx) = tokio::sync::watch::channel(None);
+    let (partials_tx, _partials_rx) = mpsc::channel(64);
+    let job = tokio::spawn(stt.transcribe(Utterance { start_ms: 0, ordinal: 0, audio: audio_rx, pause: Some(pause_rx) }, partials_tx));
+    let mut audio_tx = Some(audio_tx);
+    let (mut sent, mut pauses) = (0u64, 0u64);
+    for chunk in samples.chunks(320) {
+        let mut events = Vec::new();
+        vad.push(chunk, &mut events);
+        let mut cursor = 0;
+        for (at, event) in events {
+            let Some(tx) = &audio_tx else { break };
+            tx.send(chunk[cursor..at].to_vec()).await.unwrap();
+            sent += (at - cursor) as u64;
+            cursor = at;
+            match event {
+                VadEvent::SpeechPaused { .. } => {
+                    pause_tx.send_replace(Some(sent));
+                    pauses += 1;
+                    until_stats(&stt, "an early final", |s| s.early_finals_started == pauses).await;
+                }
+                VadEvent::SpeechResumed => {
+                    pause_tx.send_replace(None);
+                }
+                VadEvent::SpeechStopped { .. } => audio_tx = None,
+                VadEvent::SpeechStarted { .. } => {}
+            }
+        }
+        if let Some(tx) = &audio_tx {
+            tx.send(chunk[cursor..].to_vec()).await.unwrap();
+            sent += (chunk.len() - cursor) as u64;
+        }
+    }
+    assert!(audio_tx.is_none(), "the fixture's first turn never stopped");
+    let transcript = job.await.unwrap().unwrap();
+    let stats = stt.stats();
+    println!("{:?}; stats {stats:?}", transcript.text);
+    assert!(pauses >= 1);
+    assert_eq!(stats.early_finals_used, 1, "{stats:?}");
+    assert_eq!(stats.early_finals_discarded, pauses - 1, "{stats:?}");
+    // No final was decoded at the close: every final decode was one started at a pause.
+    assert_eq!(stats.finals_decoded + stats.jobs_abandoned, pauses, "{stats:?}");
+    assert!(wer(&reference, &transcript.text).rate() < 0.25, "{reference:?} vs {:?}", transcript.text);
+    assert!(transcript.words.last().is_some_and(|w| w.end_ms > 1_000), "{transcript:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_after_a_pause_makes_the_early_final_a_partial_and_the_whole_turn_is_decoded() {
+    let _turn = DECODING.lock().await;
+    let links = ModelLinks::new("resumed");
+    let stt = load(&links, 0);
+    let wav = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/opening_hours.wav");
+    let reference = Sidecar::load(&wav.with_extension("json")).unwrap().utterances[0].text.clone();
+    let samples = read(&wav);
+    let (start_ms, end) = turns(&samples)[0];
+    let turn = &samples[ms_to_sample(start_ms)..end];
+    let half = turn.len() / 2;
+    let (audio_tx, audio_rx) = mpsc::channel(4_096);
+    let (pause_tx, pause_rx) = tokio::sync::watch::channel(None);
+    let (partials_tx, mut partials_rx) = mpsc::channel(64);
+    let job = tokio::spawn(stt.transcribe(Utterance { start_ms, ordinal: 0, audio: audio_rx, pause: Some(pause_rx) }, partials_tx));
+    for frame in turn[..half].chunks(320) {
+        audio_tx.send(frame.to_vec()).await.unwrap();
+    }
+    pause_tx.send_replace(Some(half as u64));
+    until_stats(&stt, "an early final", |s| s.early_finals_started == 1).await;
+    for frame in turn[half..].chunks(320) {
+        audio_tx.send(frame.to_vec()).await.unwrap();
+    }
+    pause_tx.send_replace(None);
+    // The early decode of the first half comes back as a partial (partials are otherwise off).
+    let partial = tokio::time::timeout(Duration::from_secs(10), partials_rx.recv()).await.expect("a partial").expect("a partial");
+    drop(audio_tx);
+    let transcript = job.await.unwrap().unwrap();
+    let stats = stt.stats();
+    println!("partial {:?}, final {:?}; stats {stats:?}", partial.text, transcript.text);
+    assert_eq!((stats.early_finals_used, stats.early_finals_discarded), (0, 1), "{stats:?}");
+    assert_eq!(stats.finals_decoded, 2, "the early one and the whole turn: {stats:?}");
+    let (final_wer, partial_wer) = (wer(&reference, &transcript.text), wer(&reference, &partial.text));
+    assert!(final_wer.rate() < 0.25 && final_wer.errors < partial_wer.errors, "final {final_wer:?}, partial {partial_wer:?}");
 }
 
 #[test]

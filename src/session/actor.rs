@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,7 +18,7 @@ use super::response::{ResponseJob, ResponseMsg, Speech};
 use super::VoiceEngines;
 use crate::llm::types::{ChatRequest, FinishReason, FunctionDef, NamedFunction, StreamOptions, Tool, ToolChoice as ChatToolChoice, Usage};
 use crate::metering::ledger::SessionMeter;
-use crate::stt::vad::{EnergyVad, VadEvent, VadSettings};
+use crate::stt::vad::{EnergyVad, VadEvent, VadSettings, PAUSE_MS};
 use crate::stt::{Transcript, Utterance, STT_RATE_HZ};
 use crate::transport::audio::{decode_to_pcm, AudioFormat, Resampler};
 use crate::transport::realtime::{
@@ -160,6 +160,8 @@ struct OpenUtterance {
     /// Stops the utterance's STT task.
     cancel: CancellationToken,
     audio: mpsc::Sender<Vec<i16>>,
+    /// Tells the STT engine where the speaker paused (see [`Utterance::pause`]).
+    pause: watch::Sender<Option<u64>>,
     samples: u64,
 }
 
@@ -561,7 +563,7 @@ impl Actor {
     fn reset_input_pipeline(&mut self) {
         let rate = self.settings.input_format.rate_hz();
         self.resampler = if rate == STT_RATE_HZ { None } else { Resampler::new(rate, STT_RATE_HZ).ok() };
-        self.vad = self.settings.turn.map(|t| EnergyVad::new(t.vad, STT_RATE_HZ));
+        self.vad = self.settings.turn.map(|t| EnergyVad::new(t.vad, STT_RATE_HZ).report_pauses(PAUSE_MS));
         // A new detector counts from zero; its times are shifted onto the session's input timeline.
         self.vad_offset_ms = self.input_ms();
         self.recent.clear();
@@ -691,6 +693,16 @@ impl Actor {
             match event {
                 VadEvent::SpeechStarted { audio_start_ms } => self.on_speech_started(audio_start_ms + self.vad_offset_ms, at_ms),
                 VadEvent::SpeechStopped { audio_end_ms } => self.on_speech_stopped(audio_end_ms + self.vad_offset_ms, at_ms),
+                VadEvent::SpeechPaused { .. } => {
+                    if let Some(u) = self.utterance.as_ref() {
+                        u.pause.send_replace(Some(u.samples));
+                    }
+                }
+                VadEvent::SpeechResumed => {
+                    if let Some(u) = self.utterance.as_ref() {
+                        u.pause.send_replace(None);
+                    }
+                }
             }
         }
         self.feed(&stt_pcm[cursor..]);
@@ -767,7 +779,8 @@ impl Actor {
         let (partial_tx, mut partial_rx) = mpsc::channel(8);
         let ordinal = self.ordinal;
         self.ordinal += 1;
-        let work = stt.transcribe(Utterance { start_ms, ordinal, audio: audio_rx }, partial_tx);
+        let (pause_tx, pause_rx) = watch::channel(None);
+        let work = stt.transcribe(Utterance { start_ms, ordinal, audio: audio_rx, pause: Some(pause_rx) }, partial_tx);
         let events = self.stt_tx.clone();
         let cancel = self.cancel.child_token();
         let utterance_cancel = cancel.clone();
@@ -787,7 +800,7 @@ impl Actor {
                 }
             }
         });
-        let mut u = OpenUtterance { item_id: item_id.clone(), cancel: utterance_cancel, audio: audio_tx, samples: 0 };
+        let mut u = OpenUtterance { item_id: item_id.clone(), cancel: utterance_cancel, audio: audio_tx, pause: pause_tx, samples: 0 };
         if !prefix.is_empty() {
             u.samples = prefix.len() as u64;
             let _ = u.audio.try_send(prefix.to_vec());

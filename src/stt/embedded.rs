@@ -16,6 +16,12 @@
 //!   with nothing queued: a partial is skipped rather than queued, and workers always take queued
 //!   finals first. A partial already being decoded is not interrupted, so a final that arrives at
 //!   that moment with no other worker free waits for it (one short decode at most).
+//! - Early finals: when the session's VAD reports a pause ([`Utterance::pause`], 150 ms into the
+//!   silence), the audio so far is queued as a final at once, if a final place is free. If the
+//!   utterance then closes with the pause still standing (nothing voiced after it), that decode is
+//!   the transcript: it started when the silence began, not when the silence window closed. If
+//!   speech resumes, the early decode's text is passed on as a partial and the final is decoded at
+//!   the close as usual.
 //! - Dropping the `transcribe` future abandons the work: a queued job whose receiver is gone is
 //!   skipped by the worker.
 //! - Utterances longer than 30 s are decoded in equal windows of at most 30 s, joined in order.
@@ -111,6 +117,12 @@ pub struct WhisperStats {
     pub jobs_abandoned: u64,
     /// Decodes that failed (engine error or panic).
     pub jobs_failed: u64,
+    /// Finals started at a pause, before their utterance closed.
+    pub early_finals_started: u64,
+    /// Finals started at a pause and used: the utterance closed with nothing voiced after it.
+    pub early_finals_used: u64,
+    /// Finals started at a pause and not used (speech resumed, or the decode failed).
+    pub early_finals_discarded: u64,
 }
 
 #[derive(Default)]
@@ -120,6 +132,9 @@ struct Counters {
     partials_skipped: AtomicU64,
     abandoned: AtomicU64,
     failed: AtomicU64,
+    early_started: AtomicU64,
+    early_used: AtomicU64,
+    early_discarded: AtomicU64,
 }
 
 /// Whisper tiny.en in process. Cheap to clone (the workers are shared); the workers stop when the
@@ -194,6 +209,9 @@ impl WhisperStt {
             partials_skipped: s.partials_skipped.load(Ordering::Relaxed),
             jobs_abandoned: s.abandoned.load(Ordering::Relaxed),
             jobs_failed: s.failed.load(Ordering::Relaxed),
+            early_finals_started: s.early_started.load(Ordering::Relaxed),
+            early_finals_used: s.early_used.load(Ordering::Relaxed),
+            early_finals_discarded: s.early_discarded.load(Ordering::Relaxed),
         }
     }
 }
@@ -248,6 +266,11 @@ impl SpeechToText for WhisperStt {
             let mut dropped_samples = 0usize;
             let mut next_partial_at = interval_samples;
             let mut partial: Option<oneshot::Receiver<Result<Transcript, SttError>>> = None;
+            // The pause the speaker is in (samples of the utterance before it), when one is reported;
+            // and the early final started at it.
+            let mut pause_rx = utterance.pause.take();
+            let mut paused_at: Option<u64> = None;
+            let mut early: Option<Early> = None;
             loop {
                 tokio::select! {
                     frame = utterance.audio.recv() => {
@@ -264,6 +287,21 @@ impl SpeechToText for WhisperStt {
                             }
                         }
                     }
+                    changed = async { pause_rx.as_mut().expect("guarded by the branch condition").changed().await }, if pause_rx.is_some() => {
+                        let Some(rx) = pause_rx.as_mut().filter(|_| changed.is_ok()) else {
+                            pause_rx = None;
+                            continue;
+                        };
+                        paused_at = *rx.borrow_and_update();
+                        if early.as_ref().is_some_and(|e| paused_at != Some(e.pause)) {
+                            // Speech resumed: an early final of the shorter audio is a partial now.
+                            let stale = early.take().expect("checked above");
+                            shared.stats.early_discarded.fetch_add(1, Ordering::Relaxed);
+                            if partial.is_none() {
+                                partial = Some(stale.reply);
+                            }
+                        }
+                    }
                     result = async { partial.as_mut().expect("guarded by the branch condition").await }, if partial.is_some() => {
                         partial = None;
                         if let Ok(Ok(transcript)) = result {
@@ -271,6 +309,15 @@ impl SpeechToText for WhisperStt {
                                 // Partials are advisory: a full queue drops this one.
                                 let _ = partials.try_send(transcript);
                             }
+                        }
+                    }
+                }
+                // At a pause, once the audio up to it has arrived, start the final early (once per pause).
+                if let Some(at) = paused_at {
+                    if early.is_none() && dropped_samples == 0 && audio.len() as u64 >= at && at > 0 {
+                        early = shared.queue.try_submit_early_final(&audio, utterance.start_ms).map(|reply| Early { reply, pause: at });
+                        if early.is_some() {
+                            shared.stats.early_started.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -286,9 +333,28 @@ impl SpeechToText for WhisperStt {
             if audio.is_empty() {
                 return Ok(Transcript::default());
             }
+            // Nothing voiced after the pause the early final started at: its transcript is this one.
+            // (The pause as it stands now: the session set it before closing the audio.)
+            let paused_at = pause_rx.map_or(paused_at, |rx| *rx.borrow());
+            if let Some(early) = early {
+                if paused_at == Some(early.pause) {
+                    if let Ok(Ok(transcript)) = early.reply.await {
+                        shared.stats.early_used.fetch_add(1, Ordering::Relaxed);
+                        return Ok(transcript);
+                    }
+                }
+                shared.stats.early_discarded.fetch_add(1, Ordering::Relaxed);
+            }
             shared.queue.submit_final(audio, utterance.start_ms).await
         })
     }
+}
+
+/// A final decode started at a pause, before the utterance closed.
+struct Early {
+    reply: oneshot::Receiver<Result<Transcript, SttError>>,
+    /// The pause it was started at (the utterance's samples before it).
+    pause: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,6 +408,22 @@ impl Queue {
         let (reply, receiver) = oneshot::channel();
         state.partials.push_back(Job { kind: JobKind::Partial, samples: samples.to_vec(), start_ms, reply, place: None });
         drop(state);
+        self.wake.notify_one();
+        Some(receiver)
+    }
+
+    /// Queues a final of the audio so far at a pause, only when a place is free at once: under load
+    /// the final is decoded when the utterance closes instead.
+    fn try_submit_early_final(&self, samples: &[i16], start_ms: u64) -> Option<oneshot::Receiver<Result<Transcript, SttError>>> {
+        let place = self.final_places.clone().try_acquire_owned().ok()?;
+        let (reply, receiver) = oneshot::channel();
+        {
+            let mut state = self.lock();
+            if state.closed {
+                return None;
+            }
+            state.finals.push_back(Job { kind: JobKind::Final, samples: samples.to_vec(), start_ms, reply, place: Some(place) });
+        }
         self.wake.notify_one();
         Some(receiver)
     }

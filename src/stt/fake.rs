@@ -219,7 +219,7 @@ mod tests {
     fn start(stt: &FakeStt, start_ms: u64, ordinal: u32) -> Call {
         let (audio, audio_rx) = mpsc::channel(16);
         let (partials_tx, partials) = mpsc::channel(16);
-        let result = tokio::spawn(stt.transcribe(Utterance { start_ms, ordinal, audio: audio_rx }, partials_tx));
+        let result = tokio::spawn(stt.transcribe(Utterance { start_ms, ordinal, audio: audio_rx, pause: None }, partials_tx));
         Call { audio, partials, result }
     }
 
@@ -261,7 +261,7 @@ mod tests {
         let stt = FakeStt::new(vec![ScriptedUtterance::from_text("one two three four")], 0);
         let (audio, audio_rx) = mpsc::channel(16);
         let (partials_tx, mut partials) = mpsc::channel(1);
-        let result = tokio::spawn(stt.transcribe(Utterance { start_ms: 0, ordinal: 0, audio: audio_rx }, partials_tx));
+        let result = tokio::spawn(stt.transcribe(Utterance { start_ms: 0, ordinal: 0, audio: audio_rx, pause: None }, partials_tx));
         for _ in 0..4 {
             audio.send(samples(300)).await.unwrap();
         }

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 #[cfg(feature = "embedded-stt")]
 pub mod embedded;
@@ -45,6 +45,11 @@ pub struct Utterance {
     /// The utterance's number in its session, from 0 (scripted fakes pick their line by it).
     pub ordinal: u32,
     pub audio: mpsc::Receiver<Vec<i16>>,
+    /// Where the speaker has paused, when the session's VAD reports pauses: `Some(n)` once the first
+    /// `n` samples of the utterance end in a pause, `None` again if speech resumes. The value when
+    /// `audio` closes is final: `Some(n)` then means nothing voiced came after sample `n`, so an
+    /// engine may answer with a transcript of those samples it started at the pause.
+    pub pause: Option<watch::Receiver<Option<u64>>>,
 }
 
 /// Why an engine could not transcribe.

@@ -17,9 +17,18 @@
 //!   the previous turn).
 //! - Speech stops after `silence_duration_ms` of unvoiced frames. `audio_end_ms` is the end of the
 //!   last voiced frame: the real end of speech, from which voice-to-voice latency is measured.
+//! - With [`EnergyVad::report_pauses`], a turn also reports `SpeechPaused` once its unvoiced run
+//!   reaches the pause length (shorter than `silence_duration_ms`), and `SpeechResumed` when a voiced
+//!   frame ends that run before the turn stops. A speech-to-text engine can start decoding at the
+//!   pause, so the transcript is nearly ready when the silence window closes the turn.
 
 /// The longest unvoiced gap inside an onset that still counts as one onset.
 pub const ONSET_GAP_MS: u32 = 40;
+
+/// The pause sessions ask the detector to report (see [`EnergyVad::report_pauses`]): long enough
+/// that the gaps between words rarely reach it, short enough to leave most of the default 500 ms
+/// silence window for decoding.
+pub const PAUSE_MS: u32 = 150;
 
 /// Frame length of the detector.
 pub const FRAME_MS: u32 = 10;
@@ -55,6 +64,12 @@ impl VadSettings {
 pub enum VadEvent {
     SpeechStarted { audio_start_ms: u64 },
     SpeechStopped { audio_end_ms: u64 },
+    /// The turn has been unvoiced for the pause length since `audio_end_ms` (only with
+    /// [`EnergyVad::report_pauses`]); a `SpeechStopped` with the same `audio_end_ms` follows unless
+    /// a `SpeechResumed` comes first.
+    SpeechPaused { audio_end_ms: u64 },
+    /// A voiced frame ended a reported pause: the turn goes on.
+    SpeechResumed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +98,8 @@ pub struct EnergyVad {
     onset_frames_min: u32,
     onset_gap_frames_max: u32,
     silence_frames: u32,
+    /// Unvoiced frames in a turn that make a reported pause; `None` reports none.
+    pause_frames: Option<u32>,
     prefix_padding_ms: u32,
     /// Samples consumed so far.
     position: u64,
@@ -106,6 +123,7 @@ impl EnergyVad {
             onset_frames_min: frames(settings.min_speech_ms).max(1),
             onset_gap_frames_max: ONSET_GAP_MS / FRAME_MS,
             silence_frames: frames(settings.silence_duration_ms).max(1),
+            pause_frames: None,
             prefix_padding_ms: settings.prefix_padding_ms,
             position: 0,
             partial_energy: 0,
@@ -132,6 +150,15 @@ impl EnergyVad {
                 }
             }
         }
+    }
+
+    /// Report `SpeechPaused` after `pause_ms` of unvoiced audio inside a turn, and `SpeechResumed`
+    /// when voice comes back before the turn stops. A pause as long as the silence window is no
+    /// pause: the turn stops instead.
+    pub fn report_pauses(mut self, pause_ms: u32) -> Self {
+        let frames = pause_ms.div_ceil(FRAME_MS).max(1);
+        self.pause_frames = (frames < self.silence_frames).then_some(frames);
+        self
     }
 
     /// Audio consumed so far, in ms.
@@ -179,9 +206,9 @@ impl EnergyVad {
                     if gap_frames > self.onset_gap_frames_max { State::Silence } else { State::Onset { start, voiced_frames, gap_frames } };
                 None
             }
-            (State::Speaking { .. }, true) => {
+            (State::Speaking { gap_frames, .. }, true) => {
                 self.state = State::Speaking { last_voiced_end: frame_end, gap_frames: 0 };
-                None
+                self.pause_frames.is_some_and(|p| gap_frames >= p).then_some(VadEvent::SpeechResumed)
             }
             (State::Speaking { last_voiced_end, gap_frames }, false) => {
                 let gap_frames = gap_frames + 1;
@@ -190,7 +217,7 @@ impl EnergyVad {
                     Some(VadEvent::SpeechStopped { audio_end_ms: self.ms(last_voiced_end) })
                 } else {
                     self.state = State::Speaking { last_voiced_end, gap_frames };
-                    None
+                    (self.pause_frames == Some(gap_frames)).then(|| VadEvent::SpeechPaused { audio_end_ms: self.ms(last_voiced_end) })
                 }
             }
         }
@@ -388,6 +415,40 @@ mod tests {
     }
 
     #[test]
+    fn pauses_are_reported_only_when_asked_and_resume_or_stop_follows() {
+        let mut audio = Vec::new();
+        silence(&mut audio, 500);
+        tone(&mut audio, 600, 8_000.0);
+        silence(&mut audio, 100); // shorter than the pause: nothing
+        tone(&mut audio, 300, 8_000.0);
+        silence(&mut audio, 300); // a pause, then voice again
+        tone(&mut audio, 400, 8_000.0);
+        silence(&mut audio, 800); // a pause, then the stop
+        let with_pauses = |vad: EnergyVad| {
+            let mut vad = vad;
+            let mut events = Vec::new();
+            vad.push(&audio, &mut events);
+            events.into_iter().map(|(at, e)| (at as u64 * 1000 / u64::from(RATE_HZ), e)).collect::<Vec<_>>()
+        };
+        let plain: Vec<VadEvent> = with_pauses(EnergyVad::new(VadSettings::default(), RATE_HZ)).into_iter().map(|(_, e)| e).collect();
+        assert_eq!(plain, [VadEvent::SpeechStarted { audio_start_ms: 200 }, VadEvent::SpeechStopped { audio_end_ms: 2_200 }]);
+        let events = with_pauses(EnergyVad::new(VadSettings::default(), RATE_HZ).report_pauses(150));
+        assert_eq!(
+            events,
+            [
+                (620, VadEvent::SpeechStarted { audio_start_ms: 200 }),
+                (1_650, VadEvent::SpeechPaused { audio_end_ms: 1_500 }),
+                (1_810, VadEvent::SpeechResumed),
+                (2_350, VadEvent::SpeechPaused { audio_end_ms: 2_200 }),
+                (2_700, VadEvent::SpeechStopped { audio_end_ms: 2_200 }),
+            ]
+        );
+        // A pause as long as the silence window is no pause.
+        let long = with_pauses(EnergyVad::new(VadSettings::default(), RATE_HZ).report_pauses(500));
+        assert_eq!(long.len(), 2, "{long:?}");
+    }
+
+    #[test]
     fn property_chunking_does_not_change_events() {
         let mut rng = Prng(0x9e37_79b9_7f4a_7c15);
         for case in 0..200 {
@@ -411,6 +472,34 @@ mod tests {
                 min_speech_ms: rng.below_u64(300) as u32,
             };
             let whole = run(settings, &audio, &mut || usize::MAX);
+            // Pause reports add events between a start and its stop, and remove none.
+            let pause_ms = rng.below_u64(400) as u32;
+            let mut paused = EnergyVad::new(settings, RATE_HZ).report_pauses(pause_ms);
+            let mut with_pauses = Vec::new();
+            paused.push(&audio, &mut with_pauses);
+            let turns: Vec<(u64, VadEvent)> = with_pauses
+                .iter()
+                .filter(|(_, e)| matches!(e, VadEvent::SpeechStarted { .. } | VadEvent::SpeechStopped { .. }))
+                .map(|&(at, e)| (at as u64, e))
+                .collect();
+            assert_eq!(turns, whole, "case {case}: pause reports changed the turns");
+            let mut paused_at = None;
+            for &(_, e) in &with_pauses {
+                match e {
+                    VadEvent::SpeechPaused { audio_end_ms } => {
+                        assert!(paused_at.is_none(), "case {case}: two pauses without a resume: {with_pauses:?}");
+                        paused_at = Some(audio_end_ms);
+                    }
+                    VadEvent::SpeechResumed => assert!(paused_at.take().is_some(), "case {case}: a resume without a pause"),
+                    VadEvent::SpeechStopped { audio_end_ms } => {
+                        // A stop after a pause ends the speech where the pause said it did.
+                        if let Some(p) = paused_at.take() {
+                            assert_eq!(p, audio_end_ms, "case {case}");
+                        }
+                    }
+                    VadEvent::SpeechStarted { .. } => assert!(paused_at.is_none(), "case {case}"),
+                }
+            }
             let single = run(settings, &audio, &mut || 1);
             assert_eq!(whole, single, "case {case}: one sample at a time");
             let mut split_rng = Prng(case + 1);
