@@ -28,7 +28,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("voxgate_realtime_sessions_active", Kind::Gauge, "Voice sessions open now."),
     ("voxgate_barge_ins_total", Kind::Counter, "Responses cut short because the caller started speaking."),
     ("voxgate_session_seconds_billed_total", Kind::Counter, "Seconds billed to closed voice sessions (per started second)."),
-    ("voxgate_errors_total", Kind::Counter, "Errors by kind (ledger_unavailable, …)."),
+    (
+        "voxgate_errors_total",
+        Kind::Counter,
+        "Errors reported to a client or that refused work, by kind (ledger_unavailable, too_many_sessions, session_limit, rate_limited, bad_client_event, session_error, client_not_reading, stt_failed, llm_failed, tts_failed).",
+    ),
     ("voxgate_audio_frames_dropped_total", Kind::Counter, "Audio frames dropped because a stage's queue was full, by stage (input, stt)."),
     (
         "voxgate_turn_latency_seconds",

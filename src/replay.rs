@@ -83,7 +83,7 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
     if engines.stt.is_none() {
         return Err(ReplayError::Setup("replay needs a speech-to-text engine: set [stt] engine in the config".into()));
     }
-    let start = SessionStart { session_id: new_session_id(), route: route.to_string(), key: "replay".into() };
+    let start = SessionStart { session_id: new_session_id(), route: route.to_string(), key: "replay".into(), limits: None };
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, mut out_rx) = mpsc::channel(4096);
     let cancel = CancellationToken::new();

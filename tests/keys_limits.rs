@@ -325,3 +325,196 @@ async fn twilio_calls_over_the_session_limit_or_with_a_revoked_key_close_1008() 
     // And it is not closed: nothing arrives while the caller is silent.
     assert!(tokio::time::timeout(Duration::from_millis(300), third.next()).await.is_err(), "the admitted call stays open");
 }
+
+/// Sends a user message and `response.create` (text out, with `event_id` if given) and returns the
+/// session's events up to the `rate_limits.updated` that follows the response (or its refusal).
+async fn ask(ws: &mut Ws, text: &str, event_id: Option<&str>) -> Vec<Value> {
+    let item = json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}});
+    ws.send(Message::text(item.to_string())).await.unwrap();
+    let mut create = json!({"type": "response.create", "response": {"output_modalities": ["text"]}});
+    if let Some(id) = event_id {
+        create["event_id"] = json!(id);
+    }
+    ws.send(Message::text(create.to_string())).await.unwrap();
+    let mut events = Vec::new();
+    loop {
+        let e = next_frame(ws).await.expect("the session stays open");
+        let last = e["type"] == "rate_limits.updated";
+        events.push(e);
+        if last {
+            return events;
+        }
+    }
+}
+
+fn of_type<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn voice_responses_spend_the_keys_requests_per_minute_and_rate_limits_updated_reports_them() {
+    let (base, state) = start().await;
+    let mut ws = connect_realtime(&base, Some("vk-rpm"), false).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await.unwrap()["type"], "session.created");
+    // Once when the session starts, in the SDK's schema: one entry per limit the key has.
+    let first = next_frame(&mut ws).await.unwrap();
+    assert_eq!(first["type"], "rate_limits.updated", "{first}");
+    assert!(first["event_id"].as_str().is_some_and(|id| !id.is_empty()), "{first}");
+    assert_eq!(first["rate_limits"], json!([{"name": "requests", "limit": 3, "remaining": 3, "reset_seconds": 0.0}]));
+
+    let events = ask(&mut ws, "hi", None).await;
+    let done = of_type(&events, "response.done");
+    assert_eq!(done.len(), 1, "{events:?}");
+    assert_eq!(done[0]["response"]["status"], "completed");
+    // After the response: one request spent, whole again 20 s later (3 a minute).
+    let after = events.last().unwrap();
+    assert_eq!(after["rate_limits"], json!([{"name": "requests", "limit": 3, "remaining": 2, "reset_seconds": 20.0}]), "{after}");
+
+    // The gateway and the session spend one budget.
+    let chat = chat(&base, "vk-rpm", "hi").await;
+    assert_eq!(chat.status(), 200);
+    assert_eq!(header(&chat, "x-ratelimit-remaining-requests"), Some("1"));
+    let events = ask(&mut ws, "again", None).await;
+    assert_eq!(of_type(&events, "response.done")[0]["response"]["status"], "completed");
+    assert_eq!(events.last().unwrap()["rate_limits"][0]["remaining"], 0);
+
+    // Over the limit: no response, an error naming the limit and the wait, the budget; the session lives.
+    let events = ask(&mut ws, "and again", Some("r3")).await;
+    assert!(of_type(&events, "response.created").is_empty(), "{events:?}");
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{events:?}");
+    let error = &errors[0]["error"];
+    assert_eq!(error["type"], "requests", "{error}");
+    assert_eq!(error["code"], "rate_limit_exceeded", "{error}");
+    assert_eq!(error["event_id"], "r3", "{error}");
+    assert_eq!(
+        error["message"], "Rate limit reached for API key \"rpm\" on requests per min (RPM): Limit 3. Please try again in 20s.",
+        "{error}"
+    );
+    assert_eq!(events.last().unwrap()["rate_limits"][0]["remaining"], 0);
+    assert!(state.gateway.accounts.metrics.render().contains("voxgate_errors_total{kind=\"rate_limited\"} 1\n"));
+
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let events = ask(&mut ws, "one more", None).await;
+    let done = of_type(&events, "response.done");
+    assert_eq!(done[0]["response"]["status"], "completed", "{events:?}");
+    // The session answers again once the budget has a request.
+    assert_eq!(done[0]["response"]["output"][0]["content"][0]["text"], "You said: one more");
+    assert_eq!(events.last().unwrap()["rate_limits"][0]["remaining"], 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn voice_responses_are_charged_their_tokens_and_refused_once_the_minutes_tokens_are_spent() {
+    let (base, _) = start().await;
+    let mut ws = connect_realtime(&base, Some("vk-tpm"), true).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await.unwrap()["type"], "session.created");
+    let first = next_frame(&mut ws).await.unwrap();
+    assert_eq!(first["rate_limits"], json!([{"name": "tokens", "limit": 20, "remaining": 20, "reset_seconds": 0.0}]), "{first}");
+
+    let events = ask(&mut ws, "hi", None).await;
+    let spent = of_type(&events, "response.done")[0]["response"]["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(spent > 0 && spent < 20, "{spent}");
+    let budget = &events.last().unwrap()["rate_limits"][0];
+    assert_eq!(budget["name"], "tokens");
+    assert_eq!(budget["remaining"], 20 - spent, "{budget}");
+    // 3 s a token at 20 a minute.
+    assert_eq!(budget["reset_seconds"], (spent * 3) as f64, "{budget}");
+
+    // The history grows: this one goes over the minute's 20 (it is still answered: its size was not known).
+    let events = ask(&mut ws, "alpha beta gamma delta epsilon zeta eta theta", None).await;
+    let second = of_type(&events, "response.done")[0]["response"]["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(spent + second > 20, "{spent} + {second}");
+    assert_eq!(events.last().unwrap()["rate_limits"][0]["remaining"], 0);
+
+    let events = ask(&mut ws, "hi", None).await;
+    let error = &of_type(&events, "error")[0]["error"];
+    assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some("tokens"), Some("rate_limit_exceeded")), "{error}");
+    // Owed: the tokens over 20, plus one to have something left, at 3 s each.
+    let wait_s = (spent + second - 20 + 1) * 3;
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("tokens per min (TPM): Limit 20") && message.contains(&format!("try again in {wait_s}s")), "{message}");
+    assert!(of_type(&events, "response.created").is_empty());
+
+    tokio::time::advance(Duration::from_secs(wait_s)).await;
+    let events = ask(&mut ws, "hi", None).await;
+    assert_eq!(of_type(&events, "response.done")[0]["response"]["status"], "completed", "{events:?}");
+}
+
+#[tokio::test]
+async fn keys_without_per_minute_limits_get_no_rate_limits_updated() {
+    let (base, _) = start().await;
+    let mut ws = connect_realtime(&base, Some("vk-open"), false).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await.unwrap()["type"], "session.created");
+    let item = json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}});
+    ws.send(Message::text(item.to_string())).await.unwrap();
+    ws.send(Message::text(json!({"type": "response.create", "response": {"output_modalities": ["text"]}}).to_string())).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let e = next_frame(&mut ws).await.unwrap();
+        let done = e["type"] == "response.done";
+        seen.push(e["type"].as_str().unwrap().to_string());
+        if done {
+            break;
+        }
+    }
+    // Nothing follows response.done: the next event is the answer to the next client event.
+    ws.send(Message::text(json!({"type": "response.cancel", "event_id": "probe"}).to_string())).await.unwrap();
+    let after = next_frame(&mut ws).await.unwrap();
+    assert_eq!((after["type"].as_str(), after["error"]["event_id"].as_str()), (Some("error"), Some("probe")), "{after}");
+    assert!(!seen.iter().any(|t| t == "rate_limits.updated"), "{seen:?}");
+}
+
+/// The ledger record of a closed session, by id (the final record is written when it closes).
+async fn closed_record(base: &str, key: &str, id: &str) -> Value {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        let r = client.get(format!("{base}/v1/sessions/{id}")).bearer_auth(key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let record: Value = r.json().await.unwrap();
+        if record["open"] == false {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("session {id} did not close");
+}
+
+#[tokio::test]
+async fn a_session_is_billed_at_its_keys_own_hourly_rate() {
+    let (base, _) = start().await;
+    let mut ids = Vec::new();
+    for key in ["vk-open", "vk-hashed"] {
+        let mut ws = connect_realtime(&base, Some(key), false).await.unwrap();
+        let created = next_frame(&mut ws).await.unwrap();
+        ids.push((key, created["session"]["id"].as_str().unwrap().to_string()));
+        ws.close(None).await.unwrap();
+    }
+    // "open" has rate_usd_per_hour = 0.06; "hashed" has none of its own: the server's $4.50.
+    for ((key, id), (name, rate_microusd)) in ids.iter().zip([("open", 60_000u64), ("hashed", 4_500_000)]) {
+        let record = closed_record(&base, key, id).await;
+        assert_eq!(record["key"], name, "{record}");
+        assert_eq!(record["rate_usd_per_hour"].as_f64(), Some(rate_microusd as f64 / 1e6), "{record}");
+        let seconds = record["billed_seconds"].as_u64().unwrap();
+        let (started, ended) = (record["started_ms"].as_i64().unwrap(), record["ended_ms"].as_i64().unwrap());
+        assert_eq!(seconds as i64, ((ended - started).max(1) + 999) / 1000, "{record}");
+        // Exact, to the picodollar: seconds × rate / 3600.
+        let expected = voxgate::metering::amount(seconds, rate_microusd);
+        assert_eq!(record["amount_usd"], expected.display_usd_full().trim_start_matches('$'), "{record}");
+        let usd = record["amount_usd"].as_str().unwrap().parse::<f64>().unwrap();
+        assert!((usd - seconds as f64 * rate_microusd as f64 / 1e6 / 3600.0).abs() < 1e-12, "{record}");
+        assert_eq!(record["amount_cents"], expected.cents() as u64, "{record}");
+    }
+    // The key's own sessions only: its list shows its rate, and its total is the sum of its sessions.
+    let list: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/sessions?from=2020-01-01"))
+        .bearer_auth("vk-open")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = list["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{list}");
+    assert_eq!(list["total_amount_usd"], rows[0]["amount_usd"], "{list}");
+}

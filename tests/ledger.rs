@@ -30,7 +30,7 @@ async fn open(d: &Path, clock: Arc<ManualClock>) -> (Ledger, voxgate::metering::
 }
 
 fn start(id: &str, key: &str) -> SessionStart {
-    SessionStart { id: id.into(), key_id: key.into(), protocol: "realtime".into(), rate_microusd_per_hour: RATE }
+    SessionStart { id: id.into(), key_id: key.into(), protocol: "realtime".into(), rate_microusd_per_hour: RATE, opened_ms: None }
 }
 
 fn request(id: &str, key: &str, model: &str, ts_ms: i64, cost_picousd: u64) -> RequestRecord {

@@ -60,7 +60,10 @@ async fn handle(state: Shared, caller: Caller, headers: HeaderMap, body: Body) -
     let request = parse_request(&bytes)?;
 
     if let Some(key) = &caller.key {
-        key.try_request().map_err(|limited| rate_limited(key, &limited))?;
+        key.try_request().map_err(|limited| {
+            state.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "rate_limited")]);
+            rate_limited(key, &limited)
+        })?;
     }
     // Charged with the answer's tokens when it ends or is dropped (usage is known only then).
     let charge = TokenCharge { key: caller.key.clone(), tokens: 0 };
@@ -76,18 +79,8 @@ async fn handle(state: Shared, caller: Caller, headers: HeaderMap, body: Body) -
 /// OpenAI's 429 for a key over its own limit: type `requests` or `tokens`, code `rate_limit_exceeded`,
 /// and `Retry-After` in whole seconds.
 fn rate_limited(key: &KeyState, limited: &Limited) -> ApiError {
-    let (kind, what) = if limited.kind == "tokens" { ("tokens", "tokens per min (TPM)") } else { ("requests", "requests per min (RPM)") };
-    let mut e = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        kind,
-        format!(
-            "Rate limit reached for API key {:?} on {what}: Limit {}. Please try again in {}s.",
-            key.name(),
-            limited.limit,
-            limited.retry_after_s()
-        ),
-    )
-    .code("rate_limit_exceeded");
+    let kind = if limited.kind == "tokens" { "tokens" } else { "requests" };
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, kind, limited.message(key.name())).code("rate_limit_exceeded");
     e.retry_after_s = Some(limited.retry_after_s());
     e
 }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::{sha256, KeyConfig};
+use crate::session::{RateBudget, RateLimited, RateLimits};
 
 /// The window a per-minute limit refills over.
 pub const WINDOW: Duration = Duration::from_secs(60);
@@ -96,6 +97,12 @@ impl Limited {
     pub fn retry_after_s(&self) -> u64 {
         let d = self.retry_after;
         (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
+    }
+
+    /// OpenAI's wording for a per-minute limit: which key, which limit, when to try again.
+    pub fn message(&self, key: &str) -> String {
+        let what = if self.kind == "tokens" { "tokens per min (TPM)" } else { "requests per min (RPM)" };
+        format!("Rate limit reached for API key {key:?} on {what}: Limit {}. Please try again in {}s.", self.limit, self.retry_after_s())
     }
 }
 
@@ -195,6 +202,31 @@ impl KeyState {
     /// The token budget now, if the key has a tokens-per-minute limit.
     pub fn tokens_budget(&self) -> Option<Budget> {
         self.tokens.as_ref().map(|b| lock(b).budget(Instant::now()))
+    }
+}
+
+/// A voice session's LLM calls count against the key's per-minute limits exactly as gateway
+/// requests do (one bucket per key, shared by both).
+impl RateLimits for KeyState {
+    fn try_request(&self) -> Result<(), RateLimited> {
+        KeyState::try_request(self).map_err(|l| RateLimited {
+            name: if l.kind == "tokens" { "tokens" } else { "requests" },
+            limit: l.limit,
+            retry_after: l.retry_after,
+            message: l.message(self.name()),
+        })
+    }
+
+    fn record_tokens(&self, tokens: u64) {
+        KeyState::record_tokens(self, tokens);
+    }
+
+    fn budgets(&self) -> Vec<RateBudget> {
+        let named = [("requests", self.requests_budget()), ("tokens", self.tokens_budget())];
+        named
+            .into_iter()
+            .filter_map(|(name, b)| b.map(|b| RateBudget { name, limit: b.limit, remaining: b.remaining, reset: b.reset }))
+            .collect()
     }
 }
 

@@ -5,6 +5,11 @@
 //! The key is therefore checked on the `start` frame, after the upgrade: an unknown or revoked key, or
 //! one at its `max_sessions`, closes the stream with 1008 and a reason (Twilio's protocol has no
 //! error message); the key's session slot is held until the call ends.
+//!
+//! Billing starts when the stream's WebSocket is accepted, not at `start`: the ledger opens the
+//! call's record once `start` has named the key (and its rate), dated back to the upgrade. A stream
+//! that never gets as far as an admitted `start` is not billed. A key's per-minute limits apply
+//! to the call's LLM calls as on `/v1/realtime` (Twilio's protocol has no event to report them).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,10 +28,13 @@ use crate::transport::twilio;
 
 pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) -> Response {
     let Ok(slot) = state.session_slots.clone().try_acquire_owned() else {
+        state.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "too_many_sessions")]);
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "This server is at its limit of concurrent voice sessions.")
             .code("too_many_sessions")
             .into_response();
     };
+    // The call is billed from here, the WebSocket's opening, on the ledger's clock.
+    let opened_ms = state.ledger.now_unix_ms();
     let admit_state = state.clone();
     // Filled by `admit` with the key's session slot; dropped with the call.
     let key_slot: Arc<Mutex<Option<SessionGuard>>> = Arc::default();
@@ -36,7 +44,7 @@ pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) ->
         let slot = admit_slot.clone();
         Box::pin(async move {
             let (session, guard) = admit(&state, &params)?;
-            let meter = super::realtime::open_meter(&state, &session, "twilio").await?;
+            let meter = super::realtime::open_meter(&state, &session, "twilio", Some(opened_ms)).await?;
             *slot.lock().unwrap_or_else(|p| p.into_inner()) = guard;
             Ok(twilio::Admitted { session, meter: Some(meter) })
         })
@@ -58,19 +66,20 @@ pub async fn twilio_stream(State(state): State<Shared>, ws: WebSocketUpgrade) ->
 /// Decides from the `start` frame's custom parameters whether the call may run, and on which route;
 /// takes the key's session slot.
 fn admit(state: &Shared, params: &HashMap<String, String>) -> Result<(SessionStart, Option<SessionGuard>), String> {
-    let (key, guard) = if state.keys.is_empty() {
-        (ANONYMOUS.to_string(), None)
+    let (key, limits, guard) = if state.keys.is_empty() {
+        (ANONYMOUS.to_string(), None, None)
     } else {
         let presented =
             params.get("api_key").ok_or("this server needs an API key: add <Parameter name=\"api_key\" value=\"...\"/> to the <Stream>")?;
         match state.keys.lookup(presented) {
-            Lookup::Anonymous => (ANONYMOUS.to_string(), None),
+            Lookup::Anonymous => (ANONYMOUS.to_string(), None, None),
             Lookup::Key(k) => {
                 let guard = k.try_open_session().map_err(|limited| {
+                    state.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "session_limit")]);
                     tracing::info!(key = k.name(), limit = limited.limit, "twilio call refused: key at its session limit");
                     format!("session limit: key {:?} allows {} concurrent", k.name(), limited.limit)
                 })?;
-                (k.name().to_string(), Some(guard))
+                (k.name().to_string(), super::realtime::rate_limits(Some(&k)), Some(guard))
             }
             Lookup::Revoked(name) => return Err(format!("API key {name:?} has been revoked")),
             Lookup::Unknown => return Err("incorrect API key".to_string()),
@@ -80,7 +89,7 @@ fn admit(state: &Shared, params: &HashMap<String, String>) -> Result<(SessionSta
     if !state.gateway.routes().contains_key(&route) && !state.gateway.models().contains_key(&route) {
         return Err(format!("model {route:?} is not a route or model of this server"));
     }
-    Ok((SessionStart { session_id: new_session_id(), route, key }, guard))
+    Ok((SessionStart { session_id: new_session_id(), route, key, limits }, guard))
 }
 
 /// `POST /v1/phone/twilio/twiml[?model=ROUTE&voice=V&api_key=K]`: the TwiML that connects a call to

@@ -5,8 +5,14 @@
 //! A key at its `max_sessions` is refused after the upgrade, not before: a browser's WebSocket API
 //! shows no HTTP status, so the client gets an `error` event (`session_limit_exceeded`) and a close
 //! 1008 whose reason names the limit. This handler writes both itself, before any session exists.
-//! No `rate_limits.updated` is sent: the SDKs type its `name` as `requests` | `tokens` only, and a
-//! session count is neither.
+//! (No `rate_limits.updated` for that one: the SDKs type its `name` as `requests` | `tokens` only,
+//! and a session count is neither.)
+//!
+//! A key with `requests_per_minute` or `tokens_per_minute` hands its [`KeyState`] to the session as
+//! its [`RateLimits`](crate::session::RateLimits): each response takes one request from the key's
+//! bucket and charges its tokens, exactly as `POST /v1/chat/completions` does; a response over the
+//! limit is refused with an `error` event (`rate_limit_exceeded`) and the session goes on; the
+//! client gets `rate_limits.updated` once the session starts and after every response.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -16,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::error::ApiError;
-use super::keys::Limited;
+use super::keys::{KeyState, Limited};
 use super::{Caller, Shared};
 use crate::metering::ledger::{SessionMeter, SessionStart as LedgerSession};
 use crate::session::SessionStart;
@@ -78,6 +84,7 @@ pub async fn upgrade(
         }
     };
     let Ok(slot) = state.session_slots.clone().try_acquire_owned() else {
+        state.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "too_many_sessions")]);
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -88,11 +95,11 @@ pub async fn upgrade(
     };
     // The key's own session slot, held as long as the server's: both are freed when the session ends.
     let key_slot = caller.key.as_ref().map(|k| k.try_open_session()).transpose();
-    let start = SessionStart { session_id: new_session_id(), route, key: caller.name.clone() };
+    let start = SessionStart { session_id: new_session_id(), route, key: caller.name.clone(), limits: rate_limits(caller.key.as_ref()) };
     // No meter, no session: a call the ledger cannot bill is refused, not served for free. (A key
     // over its session limit is refused after the upgrade and never metered.)
     let meter = if key_slot.is_ok() {
-        match open_meter(&state, &start, "realtime").await {
+        match open_meter(&state, &start, "realtime", None).await {
             Ok(m) => Some(m),
             Err(message) => {
                 return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).code("ledger_unavailable").into_response();
@@ -109,6 +116,7 @@ pub async fn upgrade(
             Ok(s) => s,
             Err(limited) => {
                 drop(slot);
+                state2.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "session_limit")]);
                 return refuse_over_limit(socket, &caller.name, &limited).await;
             }
         };
@@ -124,14 +132,26 @@ pub async fn upgrade(
     })
 }
 
-/// Opens the session's meter in the ledger at the key's own rate, else the server's.
-pub(super) async fn open_meter(state: &Shared, start: &SessionStart, protocol: &str) -> Result<SessionMeter, String> {
+/// The key's per-minute limits for its sessions' LLM calls; `None` for a key without any.
+pub(super) fn rate_limits(key: Option<&std::sync::Arc<KeyState>>) -> Option<std::sync::Arc<dyn crate::session::RateLimits>> {
+    key.filter(|k| k.has_gateway_limits()).map(|k| k.clone() as std::sync::Arc<dyn crate::session::RateLimits>)
+}
+
+/// Opens the session's meter in the ledger at the key's own rate, else the server's, billed from
+/// `opened_ms` (the ledger's clock when the WebSocket opened) when it opened before now.
+pub(super) async fn open_meter(
+    state: &Shared,
+    start: &SessionStart,
+    protocol: &str,
+    opened_ms: Option<i64>,
+) -> Result<SessionMeter, String> {
     let rate = state.keys.by_name(&start.key).and_then(|k| k.config.rate_microusd_per_hour).unwrap_or(state.rate_microusd_per_hour);
     let session = LedgerSession {
         id: start.session_id.clone(),
         key_id: start.key.clone(),
         protocol: protocol.to_string(),
         rate_microusd_per_hour: rate,
+        opened_ms,
     };
     state.ledger.open_session(session).await.map_err(|e| {
         state.gateway.accounts.metrics.inc("voxgate_errors_total", &[("kind", "ledger_unavailable")]);

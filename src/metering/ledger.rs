@@ -139,6 +139,10 @@ pub struct SessionStart {
     /// `realtime`, `twilio`, …
     pub protocol: String,
     pub rate_microusd_per_hour: u64,
+    /// When the connection opened (the ledger's clock), if the record is opened later: a Twilio
+    /// call is known (its key, its rate) only at its `start` frame, but billed from the WebSocket's
+    /// opening. `None`, or a time after now, starts the session now.
+    pub opened_ms: Option<i64>,
 }
 
 /// One session as stored. While it is open `ended_ms` and `close_reason` are `None` and the
@@ -154,7 +158,8 @@ pub struct SessionRecord {
     pub billed_seconds: u64,
     pub rate_microusd_per_hour: u64,
     pub amount: Amount,
-    /// `closed`, `dropped`, `shutdown`, `recovered`, or what the session said.
+    /// What the session said (`client_closed`, `client_not_reading`, `server_shutdown`), or the
+    /// ledger's own: `dropped`, `shutdown`, `recovered` (see `docs/metering.md`).
     pub close_reason: Option<String>,
     pub input_tokens: u64,
     pub output_tokens: u64,
@@ -939,10 +944,11 @@ impl Actor {
             return Err(LedgerError::Duplicate(start.id));
         }
         let now = self.clock.now_unix_ms();
+        let started_ms = start.opened_ms.map_or(now, |opened| opened.min(now));
         let session = OpenSession {
             key_id: start.key_id,
             protocol: start.protocol,
-            started_ms: now,
+            started_ms,
             checkpoint_ms: now,
             rate_microusd_per_hour: start.rate_microusd_per_hour,
             counters,
@@ -968,7 +974,7 @@ impl Actor {
         match inserted {
             Ok(1) => {
                 self.open.insert(start.id, session);
-                Ok(now)
+                Ok(started_ms)
             }
             Ok(_) => Err(LedgerError::Duplicate(start.id)),
             Err(e) => {
@@ -1313,7 +1319,7 @@ mod tests {
     }
 
     fn start(id: &str) -> SessionStart {
-        SessionStart { id: id.into(), key_id: "k".into(), protocol: "realtime".into(), rate_microusd_per_hour: 4_500_000 }
+        SessionStart { id: id.into(), key_id: "k".into(), protocol: "realtime".into(), rate_microusd_per_hour: 4_500_000, opened_ms: None }
     }
 
     #[tokio::test]

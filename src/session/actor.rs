@@ -23,9 +23,9 @@ use crate::stt::{Transcript, Utterance, STT_RATE_HZ};
 use crate::transport::audio::{decode_to_pcm, AudioFormat, Resampler};
 use crate::transport::realtime::{
     new_event_id, new_item_id, new_response_id, AudioFormatSpec, AudioInput, AudioOutput, ClientEvent, ContentPart, FunctionCallItem,
-    FunctionTool, InputTranscription, Item, ItemStatus, MaxOutputTokens, MessageItem, MeterInfo, Modality, RealtimeError, Response,
-    ResponseConversation, ResponseParams, ResponsePart, ResponseStatus, Role, ServerEvent, ServerVad, Session, SessionAudio, SessionType,
-    StageLatencies, StatusDetails, StatusError, StatusReason, ToolChoice, ToolChoiceMode, TranscriptionUsage, TurnDetection,
+    FunctionTool, InputTranscription, Item, ItemStatus, MaxOutputTokens, MessageItem, MeterInfo, Modality, RateLimit, RealtimeError,
+    Response, ResponseConversation, ResponseParams, ResponsePart, ResponseStatus, Role, ServerEvent, ServerVad, Session, SessionAudio,
+    SessionType, StageLatencies, StatusDetails, StatusError, StatusReason, ToolChoice, ToolChoiceMode, TranscriptionUsage, TurnDetection,
     Usage as RealtimeUsage, Voice, VoxgateResponseInfo, Word,
 };
 
@@ -56,6 +56,9 @@ pub struct SessionStart {
     pub route: String,
     /// The API key's name, for usage rows.
     pub key: String,
+    /// The key's per-minute gateway limits, when it has any: the session's LLM calls count against
+    /// them and the client hears of them (`rate_limits.updated`).
+    pub limits: Option<Arc<dyn super::RateLimits>>,
 }
 
 /// Audio queued ahead of playback before the actor stops taking more from the TTS (backpressure).
@@ -80,6 +83,7 @@ pub async fn run_session(
     actor.meter = meter;
     let mut close_reason = "server_shutdown";
     actor.emit(ServerEvent::SessionCreated { event_id: new_event_id(), session: actor.session_object() });
+    actor.report_rate_limits();
     info!(session_id = %actor.start.session_id, route = %actor.start.route, "realtime session opened");
     loop {
         let due = actor.next_due();
@@ -351,10 +355,14 @@ impl Actor {
         if self.closing.is_some() {
             return;
         }
+        if let Some(kind) = error_kind(&event) {
+            self.metrics().inc("voxgate_errors_total", &[("kind", kind)]);
+        }
         match self.outbound.try_send(Outbound::Event(Box::new(event))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(session_id = %self.start.session_id, "client is not reading events; closing the session");
+                self.metrics().inc("voxgate_errors_total", &[("kind", "client_not_reading")]);
                 self.closing = Some((1008, "client is not reading events".into()));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.closing = Some((1000, "transport closed".into())),
@@ -1118,6 +1126,11 @@ impl Actor {
             },
             ..ChatRequest::default()
         };
+        if let Some(limits) = self.start.limits.clone() {
+            if let Err(limited) = limits.try_request() {
+                return self.refuse_rate_limited(limited, event_id.as_deref());
+            }
+        }
 
         self.seq += 1;
         if let Some(meter) = self.meter.as_mut() {
@@ -1175,6 +1188,10 @@ impl Actor {
     }
 
     fn on_response(&mut self, seq: u64, msg: ResponseMsg) {
+        if let (ResponseMsg::Usage(usage), Some(limits)) = (&msg, &self.start.limits) {
+            // Charged even for a response already cancelled: its tokens were spent.
+            limits.record_tokens(usage.input_tokens.saturating_add(usage.output_tokens));
+        }
         let Some(active) = self.active.as_mut() else { return };
         if active.seq != seq {
             return; // from a response already cancelled
@@ -1698,6 +1715,49 @@ impl Actor {
         if let Some(p) = self.playback.as_mut().filter(|p| p.response_id == response_id) {
             p.complete = true;
         }
+        self.report_rate_limits();
+    }
+
+    /// `rate_limits.updated` with the key's per-minute budgets, for a key that has limits.
+    fn report_rate_limits(&mut self) {
+        let Some(limits) = self.start.limits.as_ref() else { return };
+        let rate_limits: Vec<RateLimit> = limits
+            .budgets()
+            .into_iter()
+            .map(|b| RateLimit { name: b.name.to_string(), limit: b.limit, remaining: b.remaining, reset_seconds: b.reset.as_secs_f64() })
+            .collect();
+        if !rate_limits.is_empty() {
+            self.emit(ServerEvent::RateLimitsUpdated { event_id: new_event_id(), rate_limits });
+        }
+    }
+
+    /// A response the key's per-minute limit refuses: an `error` event that names the limit and when
+    /// to retry, then the budgets. The session goes on; the user's turn stays in the conversation.
+    fn refuse_rate_limited(&mut self, limited: super::RateLimited, event_id: Option<&str>) {
+        info!(session_id = %self.start.session_id, limit = limited.name, retry_after_ms = limited.retry_after.as_millis() as u64, "response refused: key over its rate limit");
+        self.emit(ServerEvent::error(RealtimeError {
+            error_type: limited.name.to_string(),
+            code: Some("rate_limit_exceeded".into()),
+            message: limited.message,
+            param: None,
+            event_id: event_id.map(str::to_string),
+        }));
+        self.report_rate_limits();
+    }
+}
+
+/// The `kind` label of `voxgate_errors_total` for an event that reports an error (a closed set).
+fn error_kind(event: &ServerEvent) -> Option<&'static str> {
+    match event {
+        ServerEvent::Error { error, .. } if error.code.as_deref() == Some("rate_limit_exceeded") => Some("rate_limited"),
+        ServerEvent::Error { error, .. } if error.error_type == "server_error" => Some("session_error"),
+        ServerEvent::Error { .. } => Some("bad_client_event"),
+        ServerEvent::InputAudioTranscriptionFailed { .. } => Some("stt_failed"),
+        ServerEvent::ResponseDone { response, .. } if response.status == ResponseStatus::Failed => {
+            let code = response.status_details.as_ref().and_then(|d| d.error.as_ref()).and_then(|e| e.code.as_deref());
+            Some(if code == Some("tts_failed") { "tts_failed" } else { "llm_failed" })
+        }
+        _ => None,
     }
 }
 

@@ -7,6 +7,7 @@ pub mod conversation;
 pub mod response;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use actor::{run_session, Inbound, Outbound, SessionStart};
 
@@ -17,6 +18,42 @@ use crate::stt::SpeechToText;
 use crate::tts::espeak::EspeakTts;
 use crate::tts::fake::{FakeTts, FakeTtsSettings};
 use crate::tts::TextToSpeech;
+
+/// The per-minute gateway limits of the key a session runs under, as the session sees them. The
+/// HTTP layer implements it (for a key with `requests_per_minute` or `tokens_per_minute`) and hands
+/// it in with [`SessionStart::limits`]; the session asks before each LLM call, charges the call's
+/// tokens when its usage arrives, and reports the budgets to the client (`rate_limits.updated`).
+pub trait RateLimits: Send + Sync + std::fmt::Debug {
+    /// Admit one LLM call (taking one request), or say which limit refuses it.
+    fn try_request(&self) -> Result<(), RateLimited>;
+    /// Charge the tokens (input + output) of a call whose usage is known.
+    fn record_tokens(&self, tokens: u64);
+    /// The limits as they stand now, requests first; empty when the key has none.
+    fn budgets(&self) -> Vec<RateBudget>;
+}
+
+/// A limit that refused an LLM call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// `requests` or `tokens`.
+    pub name: &'static str,
+    pub limit: u64,
+    /// Until the limit lets one more call through.
+    pub retry_after: Duration,
+    /// Names the key, the limit and when to retry, for the client.
+    pub message: String,
+}
+
+/// One per-minute limit's state.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateBudget {
+    /// `requests` or `tokens`.
+    pub name: &'static str,
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the limit is whole again.
+    pub reset: Duration,
+}
 
 /// The engines and limits every session shares.
 pub struct VoiceEngines {
