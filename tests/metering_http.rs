@@ -194,3 +194,49 @@ async fn a_server_killed_with_sigkill_bills_its_open_sessions_once_as_recovered(
         }
     }
 }
+
+#[tokio::test]
+async fn malformed_query_parameters_get_an_openai_error_naming_them() {
+    let config = std::fs::read_to_string(format!("{}/tests/metering/voxgate.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (base, _) = support::start_voxgate(&config, &[]).await;
+    let client = reqwest::Client::new();
+    let cases: &[(&str, &str, &str)] = &[
+        // (path and query, the param named, the code)
+        ("/v1/sessions?from=2026-02-31", "from", "invalid_value"),
+        ("/v1/sessions?to=2026-04-31T10:00Z", "to", "invalid_value"),
+        ("/v1/sessions?from=2025-02-29", "from", "invalid_value"),
+        ("/v1/sessions?from=yesterday", "from", "invalid_value"),
+        ("/v1/sessions?from=", "from", "invalid_value"),
+        ("/v1/sessions?from=2026-01-02&to=2026-01-01", "to", "invalid_value"),
+        ("/v1/sessions?colour=red", "colour", "invalid_value"),
+        ("/v1/sessions?key=%zz", "key", "invalid_query"),
+        ("/v1/sessions?key=%ff", "key", "invalid_query"),
+        ("/v1/sessions?from=1&from=2", "from", "invalid_query"),
+        ("/v1/sessions/%ff", "id", "invalid_value"),
+        ("/v1/usage?from=2026-02-31", "from", "invalid_value"),
+        ("/v1/usage?group_by=week", "group_by", "invalid_value"),
+        ("/v1/usage?group_by=%e9", "group_by", "invalid_query"),
+        ("/v1/usage?to=2026-13-01", "to", "invalid_value"),
+        ("/v1/phone/twilio/twiml?model=%zz", "model", "invalid_query"),
+    ];
+    for (path, param, code) in cases {
+        let request = if path.contains("twiml") { client.post(format!("{base}{path}")) } else { client.get(format!("{base}{path}")) };
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        assert!(content_type.starts_with("application/json"), "{path}: {content_type}");
+        let body: Value = r.json().await.unwrap();
+        let error = &body["error"];
+        assert_eq!(error["type"], "invalid_request_error", "{path}: {body}");
+        assert_eq!(error["param"], *param, "{path}: {body}");
+        assert_eq!(error["code"], *code, "{path}: {body}");
+        assert!(error["message"].as_str().unwrap().contains(param), "the message names {param}: {body}");
+    }
+    // The same parameters, well formed, are answered (a leap day, a percent-encoded time).
+    for path in ["/v1/sessions?from=2024-02-29&to=2024-03-01T00%3A00Z&key=anonymous", "/v1/usage?from=2024-02-29&group_by=day"] {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["data"], json!([]), "{path}: {body}");
+    }
+}

@@ -1,10 +1,14 @@
 //! Queries of the durable ledger: `GET /v1/sessions/{id}`, `GET /v1/sessions?from=&to=&key=`, and
 //! `GET /v1/usage?from=&to=&group_by=key|model|day` (JSON, or CSV with `Accept: text/csv`). A key
 //! sees its own records; without configured keys (loopback only) everything is visible.
+//!
+//! Query strings are read strictly ([`parse_query`]): a malformed percent-escape, a value that is not
+//! UTF-8 or a parameter given twice is a 400 naming the parameter, never a silent guess.
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -30,7 +34,19 @@ fn unavailable(e: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-pub async fn session(State(state): State<Shared>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+pub async fn session(
+    State(state): State<Shared>,
+    Extension(caller): Extension<Caller>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(e) => {
+            return ApiError::invalid(format!("The session id in the path is not valid: {}", e.body_text()), Some("id"))
+                .code("invalid_value")
+                .into_response()
+        }
+    };
     match state.ledger.session(&id).await {
         Ok(Some(r)) if scope(&caller).is_none_or(|k| k == r.key_id) => axum::Json(session_json(&r)).into_response(),
         Ok(_) => ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", format!("No session {id:?}."))
@@ -43,9 +59,13 @@ pub async fn session(State(state): State<Shared>, Extension(caller): Extension<C
 pub async fn sessions(
     State(state): State<Shared>,
     Extension(caller): Extension<Caller>,
-    Query(q): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    let q = match parse_query(raw.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     let (from_ms, to_ms) = match window(&q) {
         Ok(w) => w,
         Err(r) => return r,
@@ -230,11 +250,13 @@ fn wants_csv(headers: &HeaderMap) -> bool {
 /// from the epoch to now plus a day. `to` is exclusive.
 #[allow(clippy::result_large_err)]
 fn window(q: &HashMap<String, String>) -> Result<(i64, i64), Response> {
-    let parse = |name: &str, default: i64| match q.get(name) {
+    let parse = |name: &str, default: i64| {
+        match q.get(name) {
         None => Ok(default),
         Some(text) => parse_time_ms(text).ok_or_else(|| {
-            bad(format!("{name}={text:?} is not a time: use unix seconds, YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SSZ (UTC)."), name)
+            bad(format!("{name}={text:?} is not a time: use unix seconds, YYYY-MM-DD, or YYYY-MM-DDTHH:MM:SSZ (UTC), a date that exists (2026-02-31 does not)."), name)
         }),
+    }
     };
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let from = parse("from", 0)?;
@@ -243,6 +265,52 @@ fn window(q: &HashMap<String, String>) -> Result<(i64, i64), Response> {
         return Err(bad("`to` must be after `from`.", "to"));
     }
     Ok((from, to))
+}
+
+/// A query string's parameters, strictly: `+` is a space and `%XX` a byte; a `%` not followed by two
+/// hex digits, a value that does not decode to UTF-8, or a parameter given twice is refused with a
+/// 400 that names the parameter (axum's own extractor would guess, or answer in plain text).
+#[allow(clippy::result_large_err)]
+pub fn parse_query(raw: Option<&str>) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let shown = |text: &str| text.chars().take(40).collect::<String>();
+        let name = percent_decode(name).ok_or_else(|| {
+            ApiError::invalid(format!("The query parameter name {:?} is not valid percent-encoded UTF-8.", shown(name)), None)
+                .code("invalid_query")
+        })?;
+        let value = percent_decode(value).ok_or_else(|| {
+            ApiError::invalid(format!("{name}={:?} is not valid percent-encoded UTF-8.", shown(value)), Some(&name)).code("invalid_query")
+        })?;
+        if out.contains_key(&name) {
+            return Err(
+                ApiError::invalid(format!("The query parameter {name:?} is given more than once."), Some(&name)).code("invalid_query")
+            );
+        }
+        out.insert(name, value);
+    }
+    Ok(out)
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value; `None` when malformed.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok())?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Unix ms from unix seconds or an RFC 3339 UTC date/time.
@@ -257,7 +325,7 @@ pub fn parse_time_ms(text: &str) -> Option<i64> {
     };
     let mut d = date.split('-');
     let (y, m, day) = (d.next()?.parse::<i64>().ok()?, d.next()?.parse::<u32>().ok()?, d.next()?.parse::<u32>().ok()?);
-    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+    if d.next().is_some() || !(1..=12).contains(&m) || !(1..=days_in_month(y, m)).contains(&day) {
         return None;
     }
     let mut ms = days_from_civil(y, m, day) * 86_400_000;
@@ -272,6 +340,16 @@ pub fn parse_time_ms(text: &str) -> Option<i64> {
         ms += h * 3_600_000 + min * 60_000 + (sec * 1000.0) as i64;
     }
     Some(ms)
+}
+
+/// 28 to 31: the days of month `m` (1 to 12) of year `y` (proleptic Gregorian).
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -297,8 +375,39 @@ mod tests {
         assert_eq!(parse_time_ms("2026-11-24"), Some(1_795_478_400_000));
         assert_eq!(parse_time_ms("2026-11-24T10:30:00Z"), Some(1_795_478_400_000 + 37_800_000));
         assert_eq!(parse_time_ms("2000-02-29T00:00Z"), Some(951_782_400_000));
-        for bad in ["", "yesterday", "2026-13-01", "2026-11-24T25:00:00Z", "2026-11", "12:00"] {
+        assert_eq!(parse_time_ms("2024-02-29"), Some(1_709_164_800_000));
+        assert_eq!(parse_time_ms("2026-04-30"), Some(1_777_507_200_000));
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-11-24T25:00:00Z",
+            "2026-11",
+            "12:00",
+            "2026-02-31",
+            "2026-02-29",
+            "1900-02-29",
+            "2026-04-31",
+            "2026-00-10",
+            "2026-01-00",
+        ] {
             assert_eq!(parse_time_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn queries_are_decoded_strictly() {
+        let q = parse_query(Some("from=2026-01-01T10%3A00Z&key=a+b&group_by=")).unwrap();
+        assert_eq!(q["from"], "2026-01-01T10:00Z");
+        assert_eq!(q["key"], "a b");
+        assert_eq!(q["group_by"], "");
+        assert_eq!(parse_query(Some("key=caf%C3%A9")).unwrap()["key"], "café");
+        assert!(parse_query(None).unwrap().is_empty());
+        for (raw, param) in
+            [("key=%zz", Some("key")), ("key=%f", Some("key")), ("key=%ff", Some("key")), ("from=1&from=2", Some("from")), ("%e9=1", None)]
+        {
+            let e = parse_query(Some(raw)).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.param.as_deref(), e.code.as_deref()), (400, param, Some("invalid_query")), "{raw}");
         }
     }
 

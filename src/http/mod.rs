@@ -146,7 +146,7 @@ pub fn router(state: Shared) -> Router {
             ApiError::new(
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
-                "Unknown path. voxgate serves POST /v1/chat/completions, GET /v1/models, GET /v1/usage, GET /v1/realtime (WebSocket), GET /v1/phone/twilio (WebSocket), POST /v1/phone/twilio/twiml, GET /metrics and GET /healthz.",
+                "Unknown path. voxgate serves POST /v1/chat/completions, GET /v1/models, GET /v1/usage, GET /v1/sessions[/{id}], GET /v1/realtime (WebSocket), GET /v1/phone/twilio (WebSocket), POST /v1/phone/twilio/twiml, GET /metrics and GET /healthz.",
             )
             .code("not_found")
         })
@@ -214,9 +214,13 @@ async fn models(State(state): State<Shared>) -> impl IntoResponse {
 async fn usage(
     State(state): State<Shared>,
     axum::Extension(caller): axum::Extension<Caller>,
-    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
     headers: axum::http::HeaderMap,
 ) -> Response {
+    let q = match ledger::parse_query(raw.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     if !q.is_empty() {
         return ledger::usage(&caller, &state, &q, &headers).await;
     }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -94,7 +94,11 @@ fn admit(state: &Shared, params: &HashMap<String, String>) -> Result<(SessionSta
 
 /// `POST /v1/phone/twilio/twiml[?model=ROUTE&voice=V&api_key=K]`: the TwiML that connects a call to
 /// this server's stream endpoint, on the host the webhook was called on.
-pub async fn twiml(Query(query): Query<HashMap<String, String>>, headers: HeaderMap) -> Response {
+pub async fn twiml(RawQuery(raw): RawQuery, headers: HeaderMap) -> Response {
+    let query = match super::ledger::parse_query(raw.as_deref()) {
+        Ok(q) => q,
+        Err(e) => return e.into_response(),
+    };
     let Some(host) = headers.get("x-forwarded-host").or_else(|| headers.get(header::HOST)).and_then(|h| h.to_str().ok()) else {
         return ApiError::new(
             StatusCode::BAD_REQUEST,
