@@ -240,3 +240,194 @@ async fn malformed_query_parameters_get_an_openai_error_naming_them() {
         assert_eq!(body["data"], json!([]), "{path}: {body}");
     }
 }
+
+/// A fixture WAV (16 kHz mono) as 24 kHz PCM16 in 100 ms `input_audio_buffer.append` events.
+fn fixture_appends(stem: &str, silence_ms: usize) -> Vec<String> {
+    use base64::Engine as _;
+    let path = format!("{}/fixtures/audio/{stem}.wav", env!("CARGO_MANIFEST_DIR"));
+    let mut reader = hound::WavReader::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let rate = reader.spec().sample_rate;
+    let samples: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
+    let mut pcm24 = Vec::new();
+    let mut r = voxgate::transport::audio::Resampler::new(rate, 24_000).unwrap();
+    r.process(&samples, &mut pcm24);
+    r.flush(&mut pcm24);
+    pcm24.extend(std::iter::repeat_n(0i16, silence_ms * 24));
+    pcm24
+        .chunks(2_400)
+        .map(|chunk| {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+            json!({"type": "input_audio_buffer.append", "audio": base64::engine::general_purpose::STANDARD.encode(bytes)}).to_string()
+        })
+        .collect()
+}
+
+/// `name{labels} value` lines of a Prometheus text page, by `name{labels}`.
+fn samples(page: &str) -> std::collections::HashMap<String, f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap())))
+        .collect()
+}
+
+/// Events up to and including the first of type `until`.
+async fn until(ws: &mut Ws, until: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let e = next(ws).await;
+        let done = e["type"] == until;
+        seen.push(e);
+        if done {
+            return seen;
+        }
+    }
+}
+
+async fn closed_record(base: &str, id: &str) -> Value {
+    for _ in 0..400 {
+        let record: Value = reqwest::get(format!("{base}/v1/sessions/{id}")).await.unwrap().json().await.unwrap();
+        if record["open"] == false {
+            return record;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("session {id} was not closed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_move_after_one_session_with_a_barge_in() {
+    let config = r#"
+[providers.fake]
+kind = "fake"
+[[models]]
+id = "echo"
+provider = "fake"
+input_usd_per_mtok = 0.40
+output_usd_per_mtok = 1.60
+[routes.default]
+models = ["echo"]
+[stt]
+engine = "fake"
+script = ["fixtures/audio/table_booking.json", "fixtures/audio/opening_hours.json"]
+latency_ms = 40
+[tts]
+engine = "fake"
+ttfb_ms = 25
+ms_per_char = 20
+"#;
+    let (base, state) = support::start_voxgate(config, &[]).await;
+    let page = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let before = samples(&page);
+    assert_eq!(before.get("voxgate_barge_ins_total"), None, "{page}");
+    assert_eq!(before.get("voxgate_session_seconds_billed_total"), None, "{page}");
+
+    let (mut ws, id) = connect(&base).await;
+    // One bad client event: an error event, counted, and the session goes on.
+    ws.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "error");
+    for append in fixture_appends("table_booking", 1_000) {
+        ws.send(Message::text(append)).await.unwrap();
+    }
+    until(&mut ws, "response.output_audio.delta").await;
+    for _ in 0..10 {
+        next(&mut ws).await;
+    }
+    // The caller talks over the agent.
+    for append in fixture_appends("opening_hours", 0) {
+        ws.send(Message::text(append)).await.unwrap();
+    }
+    let events = until(&mut ws, "response.done").await;
+    assert_eq!(events.last().unwrap()["response"]["status"], "cancelled", "{:?}", events.last());
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let record = closed_record(&base, &id).await;
+
+    let page = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let after = samples(&page);
+    let get = |name: &str| after.get(name).copied().unwrap_or_else(|| panic!("{name} is missing from:\n{page}"));
+    assert_eq!(get("voxgate_barge_ins_total"), 1.0);
+    // Counted with the session's own clock as it closes, a moment before the ledger's final record.
+    let billed = record["billed_seconds"].as_f64().unwrap();
+    let counted = get("voxgate_session_seconds_billed_total");
+    assert!(counted >= 1.0 && counted <= billed && billed - counted <= 1.0, "counted {counted}, billed {billed}");
+    for stage in ["stt", "llm_ttft", "tts_ttfb", "voice_to_voice"] {
+        let count = get(&format!("voxgate_turn_latency_seconds_count{{stage=\"{stage}\"}}"));
+        assert!(count >= 1.0, "{stage}: {count}");
+        assert_eq!(get(&format!("voxgate_turn_latency_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}}")), count, "{stage}");
+    }
+    assert_eq!(get("voxgate_errors_total{kind=\"bad_client_event\"}"), 1.0);
+    assert_eq!(after.get("voxgate_errors_total{kind=\"rate_limited\"}"), None, "only what happened is counted");
+    // The gauge drops when the socket's tasks have ended, just after the record is written.
+    assert!(
+        support::eventually(|| state.gateway.accounts.metrics.render().contains("voxgate_realtime_sessions_active 0\n")).await,
+        "{}",
+        state.gateway.accounts.metrics.render()
+    );
+}
+
+#[tokio::test]
+async fn a_ledger_that_cannot_be_written_refuses_new_sessions_and_lets_running_ones_finish() {
+    use voxgate::metering::ledger::Fault;
+    let config = std::fs::read_to_string(format!("{}/tests/metering/voxgate.toml", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let (base, state) = support::start_voxgate(&config, &[]).await;
+    let (mut running, running_id) = connect(&base).await;
+
+    // A real SQLite error on the live connection: every write fails as on a read-only file.
+    state.ledger.inject_fault(Fault::ReadOnly).await.unwrap();
+    let url = format!("{}/v1/realtime?model=default", base.replace("http://", "ws://"));
+    let refused = tokio_tungstenite::connect_async_with_config(url.clone(), None, true).await;
+    let Err(tokio_tungstenite::tungstenite::Error::Http(response)) = refused else {
+        panic!("expected an HTTP refusal, got {:?}", refused.map(|_| "an open socket"));
+    };
+    assert_eq!(response.status(), 503);
+    let body: Value = serde_json::from_slice(response.body().as_deref().unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "ledger_unavailable", "{body}");
+    assert_eq!(body["error"]["type"], "server_error", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("cannot record new sessions") && message.contains("read-only"), "{message}");
+
+    // A phone call is refused too: Twilio's protocol has no error message, so a close 1008 says why.
+    let twilio = format!("{}/v1/phone/twilio", base.replace("http://", "ws://"));
+    let (mut call, _) = tokio_tungstenite::connect_async_with_config(twilio, None, true).await.unwrap();
+    let start = json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {
+        "accountSid": "AC1", "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"],
+        "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+        "customParameters": {"model": "default"}}});
+    call.send(Message::text(start.to_string())).await.unwrap();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), call.next()).await.expect("a close").expect("a frame").expect("ok") {
+            Message::Close(frame) => break frame.expect("a close frame with a reason"),
+            _ => continue,
+        }
+    };
+    assert_eq!(u16::from(close.code), 1008);
+    assert!(close.reason.contains("cannot record new sessions"), "{}", close.reason);
+
+    // The session that was already running finishes normally.
+    running.send(Message::text(json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}).to_string())).await.unwrap();
+    running.send(Message::text(json!({"type": "response.create", "response": {"output_modalities": ["text"]}}).to_string())).await.unwrap();
+    let done = until(&mut running, "response.done").await;
+    assert_eq!(done.last().unwrap()["response"]["status"], "completed");
+    running.close(None).await.unwrap();
+    drop(running);
+    // Its final record is kept (fallback file and memory) and answered while the ledger is read-only.
+    let record = closed_record(&base, &running_id).await;
+    assert_eq!(record["close_reason"], "client_closed", "{record}");
+    assert_eq!(record["turns"], 1, "{record}");
+
+    let page = state.gateway.accounts.metrics.render();
+    assert!(page.contains("voxgate_errors_total{kind=\"ledger_unavailable\"} 2\n"), "{page}");
+
+    // Writable again (the kept record is retried at the checkpoint): new sessions are admitted, the
+    // finished one is listed once, closed, and the refused ones left no record.
+    state.ledger.inject_fault(Fault::None).await.unwrap();
+    state.ledger.checkpoint().await.unwrap();
+    let (_again, again_id) = connect(&base).await;
+    let list: Value = reqwest::get(format!("{base}/v1/sessions?from=2020-01-01")).await.unwrap().json().await.unwrap();
+    let rows = list["data"].as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 2, "{list}");
+    assert!(ids.contains(&running_id.as_str()) && ids.contains(&again_id.as_str()), "{list}");
+    let finished = rows.iter().find(|s| s["id"] == running_id.as_str()).unwrap();
+    assert_eq!((finished["open"].as_bool(), finished["close_reason"].as_str()), (Some(false), Some("client_closed")), "{finished}");
+}
