@@ -325,3 +325,27 @@ async fn a_torn_fallback_line_is_skipped_and_the_rest_imported() {
     assert_eq!(ledger.session("s").await.unwrap().unwrap().billed_seconds, 2);
     ledger.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_session_opened_late_is_billed_from_its_connections_opening_never_from_the_future() {
+    let d = temp_dir("opened");
+    let clock = Arc::new(ManualClock::new(T0));
+    let (ledger, _) = open(&d, clock.clone()).await;
+    // A phone call: the socket opened at T0, its `start` frame (and so its record) 2.5 s later.
+    clock.advance_ms(2_500);
+    let call =
+        ledger.open_session(SessionStart { opened_ms: Some(T0), protocol: "twilio".into(), ..start("sess_call", "k") }).await.unwrap();
+    assert_eq!(call.started_ms(), T0);
+    assert_eq!(call.so_far(clock.now_unix_ms()).0, 3, "the live meter counts from the opening too");
+    assert_eq!(ledger.session("sess_call").await.unwrap().unwrap().started_ms, T0);
+    // An opening "after now" (a clock stepped back in between) starts the session now.
+    let odd = ledger.open_session(SessionStart { opened_ms: Some(T0 + 60_000), ..start("sess_odd", "k") }).await.unwrap();
+    assert_eq!(odd.started_ms(), T0 + 2_500);
+    clock.advance_ms(1_000);
+    call.close("client_closed").await;
+    odd.close("client_closed").await;
+    let call = ledger.session("sess_call").await.unwrap().unwrap();
+    assert_eq!((call.started_ms, call.ended_ms, call.billed_seconds), (T0, Some(T0 + 3_500), 4));
+    let odd = ledger.session("sess_odd").await.unwrap().unwrap();
+    assert_eq!((odd.started_ms, odd.ended_ms, odd.billed_seconds), (T0 + 2_500, Some(T0 + 3_500), 1));
+}
