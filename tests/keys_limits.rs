@@ -275,6 +275,8 @@ async fn realtime_key_at_its_session_limit_gets_an_error_event_and_close_1008() 
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("session limit") && reason.contains("solo"), "{reason}");
     assert_eq!(solo.sessions_open(), 1, "the refused one took no slot");
+    let page = state.gateway.accounts.metrics.render();
+    assert!(page.contains("voxgate_errors_total{kind=\"session_limit\"} 1\n"), "{page}");
 
     // Another key is not limited by this one's sessions.
     let mut other = connect_realtime(&base, Some("vk-open"), false).await.unwrap();

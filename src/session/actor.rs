@@ -1837,7 +1837,47 @@ fn chat_tool_choice(choice: &ToolChoice) -> ChatToolChoice {
 
 #[cfg(test)]
 mod tests {
-    use super::heard_text;
+    use super::{error_kind, heard_text};
+    use crate::transport::realtime::{RealtimeError, Response, ResponseStatus, ServerEvent, StatusDetails, StatusError};
+
+    #[test]
+    fn error_events_map_to_a_closed_set_of_metric_kinds() {
+        let error = |error_type: &str, code: &str| {
+            ServerEvent::error(RealtimeError {
+                error_type: error_type.into(),
+                code: Some(code.into()),
+                message: "m".into(),
+                param: None,
+                event_id: None,
+            })
+        };
+        let failed = |code: &str| {
+            let mut response = Response::in_progress("resp_1");
+            response.status = ResponseStatus::Failed;
+            response.status_details = Some(StatusDetails {
+                status_type: Some(ResponseStatus::Failed),
+                reason: None,
+                error: Some(StatusError { error_type: Some("server_error".into()), code: Some(code.into()), message: None }),
+            });
+            ServerEvent::ResponseDone { event_id: "e".into(), response }
+        };
+        assert_eq!(error_kind(&error("invalid_request_error", "invalid_json")), Some("bad_client_event"));
+        assert_eq!(error_kind(&error("requests", "rate_limit_exceeded")), Some("rate_limited"));
+        assert_eq!(error_kind(&error("server_error", "anything")), Some("session_error"));
+        let stt = ServerEvent::InputAudioTranscriptionFailed {
+            event_id: "e".into(),
+            item_id: "i".into(),
+            content_index: 0,
+            error: RealtimeError::server("stt_timeout", "m"),
+        };
+        assert_eq!(error_kind(&stt), Some("stt_failed"));
+        assert_eq!(error_kind(&failed("llm_failed")), Some("llm_failed"));
+        assert_eq!(error_kind(&failed("llm_stream_failed")), Some("llm_failed"));
+        assert_eq!(error_kind(&failed("tts_failed")), Some("tts_failed"));
+        let mut cancelled = Response::in_progress("resp_2");
+        cancelled.status = ResponseStatus::Cancelled;
+        assert_eq!(error_kind(&ServerEvent::ResponseDone { event_id: "e".into(), response: cancelled }), None);
+    }
 
     #[test]
     fn heard_text_keeps_whole_chunks_and_whole_words() {
