@@ -7,7 +7,9 @@
 //! the overhead is the difference of the percentiles. Everything shares the same 2 cores, so
 //! the figure includes contention with the load generator itself: an upper bound.
 //!
-//! `bench pipeline` ([`pipeline`]) measures what the voice pipeline adds to a turn under load.
+//! `bench pipeline` ([`pipeline`]) measures what the voice pipeline adds to a turn under load
+//! (`--embedded`: whole turns on the offline engines); `bench engines` ([`engines`]) measures the
+//! embedded speech engines alone.
 
 use std::fmt::Write;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use axum::body::Bytes;
 use serde_json::json;
 use tokio::time::Instant;
 
+#[cfg(all(feature = "embedded-stt", feature = "embedded-tts"))]
+pub mod engines;
 pub mod pipeline;
 pub use pipeline::{pipeline, PipelineOptions};
 

@@ -92,7 +92,14 @@ enum BenchCommand {
         /// engine to the overhead) instead of a precise timer thread.
         #[arg(long)]
         tokio_timers: bool,
+        /// Run the server on its embedded engines (the offline defaults) instead of the fakes and
+        /// report whole turn latencies, engines included.
+        #[arg(long)]
+        embedded: bool,
     },
+    /// The embedded speech engines alone on the fixtures: STT real-time factor and commit-to-final
+    /// latency, TTS time to first audio and real-time factor.
+    Engines,
 }
 
 fn init_tracing() {
@@ -181,13 +188,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers } } => {
-            let options = voxgate::bench::PipelineOptions { sessions, seconds, idle, precise_engine_timers: !tokio_timers };
+        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded } } => {
+            let options = voxgate::bench::PipelineOptions { sessions, seconds, idle, precise_engine_timers: !tokio_timers, embedded };
             let report = voxgate::bench::pipeline(options).await?;
             println!("{report}");
             Ok(())
         }
+        Command::Bench { what: BenchCommand::Engines } => bench_engines().await,
     }
+}
+
+#[cfg(all(feature = "embedded-stt", feature = "embedded-tts"))]
+async fn bench_engines() -> anyhow::Result<()> {
+    let report = voxgate::bench::engines::engines(&voxgate::models::default_models_dir()).await?;
+    println!("{report}");
+    Ok(())
+}
+
+#[cfg(not(all(feature = "embedded-stt", feature = "embedded-tts")))]
+async fn bench_engines() -> anyhow::Result<()> {
+    anyhow::bail!("this voxgate was built without the embedded-stt and embedded-tts features; build with the default features")
 }
 
 async fn signal_shutdown(token: CancellationToken) {

@@ -40,7 +40,7 @@ const FRAME_MS: u64 = 20;
 const FRAME_SAMPLES: usize = (RATE_HZ as u64 * FRAME_MS / 1000) as usize;
 /// Send times kept per session to find the frame that completed a silence window (20 s of frames).
 const SENT_FRAMES_KEPT: usize = 1000;
-/// A session that has heard no answer this long after its utterance ended speaks again (counted).
+/// A session that has heard no answer audio this long after its utterance ended speaks again (counted).
 const TURN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Sessions connecting at once in the idle measurement.
 const IDLE_CONNECTS_AT_ONCE: usize = 64;
@@ -58,6 +58,9 @@ pub struct PipelineOptions {
     /// subtracted from a turn is the time the engines really took; with tokio's 1 ms timer each
     /// engine's wait runs up to 1 ms long and that rounding lands in the overhead.
     pub precise_engine_timers: bool,
+    /// Run the child on its embedded engines (Whisper, SmolLM2, Piper: the offline defaults)
+    /// instead of the fakes: the figures are then whole turn latencies, engines included.
+    pub embedded: bool,
 }
 
 /// Engine times the fakes are configured with: what a turn spends outside the pipeline.
@@ -363,7 +366,8 @@ async fn run_client(
                         frames.speech[i].clone()
                     }
                     None => {
-                        if utterance_ended.is_some_and(|t| now.duration_since(t) > TURN_TIMEOUT) {
+                        // An answer still playing is no timeout, however long it is.
+                        if turn.first_audio.is_none() && utterance_ended.is_some_and(|t| now.duration_since(t) > TURN_TIMEOUT) {
                             report.timeouts += 1;
                             speaking = Some(0);
                             turn = TurnState::default();
@@ -464,10 +468,12 @@ struct Child {
     pid: u32,
     base: String,
     dir: PathBuf,
+    /// The route sessions ask for.
+    route: &'static str,
 }
 
 impl Child {
-    async fn start(max_sessions: usize, precise: bool) -> anyhow::Result<Child> {
+    async fn start(max_sessions: usize, precise: bool, embedded: bool) -> anyhow::Result<Child> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
@@ -476,8 +482,10 @@ impl Child {
         std::fs::create_dir_all(&dir)?;
         let sidecar = fixture_path("json");
         let config_path = dir.join("voxgate.toml");
-        std::fs::write(
-            &config_path,
+        let config = if embedded {
+            // The defaults of `voxgate serve` with no config: embedded STT, LLM (route `default`) and TTS.
+            format!("listen = \"127.0.0.1:{port}\"\n[realtime]\nmax_sessions = {max_sessions}\n")
+        } else {
             format!(
                 "listen = \"127.0.0.1:{port}\"\n\
                  [providers.fake]\nkind = \"fake\"\n\
@@ -488,18 +496,20 @@ impl Child {
                  [tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\nprecise_timing = {precise}\n\
                  [realtime]\nmax_sessions = {max_sessions}\n",
                 precise_llm = if precise { "+precise" } else { "" },
-            ),
-        )?;
+            )
+        };
+        std::fs::write(&config_path, config)?;
         let child = super::spawn_server(&config_path, port)?;
         let pid = child.id().unwrap_or(0);
         let base = format!("http://127.0.0.1:{port}");
-        let child = Child { child, pid, base, dir };
+        let route = if embedded { "default" } else { "bench" };
+        let child = Child { child, pid, base, dir, route };
         wait_ready(&reqwest::Client::new(), &child.base).await?;
         Ok(child)
     }
 
     fn ws_url(&self) -> String {
-        format!("{}/v1/realtime?model=bench", self.base.replace("http://", "ws://"))
+        format!("{}/v1/realtime?model={}", self.base.replace("http://", "ws://"), self.route)
     }
 
     fn rss_mb(&self) -> Option<f64> {
@@ -526,7 +536,7 @@ fn status_kb(pid: u32, field: &str) -> Option<f64> {
 pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     let frames = Arc::new(load_frames(&fixture_path("wav"))?);
     let holdback_16k = resampler_holdback_16k();
-    let child = Child::start(options.sessions.max(options.idle) + 16, options.precise_engine_timers).await?;
+    let child = Child::start(options.sessions.max(options.idle) + 16, options.precise_engine_timers, options.embedded).await?;
     let url: Arc<str> = Arc::from(child.ws_url());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = String::new();
@@ -628,7 +638,11 @@ async fn load(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let dropped = child.frames_dropped().await.map(|d| d - dropped_before);
 
-    let engines = EngineTimes::bench();
+    let engines = if options.embedded {
+        EngineTimes { stt_ms: 0.0, llm_ttft_ms: 0.0, tts_ttfb_ms: 0.0, ..EngineTimes::bench() }
+    } else {
+        EngineTimes::bench()
+    };
     let turns: Vec<Turn> = reports.iter().flat_map(|r| r.turns.iter().copied()).collect();
     let sum = |f: fn(&SessionReport) -> u64| reports.iter().map(f).sum::<u64>();
     let connected = reports.iter().filter(|r| r.connected).count();
@@ -636,20 +650,41 @@ async fn load(
     let min_lead = reports.iter().filter_map(|r| r.min_lead_ms).min_by(f64::total_cmp);
     let max_lateness = reports.iter().map(|r| r.max_tick_lateness_ms).fold(0.0, f64::max);
 
-    let _ = writeln!(
-        out,
-        "{n} sessions, starts spread over {} s, then {} s with all running; fake engines: STT {STT_LATENCY_MS} ms after the \
-         {} ms silence window, LLM time to first token {LLM_TTFT_MS} ms, TTS first audio {TTS_TTFB_MS} ms, \
-         waiting with {}; voxgate and the load generator share {cores} cores\n",
-        ramp.as_secs(),
-        options.seconds,
-        engines.silence_ms,
-        if options.precise_engine_timers { "a precise timer thread" } else { "tokio's 1 ms timer" },
-    );
+    if options.embedded {
+        let _ = writeln!(
+            out,
+            "{n} sessions, starts spread over {} s, then {} s with all running; embedded engines with the defaults of \
+             `voxgate serve` (Whisper tiny.en, SmolLM2-135M-Instruct, Piper en_US-joe-medium), {} ms silence window; \
+             voxgate and the load generator share {cores} cores\n",
+            ramp.as_secs(),
+            options.seconds,
+            engines.silence_ms,
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{n} sessions, starts spread over {} s, then {} s with all running; fake engines: STT {STT_LATENCY_MS} ms after the \
+             {} ms silence window, LLM time to first token {LLM_TTFT_MS} ms, TTS first audio {TTS_TTFB_MS} ms, \
+             waiting with {}; voxgate and the load generator share {cores} cores\n",
+            ramp.as_secs(),
+            options.seconds,
+            engines.silence_ms,
+            if options.precise_engine_timers { "a precise timer thread" } else { "tokio's 1 ms timer" },
+        );
+    }
     let _ = writeln!(out, "| per turn, ms | turns | p50 | p95 | p99 | max |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
     let column = |f: &dyn Fn(&Turn) -> Option<f64>| quantile_cells(turns.iter().filter_map(f).collect());
-    let rows: [Row; 7] = [
+    let embedded_rows: [Row; 5] = [
+        ("**end of user speech → first agent audio, server clock** (voice_to_voice, silence window included)", &|t| {
+            Some(t.voice_to_voice_ms)
+        }),
+        ("client: window-completing frame sent → first audio received", &|t| t.client_ms),
+        ("STT: turn committed → final transcript (stt − silence)", &|t| t.stt_ms.map(|s| s - engines.silence_ms)),
+        ("LLM: time to first token", &|t| t.llm_ttft_ms),
+        ("TTS: time to first audio", &|t| t.tts_ttfb_ms),
+    ];
+    let fake_rows: [Row; 7] = [
         ("**overhead, server clock** (voice_to_voice − silence − engines)", &|t| Some(engines.server_overhead_ms(t.voice_to_voice_ms))),
         ("**overhead, client clock** (window-completing frame sent → first audio received − engines)", &|t| {
             t.client_ms.map(|c| engines.client_overhead_ms(c))
@@ -660,6 +695,7 @@ async fn load(
         ("voice_to_voice as reported", &|t| Some(t.voice_to_voice_ms)),
         ("client: window-completing frame sent → first audio received", &|t| t.client_ms),
     ];
+    let rows: &[Row] = if options.embedded { &embedded_rows } else { &fake_rows };
     for (name, f) in rows {
         let _ = writeln!(out, "| {name} | {}", column(f));
     }

@@ -62,12 +62,18 @@ impl VadSettings {
 /// A turn boundary. Times count from the first sample the detector was fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VadEvent {
-    SpeechStarted { audio_start_ms: u64 },
-    SpeechStopped { audio_end_ms: u64 },
+    SpeechStarted {
+        audio_start_ms: u64,
+    },
+    SpeechStopped {
+        audio_end_ms: u64,
+    },
     /// The turn has been unvoiced for the pause length since `audio_end_ms` (only with
     /// [`EnergyVad::report_pauses`]); a `SpeechStopped` with the same `audio_end_ms` follows unless
     /// a `SpeechResumed` comes first.
-    SpeechPaused { audio_end_ms: u64 },
+    SpeechPaused {
+        audio_end_ms: u64,
+    },
     /// A voiced frame ended a reported pause: the turn goes on.
     SpeechResumed,
 }
