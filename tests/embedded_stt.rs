@@ -275,12 +275,14 @@ async fn a_final_started_at_the_pause_is_the_transcript_when_the_turn_ends_there
     let reference = Sidecar::load(&wav.with_extension("json")).unwrap().utterances[0].text.clone();
     let samples = read(&wav);
     // The session's way: the VAD reports pauses, each one is passed on, the stop closes the audio.
-    // (The utterance opens at the file's start, so it holds all the speech.)
+    // The utterance opens where the session's would (the turn's start with its prefix padding).
+    let (start_ms, _) = turns(&samples)[0];
+    let samples = &samples[ms_to_sample(start_ms)..];
     let mut vad = EnergyVad::new(VadSettings::default(), STT_RATE_HZ).report_pauses(PAUSE_MS);
     let (audio_tx, audio_rx) = mpsc::channel(4_096);
     let (pause_tx, pause_rx) = tokio::sync::watch::channel(None);
     let (partials_tx, _partials_rx) = mpsc::channel(64);
-    let job = tokio::spawn(stt.transcribe(Utterance { start_ms: 0, ordinal: 0, audio: audio_rx, pause: Some(pause_rx) }, partials_tx));
+    let job = tokio::spawn(stt.transcribe(Utterance { start_ms, ordinal: 0, audio: audio_rx, pause: Some(pause_rx) }, partials_tx));
     let mut audio_tx = Some(audio_tx);
     let (mut sent, mut pauses) = (0u64, 0u64);
     for chunk in samples.chunks(320) {
@@ -357,6 +359,45 @@ async fn speech_after_a_pause_makes_the_early_final_a_partial_and_the_whole_turn
     assert_eq!(stats.finals_decoded, 2, "the early one and the whole turn: {stats:?}");
     let (final_wer, partial_wer) = (wer(&reference, &transcript.text), wer(&reference, &partial.text));
     assert!(final_wer.rate() < 0.25 && final_wer.errors < partial_wer.errors, "final {final_wer:?}, partial {partial_wer:?}");
+}
+
+/// Decoding runs on the engine's own threads: a runtime with a single thread keeps serving other
+/// tasks (another session's traffic, here a ping-pong over channels) while a final is decoded.
+#[test]
+fn decoding_never_blocks_the_async_runtime() {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let _turn = DECODING.lock().await;
+        let links = ModelLinks::new("runtime");
+        let stt = load(&links, 0);
+        let samples = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/audio/order_status.wav"));
+        let decode = tokio::spawn({
+            let stt = stt.clone();
+            async move { transcribe(&stt, 0, &samples, None).await }
+        });
+        // Once a worker is decoding, the runtime's one thread must go on running other tasks.
+        until_stats(&stt, "the decode to start", |s| s.decoding == 1).await;
+        let (ping_tx, mut ping_rx) = mpsc::channel::<u32>(1);
+        let (pong_tx, mut pong_rx) = mpsc::channel::<u32>(1);
+        tokio::spawn(async move {
+            while let Some(n) = ping_rx.recv().await {
+                let _ = pong_tx.send(n).await;
+            }
+        });
+        for n in 0..1_000 {
+            ping_tx.send(n).await.unwrap();
+            assert_eq!(pong_rx.recv().await, Some(n));
+        }
+        // A thousand round trips take milliseconds; the decode takes hundreds of them.
+        let meanwhile = stt.stats();
+        let outcome = decode.await.unwrap().unwrap();
+        assert!(!outcome.transcript.text.is_empty());
+        assert_eq!(
+            (meanwhile.decoding, meanwhile.finals_decoded),
+            (1, 0),
+            "the decode was not running beside the ping-pong: {meanwhile:?}"
+        );
+    });
 }
 
 #[test]

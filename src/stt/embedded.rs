@@ -123,6 +123,8 @@ pub struct WhisperStats {
     pub jobs_failed: u64,
     /// Finals started at a pause, before their utterance closed.
     pub early_finals_started: u64,
+    /// Decodes running on a worker right now.
+    pub decoding: u64,
     /// Finals started at a pause and used: the utterance closed with nothing voiced after it.
     pub early_finals_used: u64,
     /// Finals started at a pause and not used (speech resumed, or the decode failed).
@@ -137,6 +139,7 @@ struct Counters {
     abandoned: AtomicU64,
     failed: AtomicU64,
     early_started: AtomicU64,
+    busy: AtomicU64,
     early_used: AtomicU64,
     early_discarded: AtomicU64,
 }
@@ -214,6 +217,7 @@ impl WhisperStt {
             jobs_abandoned: s.abandoned.load(Ordering::Relaxed),
             jobs_failed: s.failed.load(Ordering::Relaxed),
             early_finals_started: s.early_started.load(Ordering::Relaxed),
+            decoding: s.busy.load(Ordering::Relaxed),
             early_finals_used: s.early_used.load(Ordering::Relaxed),
             early_finals_discarded: s.early_discarded.load(Ordering::Relaxed),
         }
@@ -477,8 +481,10 @@ fn worker_loop(engine: &Engine, queue: &Queue, stats: &Counters) {
             continue;
         }
         let started = std::time::Instant::now();
+        stats.busy.fetch_add(1, Ordering::Relaxed);
         let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.decode(&job.samples, job.start_ms, job.kind)))
             .unwrap_or_else(|_| Err(SttError::Engine("the whisper decoder panicked".into())));
+        stats.busy.fetch_sub(1, Ordering::Relaxed);
         let audio_ms = job.samples.len() as u64 * 1000 / u64::from(STT_RATE_HZ);
         match (&decoded, job.kind) {
             (Err(e), _) => {
