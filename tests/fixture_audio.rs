@@ -127,8 +127,9 @@ async fn vad_turns_through_the_fake_stt_give_the_sidecar_transcripts() {
         };
         let (audio, audio_rx) = tokio::sync::mpsc::channel(1_000);
         let (partials, _partials_rx) = tokio::sync::mpsc::channel(16);
-        let result =
-            tokio::spawn(stt.transcribe(Utterance { start_ms: audio_start_ms, ordinal: ordinal as u32, audio: audio_rx, pause: None }, partials));
+        let result = tokio::spawn(
+            stt.transcribe(Utterance { start_ms: audio_start_ms, ordinal: ordinal as u32, audio: audio_rx, pause: None }, partials),
+        );
         for frame in samples[ms_to_sample(audio_start_ms)..stopped_at].chunks(320) {
             audio.send(frame.to_vec()).await.unwrap();
         }

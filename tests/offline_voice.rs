@@ -67,7 +67,8 @@ async fn piper_speech_read_back_by_whisper_has_word_error_rate_under_10_percent(
         audio_tx.send(pcm16k).await.unwrap();
         drop(audio_tx);
         let (partials, _) = mpsc::channel(16);
-        let heard = stt.transcribe(voxgate::stt::Utterance { start_ms: 0, ordinal: 0, audio: audio_rx, pause: None }, partials).await.unwrap();
+        let heard =
+            stt.transcribe(voxgate::stt::Utterance { start_ms: 0, ordinal: 0, audio: audio_rx, pause: None }, partials).await.unwrap();
         let count = voxgate::stt::wer::wer(sentence, &heard.text);
         let (e, n) = (count.errors, count.reference_words);
         println!("{:>5.1}%  {sentence:?} -> {:?}", 100.0 * e as f64 / n.max(1) as f64, heard.text);
