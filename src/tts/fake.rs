@@ -3,6 +3,7 @@
 //!
 //! The voice is a `+`-separated list of directives (anything unknown is ignored, like a real voice name):
 //! - `slow-MS`: wait MS milliseconds before the first frame (instead of `ttfb_ms`);
+//! - `hz-N`: a tone of N Hz instead of 220, so a test can hear which voice spoke (N below half the rate);
 //! - `error`: fail with [`TtsError::Engine`].
 
 use std::time::Duration;
@@ -49,14 +50,7 @@ impl FakeTts {
     pub fn new(settings: FakeTtsSettings) -> Self {
         let rate_hz = settings.rate_hz.max(1_000);
         let frame_ms = settings.frame_ms.max(1);
-        let (mut a, mut b) = (rate_hz, TONE_HZ);
-        while b != 0 {
-            (a, b) = (b, a % b);
-        }
-        let tone = (0..rate_hz / a)
-            .map(|k| (TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * f64::from(TONE_HZ) * f64::from(k) / f64::from(rate_hz)).sin()) as i16)
-            .collect();
-        FakeTts { settings: FakeTtsSettings { rate_hz, frame_ms, ..settings }, tone }
+        FakeTts { settings: FakeTtsSettings { rate_hz, frame_ms, ..settings }, tone: tone(rate_hz, TONE_HZ) }
     }
 
     /// How many samples `text` becomes: `ms_per_char` per non-whitespace character, at least one
@@ -75,9 +69,21 @@ impl FakeTts {
     }
 }
 
+/// Whole periods of a `hz` tone at `rate_hz`: `rate / gcd(rate, hz)` samples.
+fn tone(rate_hz: u32, hz: u32) -> std::sync::Arc<[i16]> {
+    let (mut a, mut b) = (rate_hz, hz);
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    (0..rate_hz / a)
+        .map(|k| (TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * f64::from(hz) * f64::from(k) / f64::from(rate_hz)).sin()) as i16)
+        .collect()
+}
+
 #[derive(Debug, Default)]
 struct VoiceScript {
     slow_ms: Option<u64>,
+    tone_hz: Option<u32>,
     error: bool,
 }
 
@@ -88,6 +94,8 @@ fn parse_voice(voice: Option<&str>) -> VoiceScript {
             script.error = true;
         } else if let Some(ms) = part.strip_prefix("slow-").and_then(|n| n.parse().ok()) {
             script.slow_ms = Some(ms);
+        } else if let Some(hz) = part.strip_prefix("hz-").and_then(|n| n.parse().ok()) {
+            script.tone_hz = Some(hz);
         }
     }
     script
@@ -107,7 +115,10 @@ impl TextToSpeech for FakeTts {
         let ttfb_ms = script.slow_ms.unwrap_or(self.settings.ttfb_ms);
         let total = self.samples_for(&text);
         let frame_len = self.frame_len();
-        let tone = self.tone.clone();
+        let tone = match script.tone_hz {
+            Some(hz) if hz > 0 && hz < self.settings.rate_hz / 2 => tone(self.settings.rate_hz, hz),
+            _ => self.tone.clone(),
+        };
         let precise = self.settings.precise_timing;
         Box::pin(async move {
             if script.error {
@@ -183,6 +194,21 @@ mod tests {
         let crossings = samples.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
         assert!((130..=134).contains(&crossings), "{crossings} crossings");
         assert!(samples.windows(2).all(|w| (i32::from(w[0]) - i32::from(w[1])).abs() < 120));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_hz_voice_changes_the_tone_and_nothing_else() {
+        let tts = FakeTts::new(FakeTtsSettings::default());
+        let crossings = |frames: &[Vec<i16>]| frames.concat().windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+        // "hello" is 300 ms: 1 000 Hz is 600 sign changes, 220 Hz (the default) 132.
+        let (_, frames) = collect(&tts, "hello", Some("x+hz-1000")).await;
+        assert_eq!(frames.iter().map(Vec::len).sum::<usize>(), 7_200);
+        assert!((598..=601).contains(&crossings(&frames)), "{} crossings", crossings(&frames));
+        // Out of range (at or above half the rate, or zero): the default tone.
+        for voice in ["hz-12000", "hz-0", "hz-x"] {
+            let (_, frames) = collect(&tts, "hello", Some(voice)).await;
+            assert!((130..=134).contains(&crossings(&frames)), "{voice}: {} crossings", crossings(&frames));
+        }
     }
 
     #[tokio::test(start_paused = true)]
