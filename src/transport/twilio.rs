@@ -3,6 +3,10 @@
 //! (base64 μ-law 8 kHz, 20 ms), `dtmf`, `mark`, `stop` in; `media`, `mark` after each chunk, and
 //! `clear` on barge-in out. The echoed marks say exactly how much of the reply the caller heard, and
 //! the assistant's item is truncated to that, not to our own estimate.
+//!
+//! A reader task turns Twilio's frames into client events for the actor; a writer turns the actor's
+//! events into Twilio frames and keeps the marks. The reader may wait for room in the actor's queue
+//! without holding up outbound audio, whose pace the actor's playback clock sets.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use base64::Engine as _;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -23,6 +27,7 @@ use crate::transport::realtime::{
     AudioFormatSpec, AudioInput, AudioOutput, ClientEvent, ContentPart, ConversationItemCreate, ConversationItemTruncate,
     InputAudioBufferAppend, Item, MessageItem, ResponseCreate, Role, ServerEvent, Session, SessionAudio, SessionUpdate, Voice,
 };
+use crate::transport::{push_audio, INBOUND_CAPACITY};
 
 /// 20 ms of μ-law at 8 kHz: the frame Twilio plays.
 const FRAME_BYTES: usize = 160;
@@ -30,7 +35,16 @@ const FRAME_BYTES: usize = 160;
 /// The first frames of a call must arrive within this long, or the socket is not a Twilio stream.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One frame from Twilio. Unknown events are ignored, as Twilio may add some.
+/// Outbound events waiting for the writer; the actor closes a call that leaves this many unsent.
+const OUTBOUND_CAPACITY: usize = 1024;
+
+/// Our marks are named `voxgate-N`, N counting up from 1 in each call.
+const MARK_PREFIX: &str = "voxgate-";
+
+/// Twilio's events; others are ignored, as Twilio may add some.
+const EVENTS: [&str; 6] = ["connected", "start", "media", "dtmf", "mark", "stop"];
+
+/// One frame from Twilio.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 enum TwilioIn {
@@ -109,27 +123,42 @@ pub struct Admitted {
     pub meter: Option<SessionMeter>,
 }
 
-/// Why a call ended early; logged, and the socket closed with a clear reason.
+/// Why a call ended early: logged, and the socket closed with [`CallError::close_code`] and this
+/// text as the reason (Twilio's protocol has no error message of its own).
 #[derive(Debug, thiserror::Error)]
 enum CallError {
     #[error("not a Twilio Media Streams frame: {0}")]
     NotTwilio(String),
+    #[error("malformed `{event}` frame: {error}")]
+    Malformed { event: String, error: String },
     #[error("`{0}` arrived before `start`")]
     BeforeStart(&'static str),
+    #[error("a second `start` in one call")]
+    SecondStart,
     #[error("no `start` frame within {} s", START_TIMEOUT.as_secs())]
     NoStart,
+    #[error("`{event}` for unknown stream id {got:?}; this call's is {expected:?}")]
+    UnknownStream { event: &'static str, got: String, expected: String },
+    #[error("invalid base64 in `media.payload`: {0}")]
+    Base64(String),
     #[error("media format {0} is not supported: Twilio streams send audio/x-mulaw at 8000 Hz, mono")]
     Format(String),
     #[error("refused: {0}")]
     Refused(String),
 }
 
-/// A chunk of reply audio sent to Twilio, known by its mark.
-struct Sent {
-    mark: String,
-    item_id: String,
-    /// Where the chunk ends in its item's audio.
-    end_ms: u64,
+impl CallError {
+    /// The WebSocket close code (RFC 6455): 1002 for frames out of protocol order or for another
+    /// stream, 1003 for data that is not Twilio's, 1007 for an audio payload that cannot be decoded,
+    /// 1008 for a call this server refuses (key, route, session limit).
+    fn close_code(&self) -> u16 {
+        match self {
+            CallError::BeforeStart(_) | CallError::SecondStart | CallError::NoStart | CallError::UnknownStream { .. } => 1002,
+            CallError::NotTwilio(_) | CallError::Malformed { .. } | CallError::Format(_) => 1003,
+            CallError::Base64(_) => 1007,
+            CallError::Refused(_) => 1008,
+        }
+    }
 }
 
 /// Serves one Twilio call on `socket`.
@@ -148,209 +177,359 @@ where
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "twilio stream refused");
-            let _ = sink.send(super::close_frame(1008, &e.to_string())).await;
+            let _ = sink.send(super::close_frame(e.close_code(), &e.to_string())).await;
             return;
         }
     };
     let (session_start, meter, params, stream_sid) = (admitted.session, admitted.meter, start.custom_parameters, start.stream_sid);
     let session_id = session_start.session_id.clone();
     info!(%session_id, %stream_sid, "twilio call started");
-    let accounts = engines.gateway.accounts.clone();
-    let metrics = &accounts.metrics;
-    metrics.add("voxgate_realtime_sessions_active", &[], 1.0);
+    let metrics = || &engines.gateway.accounts.metrics;
+    metrics().add("voxgate_realtime_sessions_active", &[], 1.0);
 
-    let (in_tx, in_rx) = mpsc::channel(super::INBOUND_CAPACITY);
-    let (out_tx, mut out_rx) = mpsc::channel(1024);
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let session_cancel = cancel.child_token();
-    let actor = tokio::spawn(run_session(engines.clone(), session_start, meter, in_rx, out_tx, session_cancel.clone()));
+    let mut actor = tokio::spawn(run_session(engines.clone(), session_start, meter, in_rx, out_tx, session_cancel.clone()));
     // Configure the session for the phone line before any audio.
     let _ = in_tx
         .send(Inbound::Event(ClientEvent::SessionUpdate(Box::new(SessionUpdate { event_id: None, session: phone_session(&params) }))))
         .await;
 
-    // Marks sent and not yet echoed, oldest first; the last echoed one says what was heard.
-    let mut pending: VecDeque<Sent> = VecDeque::new();
-    let mut heard: Option<(String, u64)> = None;
-    let mut mark_seq = 0u64;
-    let mut item_ms: HashMap<String, f64> = HashMap::new();
-    let mut cleared = false;
-    // Reply audio not yet a whole 20 ms frame.
-    let mut outgoing: Vec<u8> = Vec::with_capacity(2 * FRAME_BYTES);
-    loop {
-        tokio::select! {
-            _ = session_cancel.cancelled() => break,
-            out = out_rx.recv() => {
-                let Some(out) = out else { break };
-                let event = match out {
-                    Outbound::Event(e) => *e,
-                    Outbound::Close { code, reason } => {
-                        let _ = sink.send(super::close_frame(code, &reason)).await;
-                        break;
-                    }
-                };
-                let frames = match event {
-                    ServerEvent::ResponseOutputAudioDelta { item_id, delta, .. } => {
-                        // Twilio plays 20 ms frames (160 bytes of μ-law); the engine's frames are re-cut to that.
-                        if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&delta) {
-                            outgoing.extend_from_slice(&bytes);
-                        }
-                        let mut frames = Vec::new();
-                        while outgoing.len() >= FRAME_BYTES {
-                            let chunk: Vec<u8> = outgoing.drain(..FRAME_BYTES).collect();
-                            frames.extend(media_and_mark(&chunk, &item_id, &stream_sid, &mut item_ms, &mut mark_seq, &mut pending));
-                        }
-                        frames
-                    }
-                    ServerEvent::ResponseOutputAudioDone { item_id, .. } => {
-                        // The last, shorter frame of the answer.
-                        let chunk = std::mem::take(&mut outgoing);
-                        if chunk.is_empty() {
-                            Vec::new()
-                        } else {
-                            media_and_mark(&chunk, &item_id, &stream_sid, &mut item_ms, &mut mark_seq, &mut pending).to_vec()
-                        }
-                    }
-                    ServerEvent::OutputAudioBufferCleared { .. } => {
-                        // Barge-in: empty the carrier's buffer. Marks it echoes from now on were never heard.
-                        cleared = true;
-                        outgoing.clear();
-                        vec![json!({"event": "clear", "streamSid": stream_sid})]
-                    }
-                    ServerEvent::ConversationItemTruncated { item_id, audio_end_ms, .. } if cleared => {
-                        cleared = false;
-                        // The session cut the item to its own estimate; the marks know better.
-                        let by_marks = match &heard {
-                            Some((heard_item, ms)) if *heard_item == item_id => *ms,
-                            _ => 0,
-                        };
-                        pending.clear();
-                        if by_marks != audio_end_ms {
-                            let truncate = ConversationItemTruncate { event_id: None, item_id, content_index: 0, audio_end_ms: by_marks };
-                            let _ = in_tx.send(Inbound::Event(ClientEvent::ConversationItemTruncate(truncate))).await;
-                        }
-                        Vec::new()
-                    }
-                    ServerEvent::Error { error, .. } => {
-                        warn!(%session_id, code = ?error.code, message = %error.message, "twilio call: session error");
-                        Vec::new()
-                    }
-                    _ => Vec::new(),
-                };
-                for frame in frames {
-                    if sink.send(Message::Text(Utf8Bytes::from(frame.to_string()))).await.is_err() {
-                        session_cancel.cancel();
-                        break;
-                    }
+    // The reader passes on the newest mark Twilio echoed, and why it stopped when the caller sent
+    // something wrong; the writer holds only a weak sender to the actor, so the actor sees its
+    // inbound close as soon as the reader ends.
+    let (echoed_tx, echoed_rx) = watch::channel(0u64);
+    let (close_tx, close_rx) = oneshot::channel();
+    let writer = Writer::new(stream_sid.clone(), session_id.clone(), in_tx.downgrade());
+    let mut writer = tokio::spawn(writer.run(sink, out_rx, echoed_rx, close_rx));
+    let reader = read_call(&mut stream, in_tx, echoed_tx, &stream_sid, &session_id, &engines);
+
+    let mut writer_done = false;
+    let client_left = tokio::select! {
+        ended = reader => {
+            match ended {
+                Ok(()) => drop(close_tx),
+                Err(e) => {
+                    warn!(%session_id, error = %e, code = e.close_code(), "twilio call: bad input; closing");
+                    let _ = close_tx.send(e);
                 }
             }
-            message = stream.next() => {
-                let text = match message {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => {
-                        debug!(%session_id, error = %e, "twilio socket read failed");
-                        break;
-                    }
-                };
-                let frame = match serde_json::from_str::<Value>(&text).map_err(|e| e.to_string()).and_then(|v| {
-                    if v.get("event").and_then(Value::as_str).is_none() {
-                        return Err("no `event` field".to_string());
-                    }
-                    Ok(v)
-                }) {
-                    Ok(v) => v,
-                    Err(e) => {
-                        warn!(%session_id, error = %e, "twilio call: not a Twilio frame; closing");
-                        let _ = sink.send(super::close_frame(1003, &format!("not a Twilio Media Streams frame: {e}"))).await;
-                        break;
-                    }
-                };
-                let parsed = match serde_json::from_value::<TwilioIn>(frame) {
-                    Ok(f) => f,
-                    Err(e) if e.to_string().contains("unknown variant") => continue,
-                    Err(e) => {
-                        warn!(%session_id, error = %e, "twilio call: malformed frame ignored");
-                        continue;
-                    }
-                };
-                match parsed {
-                    TwilioIn::Media { media, stream_sid: sid } => {
-                        if !same_stream(&sid, &stream_sid, &session_id) || media.track.as_deref().is_some_and(|t| t != "inbound" && t != "inbound_track") {
-                            continue;
-                        }
-                        let append = ClientEvent::InputAudioBufferAppend(InputAudioBufferAppend { event_id: None, audio: media.payload });
-                        // Twilio sends at real time, and this loop also paces the outbound audio:
-                        // a full queue (the actor behind real time) drops the frame, counted.
-                        if in_tx.try_send(Inbound::Event(append)).is_err() {
-                            metrics.inc("voxgate_audio_frames_dropped_total", &[("stage", "input")]);
-                        }
-                    }
-                    TwilioIn::Mark { mark, stream_sid: sid } => {
-                        if !same_stream(&sid, &stream_sid, &session_id) {
-                            continue;
-                        }
-                        // Echoes arrive in order; everything up to this mark has played.
-                        while let Some(sent) = pending.pop_front() {
-                            let done = sent.mark == mark.name;
-                            if !cleared {
-                                heard = Some((sent.item_id, sent.end_ms));
-                            }
-                            if done {
-                                break;
-                            }
-                        }
-                    }
-                    TwilioIn::Dtmf { dtmf, stream_sid: sid } => {
-                        if !same_stream(&sid, &stream_sid, &session_id) {
-                            continue;
-                        }
-                        let text = format!("(The caller pressed {} on the phone keypad.)", dtmf.digit);
-                        let item = Item::Message(MessageItem { id: None, status: None, role: Role::User, content: vec![ContentPart::InputText { text }] });
-                        let _ = in_tx.send(Inbound::Event(ClientEvent::ConversationItemCreate(ConversationItemCreate { event_id: None, previous_item_id: None, item }))).await;
-                        let _ = in_tx.send(Inbound::Event(ClientEvent::ResponseCreate(Box::new(ResponseCreate { event_id: None, response: None })))).await;
-                    }
-                    TwilioIn::Stop {} => {
-                        info!(%session_id, "twilio call stopped");
-                        break;
-                    }
-                    TwilioIn::Start { .. } => warn!(%session_id, "twilio call: a second `start` ignored"),
-                    TwilioIn::Connected {} => {}
-                }
-            }
+            true
         }
-    }
-    // The actor sees its inbound close and ends the session itself; cancel it if it does not.
-    drop(in_tx);
-    let mut actor = actor;
-    if tokio::time::timeout(Duration::from_secs(2), &mut actor).await.is_err() {
+        // The session closed the call, or the socket broke.
+        _ = &mut writer => {
+            writer_done = true;
+            true
+        }
+        _ = session_cancel.cancelled() => false,
+    };
+    // The reader (and its sender) is gone. When the caller left, the actor sees its inbound close and
+    // ends the session itself (recording why, billing it); otherwise, or if it does not, cancel it.
+    if !client_left || tokio::time::timeout(Duration::from_secs(2), &mut actor).await.is_err() {
         session_cancel.cancel();
         let _ = actor.await;
     }
     session_cancel.cancel();
-    let _ = sink.send(super::close_frame(1000, "call ended")).await;
-    metrics.add("voxgate_realtime_sessions_active", &[], -1.0);
+    if !writer_done && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
+    metrics().add("voxgate_realtime_sessions_active", &[], -1.0);
 }
 
-/// A `media` frame and the `mark` that follows it, remembering where the chunk ends in its item.
-fn media_and_mark(
-    chunk: &[u8],
-    item_id: &str,
+/// Reads Twilio's frames until the caller hangs up (`Ok`) or sends something wrong (`Err`).
+async fn read_call<S, E>(
+    stream: &mut S,
+    to_actor: mpsc::Sender<Inbound>,
+    echoed: watch::Sender<u64>,
     stream_sid: &str,
-    item_ms: &mut HashMap<String, f64>,
-    mark_seq: &mut u64,
-    pending: &mut VecDeque<Sent>,
-) -> [Value; 2] {
-    let end = item_ms.entry(item_id.to_string()).or_insert(0.0);
-    *end += chunk.len() as f64 / 8.0;
-    *mark_seq += 1;
-    let mark = format!("voxgate-{mark_seq}");
-    pending.push_back(Sent { mark: mark.clone(), item_id: item_id.to_string(), end_ms: end.round() as u64 });
-    let payload = base64::engine::general_purpose::STANDARD.encode(chunk);
-    [
-        json!({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}}),
-        json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": mark}}),
-    ]
+    session_id: &str,
+    engines: &VoiceEngines,
+) -> Result<(), CallError>
+where
+    S: Stream<Item = Result<Message, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let metrics = &engines.gateway.accounts.metrics;
+    let same_stream = |event: &'static str, sid: Option<String>| match sid {
+        Some(got) if got != stream_sid => Err(CallError::UnknownStream { event, got, expected: stream_sid.to_string() }),
+        _ => Ok(()),
+    };
+    while let Some(message) = stream.next().await {
+        let text = match message {
+            Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => return Err(CallError::NotTwilio("a binary frame (Twilio sends JSON text)".into())),
+            Ok(Message::Close(_)) => return Ok(()),
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(%session_id, error = %e, "twilio socket read failed");
+                return Ok(());
+            }
+        };
+        let frame = match serde_json::from_str::<TwilioIn>(&text) {
+            Ok(f) => f,
+            Err(e) => match unreadable(&text, e) {
+                Some(error) => return Err(error),
+                None => continue,
+            },
+        };
+        match frame {
+            TwilioIn::Media { media, stream_sid: sid } => {
+                same_stream("media", sid)?;
+                if media.track.as_deref().is_some_and(|t| t != "inbound" && t != "inbound_track") {
+                    continue;
+                }
+                // Checked here, so a caller's bad audio ends the call with a reason instead of a
+                // stream of error events nobody reads.
+                if let Err(e) = base64::engine::general_purpose::STANDARD.decode(media.payload.as_bytes()) {
+                    return Err(CallError::Base64(e.to_string()));
+                }
+                let append = ClientEvent::InputAudioBufferAppend(InputAudioBufferAppend { event_id: None, audio: media.payload });
+                if !push_audio(&to_actor, Inbound::Event(append), metrics).await {
+                    return Ok(());
+                }
+            }
+            TwilioIn::Mark { mark, stream_sid: sid } => {
+                same_stream("mark", sid)?;
+                // Echoes arrive in order: everything up to this mark has played.
+                match mark.name.strip_prefix(MARK_PREFIX).and_then(|n| n.parse::<u64>().ok()) {
+                    Some(n) => {
+                        echoed.send_if_modified(|newest| {
+                            let newer = n > *newest;
+                            if newer {
+                                *newest = n;
+                            }
+                            newer
+                        });
+                    }
+                    None => debug!(%session_id, mark = %mark.name, "twilio call: echo of a mark we did not send"),
+                }
+            }
+            TwilioIn::Dtmf { dtmf, stream_sid: sid } => {
+                same_stream("dtmf", sid)?;
+                let text = format!("(The caller pressed {} on the phone keypad.)", dtmf.digit);
+                let item =
+                    Item::Message(MessageItem { id: None, status: None, role: Role::User, content: vec![ContentPart::InputText { text }] });
+                let create = ClientEvent::ConversationItemCreate(ConversationItemCreate { event_id: None, previous_item_id: None, item });
+                let respond = ClientEvent::ResponseCreate(Box::new(ResponseCreate { event_id: None, response: None }));
+                if to_actor.send(Inbound::Event(create)).await.is_err() || to_actor.send(Inbound::Event(respond)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            TwilioIn::Stop {} => {
+                info!(%session_id, "twilio call stopped");
+                return Ok(());
+            }
+            TwilioIn::Start { .. } => return Err(CallError::SecondStart),
+            TwilioIn::Connected {} => {}
+        }
+    }
+    Ok(())
+}
+
+/// Why a text frame is not one of Twilio's; `None` for an event Twilio may have added since.
+fn unreadable(text: &str, error: serde_json::Error) -> Option<CallError> {
+    let value = match serde_json::from_str::<Value>(text) {
+        Ok(v) => v,
+        Err(e) => return Some(CallError::NotTwilio(e.to_string())),
+    };
+    match value.get("event").and_then(Value::as_str) {
+        None => Some(CallError::NotTwilio("no `event` field".into())),
+        Some(event) if EVENTS.contains(&event) => Some(CallError::Malformed { event: event.to_string(), error: error.to_string() }),
+        Some(event) => {
+            debug!(event, "twilio call: unknown event ignored");
+            None
+        }
+    }
+}
+
+/// A chunk of reply audio sent to Twilio, known by its mark.
+struct Sent {
+    mark: u64,
+    item_id: String,
+    /// Where the chunk ends in its item's audio.
+    end_ms: u64,
+}
+
+/// The writer's state: the marks sent and echoed, and reply audio not yet a whole frame.
+struct Writer {
+    stream_sid: String,
+    session_id: String,
+    to_actor: mpsc::WeakSender<Inbound>,
+    /// Marks sent and not yet echoed, oldest first.
+    pending: VecDeque<Sent>,
+    /// The end of the last chunk the caller heard, in its item's audio.
+    heard: Option<(String, u64)>,
+    /// The number of the last mark sent.
+    mark_seq: u64,
+    /// Marks up to this one were pending at the last `clear`: their echoes say nothing was heard.
+    cleared_upto: u64,
+    /// A barge-in cleared the line: the next truncation the session reports is corrected to the marks.
+    cleared: bool,
+    /// The item whose audio goes out now, and how much of it has gone out.
+    item_ms: Option<(String, f64)>,
+    /// Reply audio not yet a whole 20 ms frame.
+    outgoing: Vec<u8>,
+}
+
+impl Writer {
+    fn new(stream_sid: String, session_id: String, to_actor: mpsc::WeakSender<Inbound>) -> Writer {
+        Writer {
+            stream_sid,
+            session_id,
+            to_actor,
+            pending: VecDeque::new(),
+            heard: None,
+            mark_seq: 0,
+            cleared_upto: 0,
+            cleared: false,
+            item_ms: None,
+            outgoing: Vec::with_capacity(2 * FRAME_BYTES),
+        }
+    }
+
+    /// Writes the actor's events as Twilio frames until the session ends (then closes the call), the
+    /// reader reports bad input (then closes with its reason), or the socket breaks.
+    async fn run<K>(
+        mut self,
+        mut sink: K,
+        mut from_actor: mpsc::Receiver<Outbound>,
+        mut echoed: watch::Receiver<u64>,
+        mut bad_input: oneshot::Receiver<CallError>,
+    ) where
+        K: Sink<Message> + Unpin,
+    {
+        let mut reader_done = false;
+        loop {
+            // Echoes first: a mark echoed before a `clear` went out was heard.
+            let frames = tokio::select! {
+                biased;
+                bad = &mut bad_input, if !reader_done => match bad {
+                    Ok(e) => {
+                        let _ = sink.send(super::close_frame(e.close_code(), &e.to_string())).await;
+                        return;
+                    }
+                    Err(_) => {
+                        reader_done = true;
+                        continue;
+                    }
+                },
+                Ok(()) = echoed.changed() => {
+                    let newest = *echoed.borrow_and_update();
+                    self.on_echo(newest);
+                    continue;
+                }
+                out = from_actor.recv() => match out {
+                    Some(Outbound::Event(event)) => self.on_event(*event).await,
+                    Some(Outbound::Close { code, reason }) => {
+                        let _ = sink.send(super::close_frame(code, &reason)).await;
+                        return;
+                    }
+                    None => break,
+                },
+            };
+            for frame in frames {
+                if sink.send(Message::Text(Utf8Bytes::from(frame.to_string()))).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = sink.send(super::close_frame(1000, "call ended")).await;
+    }
+
+    /// Everything up to mark `newest` has played.
+    fn on_echo(&mut self, newest: u64) {
+        if newest <= self.cleared_upto {
+            return;
+        }
+        while self.pending.front().is_some_and(|s| s.mark <= newest) {
+            if let Some(sent) = self.pending.pop_front() {
+                self.heard = Some((sent.item_id, sent.end_ms));
+            }
+        }
+    }
+
+    /// The Twilio frames for one of the actor's events.
+    async fn on_event(&mut self, event: ServerEvent) -> Vec<Value> {
+        match event {
+            ServerEvent::ResponseOutputAudioDelta { item_id, delta, .. } => {
+                // Twilio plays 20 ms frames (160 bytes of μ-law); the engine's frames are re-cut to that.
+                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&delta) {
+                    self.outgoing.extend_from_slice(&bytes);
+                }
+                let mut frames = Vec::new();
+                while self.outgoing.len() >= FRAME_BYTES {
+                    let chunk: Vec<u8> = self.outgoing.drain(..FRAME_BYTES).collect();
+                    frames.extend(self.media_and_mark(&chunk, &item_id));
+                }
+                frames
+            }
+            ServerEvent::ResponseOutputAudioDone { item_id, .. } => {
+                // The last, shorter frame of the answer.
+                let chunk = std::mem::take(&mut self.outgoing);
+                if chunk.is_empty() {
+                    Vec::new()
+                } else {
+                    self.media_and_mark(&chunk, &item_id).to_vec()
+                }
+            }
+            ServerEvent::OutputAudioBufferCleared { .. } => vec![self.clear()],
+            ServerEvent::ConversationItemTruncated { item_id, audio_end_ms, .. } => {
+                // The session cut the item to its own clock; the marks know better. If it thought
+                // everything had played but marks are still out, the carrier is still playing them.
+                let mut frames = Vec::new();
+                if !self.cleared && self.pending.iter().any(|s| s.item_id == item_id) {
+                    frames.push(self.clear());
+                }
+                if !std::mem::take(&mut self.cleared) {
+                    return frames;
+                }
+                let by_marks = match &self.heard {
+                    Some((heard_item, ms)) if *heard_item == item_id => *ms,
+                    _ => 0,
+                };
+                if by_marks != audio_end_ms {
+                    debug!(session_id = %self.session_id, %item_id, by_clock_ms = audio_end_ms, by_marks_ms = by_marks, "twilio call: truncated to the echoed marks");
+                    let truncate = ConversationItemTruncate { event_id: None, item_id, content_index: 0, audio_end_ms: by_marks };
+                    if let Some(to_actor) = self.to_actor.upgrade() {
+                        let _ = to_actor.send(Inbound::Event(ClientEvent::ConversationItemTruncate(truncate))).await;
+                    }
+                }
+                frames
+            }
+            ServerEvent::Error { error, .. } => {
+                warn!(session_id = %self.session_id, code = ?error.code, message = %error.message, "twilio call: session error");
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Barge-in: empty the carrier's buffer. Twilio echoes every pending mark; none was heard.
+    fn clear(&mut self) -> Value {
+        self.cleared = true;
+        self.cleared_upto = self.mark_seq;
+        self.pending.clear();
+        self.outgoing.clear();
+        json!({"event": "clear", "streamSid": self.stream_sid})
+    }
+
+    /// A `media` frame and the `mark` that follows it, remembering where the chunk ends in its item.
+    fn media_and_mark(&mut self, chunk: &[u8], item_id: &str) -> [Value; 2] {
+        let sent_ms = match &mut self.item_ms {
+            Some((id, ms)) if id == item_id => ms,
+            slot => &mut slot.insert((item_id.to_string(), 0.0)).1,
+        };
+        *sent_ms += chunk.len() as f64 / 8.0;
+        let end_ms = sent_ms.round() as u64;
+        self.mark_seq += 1;
+        self.pending.push_back(Sent { mark: self.mark_seq, item_id: item_id.to_string(), end_ms });
+        let payload = base64::engine::general_purpose::STANDARD.encode(chunk);
+        [
+            json!({"event": "media", "streamSid": self.stream_sid, "media": {"payload": payload}}),
+            json!({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": format!("{MARK_PREFIX}{}", self.mark_seq)}}),
+        ]
+    }
 }
 
 /// Reads frames until `start`; `connected` may come first. Anything else before `start` ends the call.
@@ -361,6 +540,7 @@ where
     while let Some(message) = stream.next().await {
         let text = match message {
             Ok(Message::Text(t)) => t,
+            Ok(Message::Binary(_)) => return Err(CallError::NotTwilio("a binary frame (Twilio sends JSON text)".into())),
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
         };
@@ -368,9 +548,11 @@ where
         match value.get("event").and_then(Value::as_str) {
             Some("connected") => continue,
             Some("start") => {
-                let frame: TwilioIn = serde_json::from_value(value).map_err(|e| CallError::NotTwilio(format!("bad `start`: {e}")))?;
-                let TwilioIn::Start { start, .. } = frame else { unreachable!("tagged start") };
-                return Ok(start);
+                return match serde_json::from_value(value) {
+                    Ok(TwilioIn::Start { start }) => Ok(start),
+                    Ok(_) => Err(CallError::NotTwilio("`start` without its details".into())),
+                    Err(e) => Err(CallError::Malformed { event: "start".into(), error: e.to_string() }),
+                };
             }
             Some("media") => return Err(CallError::BeforeStart("media")),
             Some("mark") => return Err(CallError::BeforeStart("mark")),
@@ -391,16 +573,6 @@ fn check_start(start: StartInfo) -> Result<StartInfo, CallError> {
     }
     debug!(call_sid = %start.call_sid, "twilio start accepted");
     Ok(start)
-}
-
-fn same_stream(sid: &Option<String>, expected: &str, session_id: &str) -> bool {
-    match sid {
-        Some(s) if s != expected => {
-            warn!(%session_id, got = %s, "twilio call: frame for an unknown stream ignored");
-            false
-        }
-        _ => true,
-    }
 }
 
 /// The session settings of a phone call: μ-law both ways, and the call's own instructions and voice.
