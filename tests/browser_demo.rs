@@ -117,76 +117,121 @@ async fn screenshot(http: &reqwest::Client, base: &str, name: &str) -> Vec<u8> {
     png
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_draws_charts_from_a_few_sessions() {
-    let stack = start_stack("dashboard");
-    let port = stack.port;
-
-    // A few sessions with a turn each, and a standalone request.
-    let http = reqwest::Client::new();
-    for i in 0..3 {
-        let url = format!("ws://127.0.0.1:{port}/v1/realtime?model=default");
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        use futures::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
-        let item = json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": format!("turn {i}")}]}});
-        ws.send(Message::text(item.to_string())).await.unwrap();
-        ws.send(Message::text(json!({"type": "response.create", "response": {"output_modalities": ["text"]}}).to_string())).await.unwrap();
-        while let Some(Ok(m)) = ws.next().await {
-            if let Message::Text(t) = m {
-                if serde_json::from_str::<Value>(&t).unwrap()["type"] == "response.done" {
-                    break;
-                }
+/// One realtime session with one text turn, closed.
+async fn one_session(port: u16, text: &str) {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://127.0.0.1:{port}/v1/realtime?model=default");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let item = json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}});
+    ws.send(Message::text(item.to_string())).await.unwrap();
+    ws.send(Message::text(json!({"type": "response.create", "response": {"output_modalities": ["text"]}}).to_string())).await.unwrap();
+    while let Some(Ok(m)) = ws.next().await {
+        if let Message::Text(t) = m {
+            if serde_json::from_str::<Value>(&t).unwrap()["type"] == "response.done" {
+                break;
             }
         }
-        ws.close(None).await.unwrap();
     }
-    let r = http
-        .post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
-        .json(&json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    // Closed sessions reach the ledger as they close.
+    ws.close(None).await.unwrap();
+}
+
+/// A standalone gateway request; returns its HTTP status.
+async fn one_request(http: &reqwest::Client, port: u16, model: &str) -> u16 {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    http.post(format!("http://127.0.0.1:{port}/v1/chat/completions")).json(&body).send().await.unwrap().status().as_u16()
+}
+
+/// Waits until the ledger holds `sessions` closed sessions and `requests` standalone requests.
+async fn ledger_holds(http: &reqwest::Client, port: u16, sessions: u64, requests: u64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let usage: Value = http.get(format!("http://127.0.0.1:{port}/v1/usage?group_by=key")).send().await.unwrap().json().await.unwrap();
-        if usage["data"][0]["sessions"] == 3 && usage["data"][0]["requests"] == 1 {
-            break;
+        if usage["data"][0]["sessions"] == sessions && usage["data"][0]["requests"] == requests {
+            return;
         }
-        assert!(Instant::now() < deadline, "sessions not in the ledger: {usage}");
+        assert!(Instant::now() < deadline, "the ledger does not hold {sessions} sessions and {requests} requests: {usage}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
-    let (base, profile) = stack.browser(&http, "dashboard", &["--window-size=1200,1000".to_string()]).await;
+/// Every chart of the dashboard, by its `data-chart` name.
+const CHARTS: [&str; 8] = ["days", "gatewayRequests", "gatewayCost", "models", "keys", "latency", "fallbacks", "errors"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_draws_charts_from_a_few_sessions_and_gateway_requests_and_refreshes() {
+    let stack = start_stack("dashboard");
+    let port = stack.port;
+
+    // A few sessions with a turn each, and a few standalone requests: two that succeed, one that
+    // falls back from the failing model, one that fails.
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        one_session(port, &format!("turn {i}")).await;
+    }
+    assert_eq!(one_request(&http, port, "echo").await, 200);
+    assert_eq!(one_request(&http, port, "echo").await, 200);
+    assert_eq!(one_request(&http, port, "fallback").await, 200);
+    assert_eq!(one_request(&http, port, "broken").await, 502, "an upstream failure with nowhere to fall back");
+    // Closed sessions reach the ledger as they close.
+    ledger_holds(&http, port, 3, 4).await;
+
+    let (base, profile) = stack.browser(&http, "dashboard", &["--window-size=1200,1700".to_string()]).await;
     http.post(format!("{base}/url")).json(&json!({"url": format!("http://127.0.0.1:{port}/dashboard")})).send().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let state = loop {
+    let dashboard = || async {
         let v: Value = http
             .post(format!("{base}/execute/sync"))
-            .json(&json!({"script": "return window.voxgateDashboard;", "args": []}))
+            .json(&json!({"script": "return Object.assign({requestsShown: document.getElementById('k-requests').textContent}, window.voxgateDashboard);", "args": []}))
             .send()
             .await
             .unwrap()
             .json()
             .await
             .unwrap();
-        let state = v["value"].clone();
-        let drawn = &state["drawn"];
-        if ["days", "models", "keys", "latency"].iter().all(|c| drawn[*c].as_u64().unwrap_or(0) > 0) || Instant::now() > deadline {
+        v["value"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let state = dashboard().await;
+        if CHARTS.iter().all(|c| state["drawn"][*c].as_u64().unwrap_or(0) > 0) || Instant::now() > deadline {
             break state;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let png = screenshot(&http, &base, "dashboard.png").await;
-    let _ = http.delete(&base).send().await;
-    let _ = std::fs::remove_dir_all(&profile);
     assert!(png.starts_with(b"\x89PNG"));
     assert!(state["errors"].as_array().is_some_and(|e| e.is_empty()), "{state}");
-    for chart in ["days", "models", "keys", "latency"] {
+    for chart in CHARTS {
         assert!(state["drawn"][chart].as_u64().unwrap_or(0) > 0, "chart {chart} is empty: {state}");
     }
+    // Cost by model: the gateway's models (a bar each for the ledger and the metrics), not the
+    // flat-rate sessions grouped by protocol.
+    assert!(state["drawn"]["models"].as_u64().unwrap() >= 2, "{state}");
+    assert_eq!(state["totals"]["sessions"], 3, "{state}");
+    assert_eq!(state["totals"]["requests"], 4, "{state}");
+    assert_eq!(state["requestsShown"], "4", "{state}");
+
+    // New data while the page is open: the live refresh picks it up.
+    let refreshes = state["refreshes"].as_u64().unwrap();
+    one_session(port, "one more").await;
+    assert_eq!(one_request(&http, port, "echo").await, 200);
+    ledger_holds(&http, port, 4, 5).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let state = dashboard().await;
+        let fresh = state["refreshes"].as_u64().unwrap_or(0) > refreshes && state["totals"]["requests"] == 5;
+        if fresh || Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    screenshot(&http, &base, "dashboard-refreshed.png").await;
+    let _ = http.delete(&base).send().await;
+    let _ = std::fs::remove_dir_all(&profile);
+    assert_eq!(state["totals"]["sessions"], 4, "the refresh shows the new session: {state}");
+    assert_eq!(state["totals"]["requests"], 5, "the refresh shows the new request: {state}");
+    assert_eq!(state["requestsShown"], "5", "{state}");
+    assert!(state["errors"].as_array().is_some_and(|e| e.is_empty()), "{state}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,8 +264,9 @@ async fn the_demo_page_hears_the_microphone_and_plays_the_answer() {
     // One whole turn: the user's words, the agent's words, and the agent's audio played.
     let deadline = Instant::now() + Duration::from_secs(60);
     let page = loop {
-        let v: Value =
-            http.post(format!("{base}/execute/sync")).json(&script("return window.voxgate;")).send().await.unwrap().json().await.unwrap();
+        let read = "return Object.assign({shown: {turnRows: [...document.querySelectorAll('#turns tr')].map((tr) => [...tr.cells].map((c) => c.textContent)), \
+                    meter: document.getElementById('meter').textContent}}, window.voxgate);";
+        let v: Value = http.post(format!("{base}/execute/sync")).json(&script(read)).send().await.unwrap().json().await.unwrap();
         let state = v["value"].clone();
         let done = state["userFinal"].as_array().is_some_and(|a| !a.is_empty())
             && state["agentFinal"].as_array().is_some_and(|a| !a.is_empty())
@@ -242,4 +288,28 @@ async fn the_demo_page_hears_the_microphone_and_plays_the_answer() {
     assert_eq!(said, format!("You said: {heard}"));
     assert!(page["playedMs"].as_f64().unwrap() > 200.0, "the reply was not played: {page}");
     assert_eq!(page["turns"][0]["model"], "echo");
+
+    // What the page shows for the turn: its row of stage latencies, and the session's running cost.
+    let shown = page["shown"].clone();
+    let row: Vec<&str> = shown["turnRows"][0]
+        .as_array()
+        .unwrap_or_else(|| panic!("no turn row on the page: {page}"))
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(row.len(), 7, "{row:?}");
+    assert_eq!((row[0], row[1]), ("1", "echo"), "{row:?}");
+    // The fake microphone loops its file: the caller may start over while the reply still plays.
+    assert!(["completed", "cancelled"].contains(&row[6]), "{row:?}");
+    for (stage, cell) in ["stt", "llm ttft", "tts ttfb", "voice-to-voice"].iter().zip(&row[2..6]) {
+        assert!(cell.parse::<u64>().is_ok(), "the {stage} latency is not shown as milliseconds: {row:?}");
+    }
+    let meter = shown["meter"].as_str().unwrap();
+    let billed: u64 = meter
+        .strip_prefix("Session so far: ")
+        .and_then(|m| m.split(" s billed, $").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no running cost on the page: {meter:?}"));
+    let amount: f64 = meter.rsplit('$').next().unwrap().parse().unwrap();
+    assert!(billed >= 1 && amount > 0.0, "{meter:?}");
 }
