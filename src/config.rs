@@ -72,7 +72,7 @@ pub struct RawStt {
     /// embedded: decoding threads, each with its own model copy (default 1).
     pub workers: Option<usize>,
     /// embedded: re-decode the growing utterance for a partial transcript at most this often, in
-    /// ms of audio (default 700; 0 turns partials off).
+    /// ms of audio (default 0: off; see `WhisperSettings::partial_interval_ms` for why).
     pub partial_interval_ms: Option<u64>,
     /// fake: sidecar transcript files (`fixtures/audio/NAME.json`), utterances taken in order.
     #[serde(default)]
@@ -511,7 +511,7 @@ impl Config {
             e @ ("embedded" | "default") => SttConfig::Embedded {
                 explicit: e == "embedded",
                 workers: user.stt.workers.unwrap_or(1).max(1),
-                partial_interval_ms: user.stt.partial_interval_ms.unwrap_or(700),
+                partial_interval_ms: user.stt.partial_interval_ms.unwrap_or(0),
             },
             "fake" => SttConfig::Fake {
                 script: user.stt.script.clone(),

@@ -42,6 +42,11 @@ const FRAME_SAMPLES: usize = (RATE_HZ as u64 * FRAME_MS / 1000) as usize;
 const SENT_FRAMES_KEPT: usize = 1000;
 /// A session that has heard no answer audio this long after its utterance ended speaks again (counted).
 const TURN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How `--embedded` sessions set themselves up, as a voice app would: instructions that ask for a
+/// short spoken answer, and a cap on its length (SmolLM2 otherwise talks for a minute).
+const EMBEDDED_SESSION: &str = r#"{"type":"session.update","session":{"type":"realtime","instructions":"You take restaurant bookings on the phone. Answer in one short sentence.","max_output_tokens":48}}"#;
+/// The warm-up session of `--embedded` runs: long enough for one whole turn.
+const EMBEDDED_WARM_UP: Duration = Duration::from_secs(30);
 /// Sessions connecting at once in the idle measurement.
 const IDLE_CONNECTS_AT_ONCE: usize = 64;
 
@@ -313,6 +318,8 @@ fn next_on_phase(epoch: Instant, now: Instant, phase: Duration) -> Instant {
     now + Duration::from_nanos(wait as u64)
 }
 
+// The load generator's per-client knobs; a struct would only be unpacked again here.
+#[allow(clippy::too_many_arguments)]
 async fn run_client(
     url: Arc<str>,
     frames: Arc<Frames>,
@@ -321,6 +328,7 @@ async fn run_client(
     start: Instant,
     phase: Duration,
     end: Instant,
+    setup: Option<&'static str>,
 ) -> SessionReport {
     let mut report = SessionReport::default();
     sleep_until(start).await;
@@ -332,6 +340,12 @@ async fn run_client(
         }
     };
     report.connected = true;
+    if let Some(setup) = setup {
+        if ws.send(Message::Text(Utf8Bytes::from_static(setup))).await.is_err() {
+            report.closed_by_server = true;
+            return report;
+        }
+    }
     let began = Instant::now();
     let engines = EngineTimes::bench();
     let silence_ms = engines.silence_ms as u64;
@@ -425,15 +439,18 @@ async fn run_client(
                     "response.done" => {
                         let Some(response) = event.response else { continue };
                         let latency = response.voxgate.map(|v| v.latency_ms).unwrap_or_default();
-                        match (response.status.as_str(), latency.voice_to_voice) {
-                            ("completed", Some(voice_to_voice_ms)) => report.turns.push(Turn {
+                        if response.status != "completed" {
+                            // Cancelled, or `incomplete` at max_output_tokens: its first audio still counts.
+                            report.responses_not_completed += 1;
+                        }
+                        if let Some(voice_to_voice_ms) = latency.voice_to_voice {
+                            report.turns.push(Turn {
                                 voice_to_voice_ms,
                                 client_ms: turn.window_sent.zip(turn.first_audio).map(|(s, f)| f.duration_since(s).as_secs_f64() * 1000.0),
                                 stt_ms: latency.stt,
                                 llm_ttft_ms: latency.llm_ttft,
                                 tts_ttfb_ms: latency.tts_ttfb,
-                            }),
-                            _ => report.responses_not_completed += 1,
+                            });
                         }
                         if turn.first_audio.is_none() {
                             // No audio to wait for: speak again now.
@@ -544,6 +561,25 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     // Warm up: one session, so one-time allocations are not counted per session.
     let _ = connect(&url).await?.close(None).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    if options.embedded && options.sessions > 0 {
+        // One whole turn first: the models load and the engines make their first allocations.
+        let now = Instant::now();
+        let warm =
+            run_client(url.clone(), frames.clone(), holdback_16k, now, now, Duration::ZERO, now + EMBEDDED_WARM_UP, Some(EMBEDDED_SESSION))
+                .await;
+        if warm.turns.is_empty() {
+            anyhow::bail!(
+                "the warm-up session got no answer in {} s (connected {}, frames sent {}, deltas {}, responses not completed {}, closed by the server {}, errors {:?})",
+                EMBEDDED_WARM_UP.as_secs(),
+                warm.connected,
+                warm.frames_sent,
+                warm.deltas,
+                warm.responses_not_completed,
+                warm.closed_by_server,
+                warm.errors
+            );
+        }
+    }
 
     if options.idle > 0 {
         idle(&child, &url, options.idle, &mut out).await?;
@@ -617,7 +653,8 @@ async fn load(
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let start = epoch + ramp.mul_f64(i as f64 / n as f64);
-            tokio::spawn(run_client(url.clone(), frames.clone(), holdback_16k, epoch, start, frame_phase(i), end))
+            let setup = options.embedded.then_some(EMBEDDED_SESSION);
+            tokio::spawn(run_client(url.clone(), frames.clone(), holdback_16k, epoch, start, frame_phase(i), end, setup))
         })
         .collect();
     let rss_loaded = {
@@ -751,7 +788,7 @@ async fn load(
     let errors: Vec<&String> = reports.iter().flat_map(|r| r.errors.iter()).take(3).collect();
     let _ = writeln!(
         out,
-        "\nsessions connected {connected}/{n}, closed by the server {}, responses not completed {}, turns timed out {}, \
+        "\nsessions connected {connected}/{n}, closed by the server {}, responses not completed (cancelled or cut at max_output_tokens) {}, turns timed out {}, \
          stops without a matching frame {}, error events {}{}",
         reports.iter().filter(|r| r.closed_by_server).count(),
         sum(|r| r.responses_not_completed),

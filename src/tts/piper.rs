@@ -145,6 +145,10 @@ fn open_session(environment: &Environment, voice_path: &Path, intra_threads: usi
         .map_err(|e| failed(&e))?
         .with_intra_threads(intra_threads)
         .map_err(|e| failed(&e))?
+        // onnxruntime's threads spin between runs by default, taking the cores the speech
+        // recogniser and the language model need in the same turn; wait on the OS instead.
+        .with_intra_op_spinning(false)
+        .map_err(|e| failed(&e))?
         .commit_from_file(voice_path)
         .map_err(|e| failed(&e))
 }
