@@ -206,3 +206,25 @@ async fn a_prompt_longer_than_the_context_is_invalid() {
     let events = collect(llm.send(&ok, "smollm2-135m-instruct", true).await.unwrap()).await;
     assert!(ending(&events).1.output_tokens > 0);
 }
+
+#[tokio::test]
+async fn the_next_turn_of_a_conversation_computes_only_what_is_new() {
+    let llm = provider();
+    let mut messages = vec![
+        Message::system("You are a helpful assistant. Answer in one short sentence."),
+        Message::user("What is the capital of France?"),
+    ];
+    let first = collect(llm.send(&chat(messages.clone()), "smollm2-135m-instruct", false).await.unwrap()).await;
+    let (_, first_usage) = ending(&first);
+    assert_eq!(llm.stats().prompt_tokens_reused, 0, "nothing to reuse on the first request");
+    messages.push(Message::assistant(texts(&first).concat()));
+    messages.push(Message::user("And what is the capital of Italy?"));
+    let second = collect(llm.send(&chat(messages), "smollm2-135m-instruct", false).await.unwrap()).await;
+    let (finish, second_usage) = ending(&second);
+    assert_eq!(finish, FinishReason::Stop);
+    assert!(!texts(&second).concat().trim().is_empty());
+    // The whole first prompt (and usually its answer) was already in the context.
+    let reused = llm.stats().prompt_tokens_reused;
+    assert!(reused >= first_usage.input_tokens, "reused {reused} of a first prompt of {}", first_usage.input_tokens);
+    assert!(reused < second_usage.input_tokens, "reused {reused} of {}", second_usage.input_tokens);
+}

@@ -13,6 +13,9 @@
 //! - Tokens flow back through a bounded channel. The worker checks every send: when the receiver
 //!   is gone (client left, barge-in) generation stops at the next token and the worker is free.
 //!   A consumer that holds the stream without reading for [`CONSUMER_STALL_MAX`] is dropped too.
+//! - The context keeps the last request's tokens (its prompt and what it generated). A request
+//!   whose prompt starts with them, as a conversation's next turn does, computes only the rest
+//!   ([`EmbeddedStats::prompt_tokens_reused`]); any other prompt clears the context first.
 //!
 //! # What a request can ask for
 //! - The prompt is rendered with the chat template stored in the GGUF. Tool results become user
@@ -75,6 +78,8 @@ pub struct EmbeddedStats {
     pub jobs_failed: u64,
     /// Tokens generated over all requests, cancelled ones included.
     pub output_tokens_total: u64,
+    /// Prompt tokens not computed again because the previous request had them in the context.
+    pub prompt_tokens_reused: u64,
 }
 
 #[derive(Default)]
@@ -83,6 +88,7 @@ struct Counters {
     cancelled: AtomicU64,
     failed: AtomicU64,
     output_tokens: AtomicU64,
+    prompt_tokens_reused: AtomicU64,
 }
 
 impl Embedded {
@@ -133,6 +139,7 @@ impl Embedded {
             jobs_cancelled: self.stats.cancelled.load(Ordering::Relaxed),
             jobs_failed: self.stats.failed.load(Ordering::Relaxed),
             output_tokens_total: self.stats.output_tokens.load(Ordering::Relaxed),
+            prompt_tokens_reused: self.stats.prompt_tokens_reused.load(Ordering::Relaxed),
         }
     }
 
@@ -362,6 +369,7 @@ mod engine {
     use llama_cpp_2::model::params::LlamaModelParams;
     use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
     use llama_cpp_2::sampling::LlamaSampler;
+    use llama_cpp_2::token::LlamaToken;
     use tokio::sync::{mpsc, oneshot};
 
     use super::{
@@ -495,9 +503,17 @@ mod engine {
             return; // Nobody waits for us any more.
         }
         let mut batch = LlamaBatch::new(CONTEXT_TOKENS as usize, 1);
+        // The tokens whose keys and values the context holds, at positions 0.. (the last request's
+        // prompt and what it generated): a request that starts with them reads only the rest.
+        let mut cached: Vec<LlamaToken> = Vec::new();
         while let Ok(job) = jobs.recv() {
             let events = job.events.clone();
-            let run = std::panic::catch_unwind(AssertUnwindSafe(|| run_job(&model, &template, &mut context, &mut batch, job)));
+            let run = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                run_job(&model, &template, &mut context, &mut batch, &mut cached, &stats, job)
+            }));
+            if run.is_err() {
+                cached.clear();
+            }
             let (outcome, output_tokens) = match run {
                 Ok(r) => r,
                 Err(_) => {
@@ -554,6 +570,8 @@ mod engine {
         template: &LlamaChatTemplate,
         ctx: &mut LlamaContext<'_>,
         batch: &mut LlamaBatch<'_>,
+        cached: &mut Vec<LlamaToken>,
+        stats: &Counters,
         job: Job,
     ) -> (Outcome, u64) {
         let Job { spec, accepted, events, queued_at } = job;
@@ -617,14 +635,28 @@ mod engine {
             (Outcome::Failed, generated)
         };
 
-        ctx.clear_kv_cache();
+        // Keep the cached prefix this prompt shares (a conversation's next turn repeats the whole
+        // previous prompt), but always decode at least the last token, whose logits start the answer.
+        let shared = cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count().min(tokens.len().saturating_sub(1));
+        let reused = if shared > 0 && ctx.clear_kv_cache_seq(Some(0), Some(shared as u32), None).unwrap_or(false) {
+            shared
+        } else {
+            ctx.clear_kv_cache();
+            0
+        };
+        cached.clear();
         batch.clear();
-        if let Err(e) = batch.add_sequence(&tokens, 0, false) {
-            return fail(engine_err("prompt batch", e), 0);
+        for (offset, token) in tokens[reused..].iter().enumerate() {
+            let position = reused + offset;
+            if let Err(e) = batch.add(*token, position as i32, &[0], position + 1 == tokens.len()) {
+                return fail(engine_err("prompt batch", e), 0);
+            }
         }
         if let Err(e) = ctx.decode(batch) {
             return fail(engine_err("prompt decode", e), 0);
         }
+        cached.extend_from_slice(&tokens);
+        stats.prompt_tokens_reused.fetch_add(reused as u64, Ordering::Relaxed);
         let mut logits_at = batch.n_tokens() - 1;
         let mut position = tokens.len() as i32;
         let mut generated: u64 = 0;
@@ -668,8 +700,10 @@ mod engine {
             }
             position += 1;
             if let Err(e) = ctx.decode(batch) {
+                cached.clear();
                 return fail(engine_err("decode", e), generated);
             }
+            cached.push(token);
             logits_at = 0;
         };
 
