@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use voxgate::models::{default_models_dir, whisper_model_dir};
 use voxgate::stt::embedded::{WhisperSettings, WhisperStt, MODEL_FILES};
 use voxgate::stt::fake::Sidecar;
-use voxgate::stt::vad::{EnergyVad, VadEvent, VadSettings, PAUSE_MS};
+use voxgate::stt::vad::{cut_turns, EnergyVad, VadEvent, VadSettings, PAUSE_MS};
 use voxgate::stt::wer::{wer, WerCount};
 use voxgate::stt::{SpeechToText, SttError, Transcript, Utterance, STT_RATE_HZ};
 
@@ -80,24 +80,7 @@ fn ms_to_sample(ms: u64) -> usize {
 
 /// The VAD's turns: (audio_start_ms, the sample index at which the turn was closed).
 fn turns(samples: &[i16]) -> Vec<(u64, usize)> {
-    let mut vad = EnergyVad::new(VadSettings::default(), STT_RATE_HZ);
-    let mut turns = Vec::new();
-    let mut start_ms = None;
-    for (i, chunk) in samples.chunks(320).enumerate() {
-        let mut events = Vec::new();
-        vad.push(chunk, &mut events);
-        for (at, event) in events {
-            match event {
-                VadEvent::SpeechStarted { audio_start_ms } => start_ms = Some(audio_start_ms),
-                VadEvent::SpeechStopped { .. } => turns.push((start_ms.take().unwrap(), i * 320 + at)),
-                VadEvent::SpeechPaused { .. } | VadEvent::SpeechResumed => {}
-            }
-        }
-    }
-    if let Some(start_ms) = start_ms {
-        turns.push((start_ms, samples.len()));
-    }
-    turns
+    cut_turns(samples, VadSettings::default(), STT_RATE_HZ)
 }
 
 struct Outcome {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::stt::embedded::{WhisperSettings, WhisperStt};
 use crate::stt::fake::Sidecar;
-use crate::stt::vad::{EnergyVad, VadEvent, VadSettings, PAUSE_MS};
+use crate::stt::vad::{cut_turns, EnergyVad, VadEvent, VadSettings, PAUSE_MS};
 use crate::stt::wer::{wer, WerCount};
 use crate::stt::{SpeechToText, Utterance, STT_RATE_HZ};
 use crate::tts::TextToSpeech;
@@ -62,26 +62,11 @@ fn fixture_turns() -> anyhow::Result<Vec<Turn>> {
         anyhow::ensure!(reader.spec().sample_rate == STT_RATE_HZ, "{} is not 16 kHz", wav.display());
         let samples = reader.samples::<i16>().collect::<Result<Vec<_>, _>>()?;
         let sidecar = Sidecar::load(&wav.with_extension("json")).ok();
-        let mut vad = EnergyVad::new(VadSettings::default(), STT_RATE_HZ);
-        let mut start = None;
-        let mut ordinal = 0;
-        for (i, chunk) in samples.chunks(FRAME_SAMPLES).enumerate() {
-            let mut events = Vec::new();
-            vad.push(chunk, &mut events);
-            for (at, event) in events {
-                match event {
-                    VadEvent::SpeechStarted { audio_start_ms } => start = Some(audio_start_ms),
-                    VadEvent::SpeechStopped { .. } => {
-                        let from = start.take().map_or(0, |ms| (ms * u64::from(STT_RATE_HZ) / 1000) as usize);
-                        let to = i * FRAME_SAMPLES + at;
-                        let name = wav.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
-                        let reference = sidecar.as_ref().and_then(|s| s.utterances.get(ordinal)).map(|u| u.text.clone());
-                        turns.push(Turn { name: format!("{name} #{}", ordinal + 1), reference, samples: samples[from..to].to_vec() });
-                        ordinal += 1;
-                    }
-                    _ => {}
-                }
-            }
+        let name = wav.file_stem().map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        for (ordinal, (start_ms, end)) in cut_turns(&samples, VadSettings::default(), STT_RATE_HZ).into_iter().enumerate() {
+            let from = (start_ms * u64::from(STT_RATE_HZ) / 1000) as usize;
+            let reference = sidecar.as_ref().and_then(|s| s.utterances.get(ordinal)).map(|u| u.text.clone());
+            turns.push(Turn { name: format!("{name} #{}", ordinal + 1), reference, samples: samples[from..end].to_vec() });
         }
     }
     Ok(turns)

@@ -230,6 +230,26 @@ impl EnergyVad {
     }
 }
 
+/// The turns the detector finds in `samples` (mono PCM16 at `rate_hz`), as a session cuts them:
+/// each turn's `audio_start_ms` (prefix padding included) and the sample index at which it was
+/// closed, or the end of `samples` for a turn still open there.
+pub fn cut_turns(samples: &[i16], settings: VadSettings, rate_hz: u32) -> Vec<(u64, usize)> {
+    let mut vad = EnergyVad::new(settings, rate_hz);
+    let mut events = Vec::new();
+    vad.push(samples, &mut events);
+    let mut turns = Vec::new();
+    let mut start_ms = None;
+    for (at, event) in events {
+        match event {
+            VadEvent::SpeechStarted { audio_start_ms } => start_ms = Some(audio_start_ms),
+            VadEvent::SpeechStopped { .. } => turns.extend(start_ms.take().map(|start| (start, at))),
+            VadEvent::SpeechPaused { .. } | VadEvent::SpeechResumed => {}
+        }
+    }
+    turns.extend(start_ms.map(|start| (start, samples.len())));
+    turns
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +472,17 @@ mod tests {
         // A pause as long as the silence window is no pause.
         let long = with_pauses(EnergyVad::new(VadSettings::default(), RATE_HZ).report_pauses(500));
         assert_eq!(long.len(), 2, "{long:?}");
+    }
+
+    #[test]
+    fn cut_turns_gives_each_turn_its_start_and_closing_sample() {
+        let mut audio = Vec::new();
+        tone(&mut audio, 600, 8_000.0);
+        silence(&mut audio, 1_000);
+        tone(&mut audio, 600, 8_000.0);
+        silence(&mut audio, 200); // still open at the end
+        let turns = cut_turns(&audio, VadSettings::default(), RATE_HZ);
+        assert_eq!(turns, [(0, ms_to_samples(600 + 500)), (1_300, audio.len())]);
     }
 
     #[test]
