@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use support::{events_until as until, next_event as next, Ws};
 
 async fn connect(base: &str) -> (Ws, String) {
     let url = format!("{}/v1/realtime?model=default", base.replace("http://", "ws://"));
@@ -19,15 +19,6 @@ async fn connect(base: &str) -> (Ws, String) {
     assert_eq!(created["type"], "session.created");
     let id = created["session"]["id"].as_str().unwrap().to_string();
     (ws, id)
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("an event").expect("open").expect("frame") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            _ => continue,
-        }
-    }
 }
 
 fn now_ms() -> i64 {
@@ -268,19 +259,6 @@ fn samples(page: &str) -> std::collections::HashMap<String, f64> {
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap())))
         .collect()
-}
-
-/// Events up to and including the first of type `until`.
-async fn until(ws: &mut Ws, until: &str) -> Vec<Value> {
-    let mut seen = Vec::new();
-    loop {
-        let e = next(ws).await;
-        let done = e["type"] == until;
-        seen.push(e);
-        if done {
-            return seen;
-        }
-    }
 }
 
 async fn closed_record(base: &str, id: &str) -> Value {

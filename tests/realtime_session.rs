@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use support::{start_voxgate, vendors, Recorder};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use support::{events_until as until, next_event as next, Ws};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -91,35 +91,6 @@ async fn connect(base: &str, model: &str) -> Ws {
 
 async fn send(ws: &mut Ws, event: Value) {
     ws.send(Message::text(event.to_string())).await.expect("send");
-}
-
-/// The next server event (a minute of paused time is a hang).
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
-            .await
-            .expect("an event within 60 s")
-            .expect("socket open")
-            .expect("frame");
-        match msg {
-            Message::Text(t) => return serde_json::from_str(&t).expect("server events are JSON"),
-            Message::Close(c) => panic!("server closed the socket: {c:?}"),
-            _ => continue,
-        }
-    }
-}
-
-/// Events up to and including the first of type `until`.
-async fn until(ws: &mut Ws, until: &str) -> Vec<Value> {
-    let mut seen = Vec::new();
-    loop {
-        let e = next(ws).await;
-        let done = e["type"] == until;
-        seen.push(e);
-        if done {
-            return seen;
-        }
-    }
 }
 
 fn types(events: &[Value]) -> Vec<&str> {

@@ -223,3 +223,37 @@ pub async fn sse_data(response: reqwest::Response) -> Vec<String> {
     let text = response.text().await.unwrap_or_default();
     text.split("\n\n").filter_map(|f| f.strip_prefix("data: ")).map(str::to_string).collect()
 }
+
+/// A Realtime client socket, as the tests open it.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next server event on `ws` (a minute without one, in real or paused time, is a hang).
+pub async fn next_event(ws: &mut Ws) -> serde_json::Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("an event within 60 s")
+            .expect("socket open")
+            .expect("frame");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).expect("server events are JSON"),
+            Message::Close(c) => panic!("server closed the socket: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Server events up to and including the first of type `until`.
+pub async fn events_until(ws: &mut Ws, until: &str) -> Vec<serde_json::Value> {
+    let mut seen = Vec::new();
+    loop {
+        let e = next_event(ws).await;
+        let done = e["type"] == until;
+        seen.push(e);
+        if done {
+            return seen;
+        }
+    }
+}
