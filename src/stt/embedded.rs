@@ -430,31 +430,33 @@ impl Queue {
     /// the final is decoded when the utterance closes instead.
     fn try_submit_early_final(&self, samples: &[i16], start_ms: u64) -> Option<oneshot::Receiver<Result<Transcript, SttError>>> {
         let place = self.final_places.clone().try_acquire_owned().ok()?;
+        self.push_final(samples.to_vec(), start_ms, place)
+    }
+
+    /// Queues a final, waiting for a place when the queue is full, and waits for its transcript.
+    async fn submit_final(&self, samples: Vec<i16>, start_ms: u64) -> Result<Transcript, SttError> {
+        let place = self.final_places.clone().acquire_owned().await.map_err(|_| stopped())?;
+        let receiver = self.push_final(samples, start_ms, place).ok_or_else(stopped)?;
+        receiver.await.map_err(|_| stopped())?
+    }
+
+    /// Queues a final holding `place`, unless the engine has stopped.
+    fn push_final(
+        &self,
+        samples: Vec<i16>,
+        start_ms: u64,
+        place: OwnedSemaphorePermit,
+    ) -> Option<oneshot::Receiver<Result<Transcript, SttError>>> {
         let (reply, receiver) = oneshot::channel();
         {
             let mut state = self.lock();
             if state.closed {
                 return None;
             }
-            state.finals.push_back(Job { kind: JobKind::Final, samples: samples.to_vec(), start_ms, reply, place: Some(place) });
-        }
-        self.wake.notify_one();
-        Some(receiver)
-    }
-
-    /// Queues a final, waiting for a place when the queue is full, and waits for its transcript.
-    async fn submit_final(&self, samples: Vec<i16>, start_ms: u64) -> Result<Transcript, SttError> {
-        let place = self.final_places.clone().acquire_owned().await.map_err(|_| stopped())?;
-        let (reply, receiver) = oneshot::channel();
-        {
-            let mut state = self.lock();
-            if state.closed {
-                return Err(stopped());
-            }
             state.finals.push_back(Job { kind: JobKind::Final, samples, start_ms, reply, place: Some(place) });
         }
         self.wake.notify_one();
-        receiver.await.map_err(|_| stopped())?
+        Some(receiver)
     }
 
     /// The next job (finals first), or `None` once the engine is dropped.
