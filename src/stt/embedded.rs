@@ -26,6 +26,10 @@
 //!   the close as usual.
 //! - Dropping the `transcribe` future abandons the work: a queued job whose receiver is gone is
 //!   skipped by the worker.
+//! - The encoder reads the utterance and [`WINDOW_PAD_MS`] after it, at least [`WINDOW_MIN_MS`],
+//!   not Whisper's full 30 s: its cost grows with the window, not with the speech. Features are
+//!   computed as Whisper's extractor does (one floor per window, padding at the floor). A decode
+//!   writes at most [`TOKENS_PER_SECOND_MAX`] tokens per second of audio, so a loop ends early.
 //! - Utterances longer than 30 s are decoded in equal windows of at most 30 s, joined in order.
 //!   At most [`UTTERANCE_MS_MAX`] of audio is kept per utterance; later audio is dropped (logged).
 //!
@@ -65,6 +69,18 @@ pub const QUEUED_FINALS_MAX: usize = 16;
 pub const UTTERANCE_MS_MAX: u64 = 5 * 60 * 1000;
 /// Whisper's input window.
 pub const WINDOW_MS: u64 = 30_000;
+/// The least audio the encoder reads, in ms. Whisper was trained on 30 s windows and its encoder
+/// costs the same for any utterance in one: an utterance is given only [`WINDOW_PAD_MS`] of padding
+/// after it instead, but at least this much, because shorter windows make tiny.en loop and
+/// mishear (over the fixture turns: 30, 20 and 15 s windows 6.8% word error rate, 10 s 7.7% with
+/// the spelled email looping). See docs/benchmarks.md.
+pub const WINDOW_MIN_MS: u64 = 15_000;
+/// Padding after an utterance in the encoder's window, in ms (see [`WINDOW_MIN_MS`]).
+pub const WINDOW_PAD_MS: u64 = 3_000;
+/// Tokens a decode may write per second of audio (speech is 3–6 a second, a spelled address 6).
+pub const TOKENS_PER_SECOND_MAX: usize = 10;
+/// Tokens any decode may write.
+pub const TOKENS_MIN: usize = 20;
 /// Confidence of every word: `ct2rs` 0.10 returns no scores with text-only decoding.
 pub const WORD_CONFIDENCE: f32 = 0.8;
 /// Frame level that counts as speech when spreading words over an utterance (see the module doc).
@@ -535,8 +551,12 @@ struct Features {
 impl Features {
     fn read(path: &Path) -> Result<Features, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let field = |name: &str| v[name].as_u64().map(|n| n as usize).ok_or_else(|| format!("{}: no `{name}`", path.display()));
+        Features::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    fn parse(text: &str) -> Result<Features, String> {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let field = |name: &str| v[name].as_u64().map(|n| n as usize).ok_or_else(|| format!("no `{name}`"));
         let (sampling_rate, n_fft, feature_size) = (field("sampling_rate")?, field("n_fft")?, field("feature_size")?);
         Ok(Features {
             n_fft,
@@ -548,20 +568,35 @@ impl Features {
         })
     }
 
-    /// The stacked log-mel spectrogram of `samples` in windows of `n_samples`, and the window count.
+    /// Mel frames given to the encoder for `samples` of audio: the audio and [`WINDOW_PAD_MS`] after
+    /// it, rounded up to a whole second, at least [`WINDOW_MIN_MS`] and at most the full window.
+    fn frames_for(&self, samples: usize) -> usize {
+        let frames_per_ms = |ms: u64| (ms * u64::from(STT_RATE_HZ) / 1000) as usize / self.hop_length;
+        let second = frames_per_ms(1000);
+        let wanted = (samples / self.hop_length + frames_per_ms(WINDOW_PAD_MS)).div_ceil(second) * second;
+        wanted.max(frames_per_ms(WINDOW_MIN_MS)).min(self.nb_max_frames)
+    }
+
+    /// The stacked log-mel spectrogram of `samples` in windows of `n_samples` (each cut to
+    /// [`Features::frames_for`] frames), and the window count. As Whisper's own feature extractor
+    /// does: log10 of the mel power, floored 8 below the window's loudest value, then scaled; the
+    /// frames after the audio hold the floor, as zero samples would.
     fn extract(&self, samples: &[f32]) -> (ndarray::Array3<f32>, usize) {
         use ndarray::{s, Array2, Axis};
         let mut stft = mel_spec::stft::Spectrogram::new(self.n_fft, self.hop_length);
         let mut chunks = Vec::new();
         for chunk in samples.chunks(self.n_samples) {
-            let mut spectrogram = Array2::<f32>::zeros((self.feature_size, self.nb_max_frames));
-            for (i, frame) in chunk.chunks(self.hop_length).enumerate() {
-                if let Some(fft) = stft.add(frame) {
-                    let mel = mel_spec::mel::norm_mel(&mel_spec::mel::log_mel_spectrogram(&fft, &self.mel_filters)).mapv(|v| v as f32);
-                    spectrogram.slice_mut(s![.., i]).assign(&mel.slice(s![.., 0]));
+            let frames = self.frames_for(chunk.len());
+            // log10 of the smallest power the extractor keeps (1e-10): what silence gives.
+            let mut log_mel = Array2::<f64>::from_elem((self.feature_size, frames), -10.0);
+            for (i, hop) in chunk.chunks(self.hop_length).enumerate().take(frames) {
+                if let Some(fft) = stft.add(hop) {
+                    let mel = mel_spec::mel::log_mel_spectrogram(&fft, &self.mel_filters);
+                    log_mel.slice_mut(s![.., i]).assign(&mel.slice(s![.., 0]));
                 }
             }
-            chunks.push(spectrogram);
+            let floor = log_mel.fold(f64::NEG_INFINITY, |max, &v| max.max(v)) - 8.0;
+            chunks.push(log_mel.mapv(|v| ((v.max(floor) + 4.0) / 4.0) as f32));
         }
         let count = chunks.len();
         let views: Vec<_> = chunks.iter().map(|a| a.view()).collect();
@@ -601,7 +636,9 @@ impl Engine {
         } else {
             vec!["<|startoftranscript|>", "<|notimestamps|>"]
         };
-        let results = self.whisper.generate(&view, &vec![prompt; count], options).map_err(|e| format!("{e:#}"))?;
+        let mut options = options.clone();
+        options.max_length = tokens_max(audio.len().min(self.features.n_samples)).min(options.max_length);
+        let results = self.whisper.generate(&view, &vec![prompt; count], &options).map_err(|e| format!("{e:#}"))?;
         results
             .into_iter()
             .map(|r| {
@@ -632,6 +669,12 @@ impl Engine {
         }
         Ok(clean(pieces))
     }
+}
+
+/// The most tokens a decode of `samples` may write: [`TOKENS_PER_SECOND_MAX`] per second of audio
+/// and [`TOKENS_MIN`]. A loop ("N-N-N-…") stops there instead of at the model's 448 tokens.
+fn tokens_max(samples: usize) -> usize {
+    TOKENS_MIN + TOKENS_PER_SECOND_MAX * samples.div_ceil(STT_RATE_HZ as usize)
 }
 
 /// Equal windows of at most [`WINDOW_MS`] covering `len` samples: (offset, range).
@@ -763,6 +806,40 @@ mod tests {
         let t = clean(spread_words("[BLANK_AUDIO] Hello there.", 0, 1_000, 0.8));
         assert_eq!(t.text, "Hello there.");
         assert_eq!(t.words.len(), 2);
+    }
+
+    #[test]
+    fn the_encoder_reads_the_utterance_and_its_padding_in_whole_seconds_between_15_and_30_s() {
+        let f = Features::parse(PREPROCESSOR_CONFIG).unwrap();
+        let at = |seconds: f64| f.frames_for((seconds * 16_000.0) as usize);
+        assert_eq!(at(0.5), 1500, "short: the least window");
+        assert_eq!(at(11.5), 1500, "11.5 + 3 s padding rounds up to 15 s");
+        assert_eq!(at(12.01), 1600);
+        assert_eq!(at(26.0), 2900);
+        assert_eq!(at(27.5), 3000, "never past Whisper's 30 s");
+        assert_eq!(at(30.0), 3000);
+    }
+
+    #[test]
+    fn features_are_floored_8_below_the_loudest_value_and_the_padding_is_the_floor() {
+        let f = Features::parse(PREPROCESSOR_CONFIG).unwrap();
+        // 1 s of a 440 Hz tone at half scale.
+        let tone: Vec<f32> = (0..16_000).map(|i| 0.5 * (i as f32 * 440.0 * std::f32::consts::TAU / 16_000.0).sin()).collect();
+        let (mel, count) = f.extract(&tone);
+        assert_eq!((count, mel.shape()), (1, &[1, 80, 1500][..]));
+        let max = mel.fold(f32::MIN, |m, &v| m.max(v));
+        let min = mel.fold(f32::MAX, |m, &v| m.min(v));
+        assert!((max - min - 2.0).abs() < 1e-4, "log10 floored 8 below the max, scaled by 1/4: {max} {min}");
+        let padding = mel.slice(ndarray::s![0, .., 200..]);
+        assert!(padding.iter().all(|&v| v == min), "frames after the audio hold the floor");
+    }
+
+    #[test]
+    fn a_decode_may_write_ten_tokens_a_second_and_at_least_twenty() {
+        assert_eq!(tokens_max(0), 20);
+        assert_eq!(tokens_max(8_000), 30);
+        assert_eq!(tokens_max(16_000 * 5), 70);
+        assert!(tokens_max(16_000 * 30) < 448, "below the model's own limit for a full window");
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //!   `—`) ends it too once the chunk holds at least [`CLAUSE_CHARS_MIN`] characters and
 //!   [`CLAUSE_WORDS_MIN`] words, so the first audio starts early. `1,000` and `7:30` have no
 //!   whitespace after the mark and are never cut.
+//! - The first chunk of a response also ends at a word boundary (whitespace, then a word) once it
+//!   holds [`FIRST_CHUNK_WORDS`] words, unless its last word leans on the next one (an article, a
+//!   preposition, a conjunction, a possessive: [`LEANING_WORDS`]); then at the next boundary. Speech
+//!   starts after a few words instead of a whole first sentence: text-to-speech takes about as long
+//!   as the text is (Piper here: 35 ms for one word, 240 ms for eighteen), and the model writes a
+//!   sentence at a few milliseconds a token before that.
 //! - A chunk longer than [`CHUNK_CHARS_MAX`] characters is cut at its last whitespace (or, one word
 //!   longer than that, after [`CHUNK_CHARS_MAX`] characters).
 //!
@@ -29,6 +35,14 @@ pub const CHUNK_CHARS_MAX: usize = 250;
 pub const CLAUSE_CHARS_MIN: usize = 12;
 /// ...and this many words.
 pub const CLAUSE_WORDS_MIN: usize = 3;
+
+/// Words after which the first chunk may end (see the module doc).
+pub const FIRST_CHUNK_WORDS: usize = 4;
+/// Words that lean on the next one: the first chunk is not cut after them.
+pub const LEANING_WORDS: [&str; 22] = [
+    "a", "an", "the", "to", "of", "for", "at", "in", "on", "by", "with", "from", "and", "or", "but", "my", "your", "our", "their", "his",
+    "her", "its",
+];
 
 /// Never end a sentence (lowercase, with their dots).
 const ABBREVIATIONS: [&str; 9] = ["mr.", "mrs.", "ms.", "dr.", "st.", "prof.", "e.g.", "i.e.", "vs."];
@@ -134,6 +148,9 @@ impl Chunker {
                 Some(_) => Decision::NotCut,
             },
             '—' if !self.emitted && self.long_enough_for_clause(i) => self.after_whitespace(i + 1),
+            c if c.is_whitespace() && !self.emitted && i > 0 && !p[i - 1].is_whitespace() && self.first_chunk_long_enough(i) => {
+                self.after_whitespace(i)
+            }
             _ => Decision::NotCut,
         }
     }
@@ -163,6 +180,15 @@ impl Chunker {
         let start = self.pending[..i].iter().rposition(|c| c.is_whitespace()).map_or(0, |k| k + 1);
         let word: String = self.pending[start..=i].iter().collect();
         word.trim_start_matches(OPENERS).to_lowercase()
+    }
+
+    /// The words before the whitespace at `i` are [`FIRST_CHUNK_WORDS`] or more, and the last one
+    /// does not lean on the next.
+    fn first_chunk_long_enough(&self, i: usize) -> bool {
+        let text: String = self.pending[..i].iter().collect();
+        let last = self.word_ending_at(i - 1);
+        let last = last.trim_end_matches(|c: char| !c.is_alphanumeric());
+        text.split_whitespace().count() >= FIRST_CHUNK_WORDS && !LEANING_WORDS.contains(&last)
     }
 
     fn long_enough_for_clause(&self, i: usize) -> bool {
@@ -198,12 +224,13 @@ mod tests {
     fn the_booking_example() {
         assert_eq!(
             chunks("Sure, your table for 4 is booked at 7:30 p.m. on Friday. Anything else?"),
-            ["Sure, your table for 4 is booked at 7:30 p.m. on Friday. ", "Anything else?"]
+            ["Sure, your table for 4 ", "is booked at 7:30 p.m. on Friday. ", "Anything else?"]
         );
         assert_eq!(
             chunks("Of course, Ana, your table for 4 is booked at 7:30 p.m. on Friday. Anything else, or shall I hang up? Bye."),
             ["Of course, Ana, ", "your table for 4 is booked at 7:30 p.m. on Friday. ", "Anything else, or shall I hang up? ", "Bye."]
         );
+        assert_eq!(chunks("Yes. Your table for four is booked."), ["Yes. ", "Your table for four is booked."]);
     }
 
     #[test]
@@ -231,28 +258,30 @@ mod tests {
     #[test]
     fn numbers_are_never_cut() {
         assert_eq!(
-            chunks("The total, with tax included, is $12.99 for 1,000 units at 3.5 percent. Thanks."),
-            ["The total, with tax included, ", "is $12.99 for 1,000 units at 3.5 percent. ", "Thanks."]
+            chunks("Total, taxes included: $12.99 for 1,000 units at 3.5 percent. Thanks."),
+            ["Total, taxes included: ", "$12.99 for 1,000 units at 3.5 percent. ", "Thanks."]
         );
+        // After the first chunk, only sentence ends cut.
         assert_eq!(
-            chunks("Pi is roughly 3.14159 and e is 2.718 as of 10:45 today."),
-            ["Pi is roughly 3.14159 and e is 2.718 as of 10:45 today."]
+            chunks("Okay. Pi is roughly 3.14159 and e is 2.718 as of 10:45 today."),
+            ["Okay. ", "Pi is roughly 3.14159 and e is 2.718 as of 10:45 today."]
         );
+        assert_eq!(chunks("Pi is 3.14159 and e is 2.718."), ["Pi is 3.14159 and e ", "is 2.718."]);
     }
 
     #[test]
     fn abbreviations_are_not_sentence_ends() {
         assert_eq!(
-            chunks("I booked Dr. Smith and Mrs. Jones on Main St. near the park. Done."),
-            ["I booked Dr. Smith and Mrs. Jones on Main St. near the park. ", "Done."]
+            chunks("Ok. I booked Dr. Smith and Mrs. Jones on Main St. near the park. Done."),
+            ["Ok. ", "I booked Dr. Smith and Mrs. Jones on Main St. near the park. ", "Done."]
         );
         assert_eq!(
             chunks("Bring fruit, e.g. Apples, i.e. Red ones vs. Green ones. Ok."),
             ["Bring fruit, e.g. Apples, ", "i.e. Red ones vs. Green ones. ", "Ok."]
         );
         // etc., a.m. and p.m. end a sentence before a capital letter only.
-        assert_eq!(chunks("See you at 9 a.m. tomorrow. Bye."), ["See you at 9 a.m. tomorrow. ", "Bye."]);
-        assert_eq!(chunks("See you at 9 a.m. Bye."), ["See you at 9 a.m. ", "Bye."]);
+        assert_eq!(chunks("Ok. See you at 9 a.m. tomorrow. Bye."), ["Ok. ", "See you at 9 a.m. tomorrow. ", "Bye."]);
+        assert_eq!(chunks("At 9 a.m. Bye."), ["At 9 a.m. ", "Bye."]);
         assert_eq!(chunks("Pens, paper etc. Are in stock."), ["Pens, paper etc. ", "Are in stock."]);
         assert_eq!(chunks("(Mr. Lee) agreed."), ["(Mr. Lee) agreed."]);
     }
@@ -260,8 +289,8 @@ mod tests {
     #[test]
     fn emails_and_urls_are_not_cut() {
         assert_eq!(
-            chunks("I sent it to ana@example.com and https://example.com/a?b=c. Check it."),
-            ["I sent it to ana@example.com and https://example.com/a?b=c. ", "Check it."]
+            chunks("Ok. I sent it to ana@example.com and https://example.com/a?b=c. Check it."),
+            ["Ok. ", "I sent it to ana@example.com and https://example.com/a?b=c. ", "Check it."]
         );
     }
 
@@ -273,27 +302,51 @@ mod tests {
 
     #[test]
     fn clause_cuts_only_in_the_first_chunk_and_only_when_long_enough() {
-        // "Sure," is too short; "Sure, I can do that," is long enough.
-        assert_eq!(chunks("Sure, I can do that, and then more, and more."), ["Sure, I can do that, ", "and then more, and more."]);
-        assert_eq!(chunks("Okay; we moved it to Wednesday: at noon."), ["Okay; we moved it to Wednesday: ", "at noon."]);
+        // "Sure," is too short; "Sure, fine then," is long enough.
+        assert_eq!(chunks("Sure, fine then, and then more, and more."), ["Sure, fine then, ", "and then more, and more."]);
+        assert_eq!(chunks("Okay; moved: at noon, then lunch."), ["Okay; moved: at noon, ", "then lunch."]);
         assert_eq!(chunks("One moment please—let me check that."), ["One moment please—", "let me check that."]);
         assert_eq!(chunks("Yes, ok. Then, after lunch, we go."), ["Yes, ok. ", "Then, after lunch, we go."]);
         // A new response after finish() gets a clause cut again.
         let mut chunker = Chunker::new();
         let mut out = Vec::new();
-        chunker.push("Hello there my friend, how are you", &mut out);
+        chunker.push("Hello there friend, how are you", &mut out);
         assert_eq!(chunker.finish().as_deref(), Some("how are you"));
-        chunker.push("Good to see you again, yes", &mut out);
-        assert_eq!(out, ["Hello there my friend, ", "Good to see you again, "]);
+        chunker.push("Good to see, yes", &mut out);
+        assert_eq!(out, ["Hello there friend, ", "Good to see, "]);
+    }
+
+    #[test]
+    fn the_first_chunk_ends_after_four_words_but_not_after_a_word_that_leans_on_the_next() {
+        assert_eq!(chunks("I am happy to help you today."), ["I am happy to help ", "you today."]);
+        assert_eq!(chunks("I can book a table tonight."), ["I can book a table ", "tonight."]);
+        assert_eq!(chunks("Your table for four is booked."), ["Your table for four ", "is booked."]);
+        assert_eq!(chunks("Booked it for the seven o'clock slot."), ["Booked it for the seven ", "o'clock slot."]);
+        // Only the first chunk: the second runs to its sentence end.
+        assert_eq!(
+            chunks("I am happy to help you today. Is there anything else I can do?"),
+            ["I am happy to help ", "you today. ", "Is there anything else I can do?"]
+        );
+        // A word split over deltas is never cut inside: the cut waits for the next word to start.
+        let mut chunker = Chunker::new();
+        let mut out = Vec::new();
+        for delta in ["I am hap", "py", " ", "so", " ", " "] {
+            chunker.push(delta, &mut out);
+        }
+        assert!(out.is_empty(), "four words, but the whitespace may go on: {out:?}");
+        chunker.push("t", &mut out);
+        assert_eq!(out, ["I am happy so  "]);
+        chunker.push("o he", &mut out);
+        assert_eq!(chunker.finish().as_deref(), Some("to he"));
     }
 
     #[test]
     fn long_text_is_cut_at_the_last_whitespace() {
-        let text = "word ".repeat(120);
+        let text = format!("Ok. {}", "word ".repeat(120));
         let out = chunks(&text);
         assert_eq!(out.concat(), text);
-        assert_eq!(out[0].chars().count(), 250);
-        assert!(out[0].ends_with("word "));
+        assert_eq!(out[1].chars().count(), 250);
+        assert!(out[1].ends_with("word "));
         let long_word = "x".repeat(600);
         let out = chunks(&long_word);
         assert_eq!(out.iter().map(|c| c.len()).collect::<Vec<_>>(), [250, 250, 100]);

@@ -6,7 +6,8 @@
 //!   [`ProviderError::Engine`] telling the user to run `voxgate models fetch` (and a later request
 //!   tries again, so fetching while the server runs is enough).
 //! - Inference never runs on the async runtime. One worker thread owns the model and one llama
-//!   context (llama.cpp computes with half the cores, see [`Embedded::with_threads`]) and takes
+//!   context (llama.cpp generates with half the cores, see [`Embedded::with_threads`], and reads a
+//!   prompt with all of them, see [`Embedded::with_prompt_threads`]) and takes
 //!   jobs in order from a bounded queue of [`QUEUED_JOBS_MAX`]. A request waits in that queue
 //!   while another is generated; when the queue is full, `send` fails at once with "embedded
 //!   model busy" (retryable, so the router can fall back) rather than growing a long line.
@@ -62,6 +63,7 @@ pub const CONSUMER_STALL_MAX: Duration = Duration::from_secs(30);
 pub struct Embedded {
     model_path: PathBuf,
     threads: usize,
+    prompt_threads: usize,
     stats: Arc<Counters>,
     #[cfg(feature = "embedded-llm")]
     worker: tokio::sync::OnceCell<engine::Worker>,
@@ -96,6 +98,7 @@ impl Embedded {
         Embedded {
             model_path,
             threads: default_threads(),
+            prompt_threads: default_prompt_threads(),
             stats: Arc::default(),
             #[cfg(feature = "embedded-llm")]
             worker: tokio::sync::OnceCell::new(),
@@ -106,6 +109,13 @@ impl Embedded {
     /// when the model loads, so set it before the first request.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.clamp(1, 64);
+        self
+    }
+
+    /// Use `threads` llama.cpp threads for reading a prompt (default: every core, 1 to 4). Takes
+    /// effect when the model loads.
+    pub fn with_prompt_threads(mut self, threads: usize) -> Self {
+        self.prompt_threads = threads.clamp(1, 64);
         self
     }
 
@@ -150,8 +160,10 @@ impl Embedded {
     pub async fn send(&self, request: &ChatRequest, _upstream_model: &str, stream: bool) -> Result<EventStream, ProviderError> {
         let job = JobSpec::from_request(request, stream)?;
         self.check().map_err(ProviderError::Engine)?;
-        let worker =
-            self.worker.get_or_try_init(|| engine::Worker::start(self.model_path.clone(), self.threads, self.stats.clone())).await?;
+        let worker = self
+            .worker
+            .get_or_try_init(|| engine::Worker::start(self.model_path.clone(), (self.threads, self.prompt_threads), self.stats.clone()))
+            .await?;
         worker.submit(job).await
     }
 
@@ -167,6 +179,15 @@ impl Embedded {
 /// 85. The voice pipeline always shares the cores, so the LLM takes half of them.
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4))
+}
+
+/// Every core, at most 4. A prompt is computed in one batch whose per-layer work is large enough
+/// for the threads' waits not to dominate, and in a voice turn it is computed when speech-to-text
+/// has just finished and text-to-speech has not started: with 2 threads instead of 1 the embedded
+/// model's first token came in 85 ms instead of 167 (`voxgate bench pipeline --embedded`, one
+/// session, docs/benchmarks.md).
+fn default_prompt_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
 const NOT_BUILT: &str = "voxgate was built without the embedded-llm feature";
@@ -412,12 +433,13 @@ mod engine {
 
     impl Worker {
         /// Start the worker thread and wait until it has loaded the model.
-        pub(super) async fn start(model_path: PathBuf, threads: usize, stats: Arc<Counters>) -> Result<Worker, ProviderError> {
+        /// `threads`: (generating, reading the prompt).
+        pub(super) async fn start(model_path: PathBuf, threads: (usize, usize), stats: Arc<Counters>) -> Result<Worker, ProviderError> {
             let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(QUEUED_JOBS_MAX);
             let (loaded_tx, loaded_rx) = oneshot::channel::<Result<(), ProviderError>>();
             std::thread::Builder::new()
                 .name("voxgate-llm".into())
-                .spawn(move || worker_main(model_path, threads as i32, jobs_rx, loaded_tx, stats))
+                .spawn(move || worker_main(model_path, threads, jobs_rx, loaded_tx, stats))
                 .map_err(|e| ProviderError::Engine(format!("cannot start the embedded model thread: {e}")))?;
             match loaded_rx.await {
                 Ok(Ok(())) => Ok(Worker { jobs: jobs_tx }),
@@ -469,7 +491,7 @@ mod engine {
 
     fn worker_main(
         model_path: PathBuf,
-        threads: i32,
+        (threads, prompt_threads): (usize, usize),
         jobs: std::sync::mpsc::Receiver<Job>,
         loaded: oneshot::Sender<Result<(), ProviderError>>,
         stats: Arc<Counters>,
@@ -484,8 +506,8 @@ mod engine {
         let params = LlamaContextParams::default()
             .with_n_ctx(NonZeroU32::new(CONTEXT_TOKENS))
             .with_n_batch(CONTEXT_TOKENS)
-            .with_n_threads(threads)
-            .with_n_threads_batch(threads);
+            .with_n_threads(threads as i32)
+            .with_n_threads_batch(prompt_threads as i32);
         let context = {
             let _guard = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
             backend().and_then(|b| {
