@@ -18,7 +18,7 @@
 //!   than queued, and workers always take queued finals first. A partial already being decoded is
 //!   not interrupted, so a final that arrives at that moment with no other worker free waits for
 //!   it (one decode at most).
-//! - Early finals: when the session's VAD reports a pause ([`Utterance::pause`], 150 ms into the
+//! - Early finals: when the session's VAD reports a pause ([`Utterance::pause`], 100 ms into the
 //!   silence), the audio so far is queued as a final at once, if a final place is free. If the
 //!   utterance then closes with the pause still standing (nothing voiced after it), that decode is
 //!   the transcript: it started when the silence began, not when the silence window closed. If
