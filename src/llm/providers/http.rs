@@ -24,7 +24,7 @@ pub async fn post_json(
     settings: &HttpSettings,
     url: reqwest::Url,
     headers: HeaderMap,
-    body: &serde_json::Value,
+    body: &(impl serde::Serialize + ?Sized),
     on_error: ErrorParser,
 ) -> Result<reqwest::Response, ProviderError> {
     let bytes = serde_json::to_vec(body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
@@ -54,8 +54,17 @@ pub async fn post_json(
 
 /// Read a whole (non-streaming) JSON answer.
 pub async fn read_json(response: reqwest::Response) -> Result<serde_json::Value, ProviderError> {
-    let body = read_limited(response, MAX_RESPONSE_BODY_BYTES).await?;
-    serde_json::from_slice(&body).map_err(|e| ProviderError::stream(format!("malformed response body: {e}")))
+    parse_json(&read_body(response).await?)
+}
+
+/// Read a whole (non-streaming) answer's bytes, for a provider that decodes them itself.
+pub async fn read_body(response: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
+    read_limited(response, MAX_RESPONSE_BODY_BYTES).await
+}
+
+/// A whole answer's bytes as a JSON value; what [`read_json`] returns.
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ProviderError> {
+    serde_json::from_slice(body).map_err(|e| ProviderError::stream(format!("malformed response body: {e}")))
 }
 
 /// A failure before any response arrived.
