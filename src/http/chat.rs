@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use super::error::ApiError;
 use super::keys::{Budget, KeyState, Limited};
 use super::{Caller, Shared};
 use crate::llm::router::Answer;
-use crate::llm::types::{ChatRequest, Completion, Content, Event, Message, ToolChoice, Usage};
+use crate::llm::types::{ChatRequest, Completion, Content, Event, Message, ToolCall, ToolChoice, Usage};
 
 pub async fn completions(State(state): State<Shared>, Extension(caller): Extension<Caller>, headers: HeaderMap, body: Body) -> Response {
     let key = caller.key.clone();
@@ -153,14 +154,70 @@ fn meta_headers(answer: &Answer) -> Vec<(&'static str, HeaderValue)> {
     out
 }
 
+/// `usage` as OpenAI writes it.
+#[derive(Serialize)]
+struct UsageBody {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+    completion_tokens_details: ReasoningTokens,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
+}
+
+impl UsageBody {
+    fn new(u: &Usage) -> Self {
+        UsageBody {
+            prompt_tokens: u.input_tokens,
+            completion_tokens: u.output_tokens,
+            total_tokens: u.input_tokens.saturating_add(u.output_tokens),
+            prompt_tokens_details: CachedTokens { cached_tokens: u.cached_input_tokens },
+            completion_tokens_details: ReasoningTokens { reasoning_tokens: u.reasoning_tokens },
+        }
+    }
+}
+
 fn usage_json(u: &Usage) -> Value {
-    json!({
-        "prompt_tokens": u.input_tokens,
-        "completion_tokens": u.output_tokens,
-        "total_tokens": u.input_tokens.saturating_add(u.output_tokens),
-        "prompt_tokens_details": {"cached_tokens": u.cached_input_tokens},
-        "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens},
-    })
+    json!(UsageBody::new(u))
+}
+
+/// A non-streaming answer: a `chat.completion` object, written straight from these fields.
+/// `None` in an `Option<()>` is written as `null`.
+#[derive(Serialize)]
+struct CompletionBody<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: Option<()>,
+    choices: [ChoiceBody<'a>; 1],
+    usage: UsageBody,
+}
+
+#[derive(Serialize)]
+struct ChoiceBody<'a> {
+    index: u32,
+    message: MessageBody<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize)]
+struct MessageBody<'a> {
+    role: &'static str,
+    content: Option<&'a str>,
+    refusal: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<&'a ToolCall>,
 }
 
 async fn whole_response(mut answer: Answer, mut charge: TokenCharge) -> Result<Response, ApiError> {
@@ -184,24 +241,21 @@ async fn whole_response(mut answer: Answer, mut charge: TokenCharge) -> Result<R
         }
     }
     let tool_calls: Vec<_> = completion.tool_calls.iter().filter(|c| !c.id.is_empty()).collect();
-    let mut message = json!({
-        "role": "assistant",
-        "content": if completion.text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(completion.text) },
-        "refusal": null,
-    });
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = json!(tool_calls);
-    }
-    let finish = completion.finish_reason.map_or("stop", |f| f.as_str());
-    let body = json!({
-        "id": answer.id,
-        "object": "chat.completion",
-        "created": answer.created,
-        "model": answer.model,
-        "system_fingerprint": null,
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-        "usage": usage_json(&completion.usage.unwrap_or_default()),
-    });
+    let content = if completion.text.is_empty() && !tool_calls.is_empty() { None } else { Some(completion.text.as_str()) };
+    let body = CompletionBody {
+        id: &answer.id,
+        object: "chat.completion",
+        created: answer.created,
+        model: &answer.model,
+        system_fingerprint: None,
+        choices: [ChoiceBody {
+            index: 0,
+            message: MessageBody { role: "assistant", content, refusal: None, tool_calls },
+            logprobs: None,
+            finish_reason: completion.finish_reason.map_or("stop", |f| f.as_str()),
+        }],
+        usage: UsageBody::new(&completion.usage.unwrap_or_default()),
+    };
     let mut response = (StatusCode::OK, axum::Json(body)).into_response();
     for (k, v) in meta_headers(&answer) {
         response.headers_mut().insert(k, v);
@@ -503,6 +557,55 @@ mod tests {
 
     fn err(body: &str) -> ApiError {
         parse_request(body.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn typed_completion_body_is_the_json_it_replaced() {
+        let call = ToolCall {
+            id: "call_1".into(),
+            kind: "function".into(),
+            function: crate::llm::types::FunctionCall { name: "f".into(), arguments: "{\"a\":1}".into() },
+        };
+        let usage = Usage { input_tokens: 5, output_tokens: 3, cached_input_tokens: 2, cache_write_tokens: 1, reasoning_tokens: 1 };
+        for (text, calls) in [("Hello \"you\"", vec![]), ("", vec![&call]), ("both", vec![&call])] {
+            let body = CompletionBody {
+                id: "chatcmpl-x",
+                object: "chat.completion",
+                created: 7,
+                model: "m",
+                system_fingerprint: None,
+                choices: [ChoiceBody {
+                    index: 0,
+                    message: MessageBody {
+                        role: "assistant",
+                        content: if text.is_empty() && !calls.is_empty() { None } else { Some(text) },
+                        refusal: None,
+                        tool_calls: calls.clone(),
+                    },
+                    logprobs: None,
+                    finish_reason: "tool_calls",
+                }],
+                usage: UsageBody::new(&usage),
+            };
+            let mut message = json!({
+                "role": "assistant",
+                "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) },
+                "refusal": null,
+            });
+            if !calls.is_empty() {
+                message["tool_calls"] = json!(calls);
+            }
+            let before = json!({
+                "id": "chatcmpl-x", "object": "chat.completion", "created": 7, "model": "m", "system_fingerprint": null,
+                "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": "tool_calls"}],
+                "usage": {
+                    "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8,
+                    "prompt_tokens_details": {"cached_tokens": 2}, "completion_tokens_details": {"reasoning_tokens": 1},
+                },
+            });
+            let written: Value = serde_json::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
+            assert_eq!(written, before);
+        }
     }
 
     #[test]

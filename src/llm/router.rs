@@ -135,13 +135,15 @@ impl Gateway {
     pub fn new(config: &Config) -> Result<Gateway, GatewayError> {
         let mut providers = HashMap::new();
         for (id, p) in &config.providers {
+            let connect_timeout = Duration::from_millis(p.connect_timeout_ms);
+            let pool_idle_timeout = Duration::from_secs(90);
             let client = reqwest::Client::builder()
-                .connect_timeout(Duration::from_millis(p.connect_timeout_ms))
+                .connect_timeout(connect_timeout)
                 .tcp_nodelay(true)
-                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_idle_timeout(pool_idle_timeout)
                 .build()
                 .map_err(|e| GatewayError::Invalid(format!("provider {id}: cannot build HTTP client: {e}")))?;
-            let http = HttpSettings::new(p.base_url.clone(), p.api_key.clone(), client);
+            let http = HttpSettings::new(p.base_url.clone(), p.api_key.clone(), client).with_plain_http(connect_timeout, pool_idle_timeout);
             let provider = match p.kind {
                 ProviderKind::Openai => Provider::OpenAi(providers::openai::OpenAi::new(http)),
                 ProviderKind::Anthropic => Provider::Anthropic(providers::anthropic::Anthropic::new(http)),

@@ -1,10 +1,11 @@
 //! Server-sent events: an incremental parser that accepts bytes as they arrive (an event may be
-//! split across any number of TCP reads) and a stream adapter over a `reqwest` response body.
+//! split across any number of TCP reads) and a stream adapter over an upstream response body.
 
 use bytes::BytesMut;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 
 use super::error::ProviderError;
+use super::providers::http::Response;
 
 /// One SSE event: the `event:` name (if any) and the joined `data:` lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,10 +119,9 @@ impl SseParser {
 
 /// The events of a streaming HTTP response body. A transport error mid-body becomes a
 /// `ProviderError::Stream`; the end of the body ends the stream (after any unterminated event).
-pub fn events(response: reqwest::Response) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send + 'static {
-    let body = response.bytes_stream();
+pub fn events(response: Response) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send + 'static {
     futures::stream::unfold(
-        (body, SseParser::new(), std::collections::VecDeque::new(), false),
+        (response, SseParser::new(), std::collections::VecDeque::new(), false),
         |(mut body, mut parser, mut pending, mut done)| async move {
             loop {
                 if let Some(ev) = pending.pop_front() {
@@ -130,13 +130,13 @@ pub fn events(response: reqwest::Response) -> impl Stream<Item = Result<SseEvent
                 if done {
                     return None;
                 }
-                match body.next().await {
+                match body.chunk().await {
                     Some(Ok(chunk)) => match parser.push(&chunk) {
                         Ok(evs) => pending.extend(evs),
                         Err(e) => return Some((Err(e), (body, parser, pending, true))),
                     },
                     Some(Err(e)) => {
-                        let err = ProviderError::stream(format!("connection lost mid-stream: {}", describe_reqwest(e)));
+                        let err = ProviderError::stream(format!("connection lost mid-stream: {e}"));
                         return Some((Err(err), (body, parser, pending, true)));
                     }
                     None => {

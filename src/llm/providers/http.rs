@@ -1,10 +1,14 @@
 //! What the HTTP providers share: sending a JSON request, turning transport failures and error
 //! statuses into [`ProviderError`]s, and reading bounded bodies.
 
-use futures::StreamExt;
-use reqwest::header::HeaderMap;
+use std::sync::Arc;
 
-use super::{EventStream, HttpSettings};
+use bytes::Bytes;
+use futures::StreamExt;
+use http_body_util::BodyExt;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
+
+use super::{Endpoint, EventStream, HttpSettings, PlainBody};
 use crate::llm::error::{parse_retry_after, ProviderError};
 use crate::llm::sse::describe_reqwest;
 use crate::llm::sse::SseEvent;
@@ -18,26 +22,82 @@ const MAX_RESPONSE_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Turns a vendor's error status and body into a `ProviderError`; one per provider.
 pub type ErrorParser = fn(status: u16, headers: &HeaderMap, body: &str) -> ProviderError;
 
-/// POST `body` as JSON to `url` with `headers`. Resolves once a 2xx status arrives; any other
-/// status is read (bounded) and handed to `on_error`.
+/// An upstream's answer, from whichever client sent the request: status, headers, and the body
+/// read piece by piece. Dropping it before the end of the body closes the connection.
+pub enum Response {
+    Reqwest(reqwest::Response),
+    Plain(hyper::Response<hyper::body::Incoming>),
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        match self {
+            Response::Reqwest(r) => r.status().as_u16(),
+            Response::Plain(r) => r.status().as_u16(),
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        match self {
+            Response::Reqwest(r) => r.headers(),
+            Response::Plain(r) => r.headers(),
+        }
+    }
+
+    /// The next piece of the body, `None` at its end; a transport failure as its description.
+    pub async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
+        match self {
+            Response::Reqwest(r) => r.chunk().await.map_err(describe_reqwest).transpose(),
+            Response::Plain(r) => loop {
+                match r.body_mut().frame().await? {
+                    Ok(frame) => {
+                        // Trailers carry nothing we read.
+                        if let Ok(data) = frame.into_data() {
+                            return Some(Ok(data));
+                        }
+                    }
+                    Err(e) => return Some(Err(describe_error(&e))),
+                }
+            },
+        }
+    }
+}
+
+/// POST `body` as JSON to `endpoint` with `headers`. Resolves once a 2xx status arrives; any
+/// other status is read (bounded) and handed to `on_error`.
 pub async fn post_json(
     settings: &HttpSettings,
-    url: reqwest::Url,
+    endpoint: Arc<Endpoint>,
     headers: HeaderMap,
-    body: &serde_json::Value,
+    body: &(impl serde::Serialize + ?Sized),
     on_error: ErrorParser,
-) -> Result<reqwest::Response, ProviderError> {
+) -> Result<Response, ProviderError> {
     let bytes = serde_json::to_vec(body).map_err(|e| ProviderError::Invalid(e.to_string()))?;
-    let response = settings
-        .client
-        .post(url)
-        .headers(headers)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(bytes)
-        .send()
-        .await
-        .map_err(transport_error)?;
-    let status = response.status().as_u16();
+    let response = match (&settings.plain, &endpoint.plain_uri) {
+        (Some(plain), Some(uri)) => {
+            let mut request = hyper::Request::new(PlainBody::new(Bytes::from(bytes)));
+            *request.method_mut() = hyper::Method::POST;
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers;
+            let headers = request.headers_mut();
+            headers.append(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            // What reqwest sends when a request has no Accept of its own.
+            headers.entry(ACCEPT).or_insert(HeaderValue::from_static("*/*"));
+            Response::Plain(plain.request(request).await.map_err(plain_transport_error)?)
+        }
+        _ => Response::Reqwest(
+            settings
+                .client
+                .post(endpoint.url.clone())
+                .headers(headers)
+                .header(CONTENT_TYPE, "application/json")
+                .body(bytes)
+                .send()
+                .await
+                .map_err(transport_error)?,
+        ),
+    };
+    let status = response.status();
     if (200..300).contains(&status) {
         return Ok(response);
     }
@@ -53,9 +113,18 @@ pub async fn post_json(
 }
 
 /// Read a whole (non-streaming) JSON answer.
-pub async fn read_json(response: reqwest::Response) -> Result<serde_json::Value, ProviderError> {
-    let body = read_limited(response, MAX_RESPONSE_BODY_BYTES).await?;
-    serde_json::from_slice(&body).map_err(|e| ProviderError::stream(format!("malformed response body: {e}")))
+pub async fn read_json(response: Response) -> Result<serde_json::Value, ProviderError> {
+    parse_json(&read_body(response).await?)
+}
+
+/// Read a whole (non-streaming) answer's bytes, for a provider that decodes them itself.
+pub async fn read_body(response: Response) -> Result<Vec<u8>, ProviderError> {
+    read_limited(response, MAX_RESPONSE_BODY_BYTES).await
+}
+
+/// A whole answer's bytes as a JSON value; what [`read_json`] returns.
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ProviderError> {
+    serde_json::from_slice(body).map_err(|e| ProviderError::stream(format!("malformed response body: {e}")))
 }
 
 /// A failure before any response arrived.
@@ -67,11 +136,40 @@ pub fn transport_error(e: reqwest::Error) -> ProviderError {
     }
 }
 
-async fn read_limited(response: reqwest::Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
+/// [`transport_error`] for the plain client, with reqwest's classification (a timeout anywhere
+/// in the causes is a timeout) and wording.
+fn plain_transport_error(e: hyper_util::client::legacy::Error) -> ProviderError {
+    let mut timed_out = false;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(err) = source {
+        timed_out |= err.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            || err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_timeout);
+        source = err.source();
+    }
+    let message = format!("error sending request: {}", describe_error(&e));
+    if timed_out {
+        ProviderError::Timeout(message)
+    } else {
+        ProviderError::Connect(message)
+    }
+}
+
+/// An error's message and its causes, joined by `: `.
+fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+async fn read_limited(mut response: Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
     let mut out = Vec::new();
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| ProviderError::stream(format!("connection lost while reading body: {}", describe_reqwest(e))))?;
+    while let Some(chunk) = response.chunk().await {
+        let chunk = chunk.map_err(|e| ProviderError::stream(format!("connection lost while reading body: {e}")))?;
         let room = limit.saturating_sub(out.len());
         out.extend_from_slice(&chunk[..chunk.len().min(room)]);
         if out.len() >= limit {
@@ -118,7 +216,7 @@ pub trait SseDecoder: Send + 'static {
 }
 
 /// Run `decoder` over the SSE events of `response`.
-pub fn decode_sse<D: SseDecoder>(response: reqwest::Response, decoder: D) -> EventStream {
+pub fn decode_sse<D: SseDecoder>(response: Response, decoder: D) -> EventStream {
     let sse = Box::pin(crate::llm::sse::events(response));
     let stream = futures::stream::unfold(
         (sse, decoder, std::collections::VecDeque::new(), false),

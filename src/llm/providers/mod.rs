@@ -12,6 +12,7 @@ pub mod openai;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::stream::BoxStream;
 
@@ -31,9 +32,25 @@ pub struct HttpSettings {
     pub base_url: String,
     pub api_key: Option<Secret>,
     pub client: reqwest::Client,
-    /// Endpoint URLs already parsed, by path: parsing a URL costs more than the rest of building
+    /// For `http://` endpoints (local and self-hosted OpenAI-compatible hosts, the benchmark's
+    /// upstream): hyper's pooled client used directly, without reqwest's redirect layer and its
+    /// parsing of the URL on every request. `None`: everything goes through `client`.
+    pub(crate) plain: Option<PlainClient>,
+    /// Endpoints already parsed, by path: parsing a URL costs more than the rest of building
     /// a request, and a provider uses a handful of them.
-    urls: Arc<Mutex<HashMap<String, reqwest::Url>>>,
+    urls: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
+}
+
+/// hyper's pooled HTTP/1.1 client for plain `http://` upstreams.
+pub(crate) type PlainClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, PlainBody>;
+pub(crate) type PlainBody = http_body_util::Full<bytes::Bytes>;
+
+/// One endpoint of a provider, parsed once.
+#[derive(Debug)]
+pub struct Endpoint {
+    pub url: reqwest::Url,
+    /// The same URL for the plain client; `None` unless it is `http://` and the provider has one.
+    pub(crate) plain_uri: Option<hyper::Uri>,
 }
 
 /// Parsed endpoints kept per provider; Gemini has two per model, so this bounds the cache.
@@ -41,7 +58,27 @@ const CACHED_URLS_MAX: usize = 256;
 
 impl HttpSettings {
     pub fn new(base_url: impl Into<String>, api_key: Option<Secret>, client: reqwest::Client) -> Self {
-        HttpSettings { base_url: base_url.into(), api_key, client, urls: Arc::default() }
+        HttpSettings { base_url: base_url.into(), api_key, client, plain: None, urls: Arc::default() }
+    }
+
+    /// Send `http://` requests through hyper's client directly (same connect timeout, TCP_NODELAY
+    /// and idle-pool timeout as the reqwest client `Gateway::new` builds). Not when a proxy is
+    /// configured in the environment: reqwest honours `http_proxy`/`all_proxy`, so those setups
+    /// keep going through it.
+    pub fn with_plain_http(mut self, connect_timeout: Duration, pool_idle_timeout: Duration) -> Self {
+        let proxied =
+            ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"].iter().any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+        if !proxied {
+            let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(connect_timeout));
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .pool_idle_timeout(pool_idle_timeout)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(connector);
+            self.plain = Some(client);
+        }
+        self
     }
 
     /// `base_url` joined with `path` (which starts with `/`), keeping any path prefix of the base.
@@ -50,17 +87,22 @@ impl HttpSettings {
     }
 
     /// [`Self::url`], parsed (and remembered).
-    pub fn endpoint(&self, path: &str) -> Result<reqwest::Url, ProviderError> {
+    pub fn endpoint(&self, path: &str) -> Result<Arc<Endpoint>, ProviderError> {
         let mut urls = self.urls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(url) = urls.get(path) {
-            return Ok(url.clone());
+        if let Some(endpoint) = urls.get(path) {
+            return Ok(endpoint.clone());
         }
         let url = reqwest::Url::parse(&self.url(path))
             .map_err(|e| ProviderError::Invalid(format!("the provider's base_url does not make a valid URL: {e}")))?;
+        let plain_uri = match (&self.plain, url.scheme()) {
+            (Some(_), "http") => url.as_str().parse::<hyper::Uri>().ok(),
+            _ => None,
+        };
+        let endpoint = Arc::new(Endpoint { url, plain_uri });
         if urls.len() < CACHED_URLS_MAX {
-            urls.insert(path.to_string(), url.clone());
+            urls.insert(path.to_string(), endpoint.clone());
         }
-        Ok(url)
+        Ok(endpoint)
     }
 }
 

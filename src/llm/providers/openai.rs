@@ -7,15 +7,18 @@
 //! `[DONE]` after a finish reason, and vLLM's `{"object":"error"}` frames.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 
 use reqwest::header::{HeaderMap, AUTHORIZATION};
-use serde_json::{json, Value};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use super::http::{self, decode_sse, SseDecoder};
 use super::{EventStream, HttpSettings};
 use crate::llm::error::ProviderError;
 use crate::llm::sse::SseEvent;
-use crate::llm::types::{ChatRequest, Event, FinishReason, Usage};
+use crate::llm::types::{ChatRequest, Event, FinishReason, Message, ResponseFormat, Stop, StreamOptions, Tool, ToolChoice, Usage};
 
 pub struct OpenAi {
     settings: HttpSettings,
@@ -27,7 +30,7 @@ impl OpenAi {
     }
 
     pub async fn send(&self, request: &ChatRequest, upstream_model: &str, stream: bool) -> Result<EventStream, ProviderError> {
-        let body = request_body(request, upstream_model, stream)?;
+        let body = RequestBody::new(request, upstream_model, stream);
         let mut headers = HeaderMap::new();
         if let Some(key) = &self.settings.api_key {
             headers.insert(AUTHORIZATION, http::header_value(&format!("Bearer {}", key.expose()))?);
@@ -37,37 +40,97 @@ impl OpenAi {
         if stream {
             Ok(decode_sse(response, StreamDecoder::default()))
         } else {
-            let value = http::read_json(response).await?;
-            let events = decode_completion(&value)?;
+            let body = http::read_body(response).await?;
+            let events = decode_completion_body(&body)?;
             Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))))
         }
     }
 }
 
 /// The request as the vendor wants it: our own fields minus the gateway-only ones, with the
-/// upstream model name, and usage always requested when streaming.
-pub fn request_body(request: &ChatRequest, upstream_model: &str, stream: bool) -> Result<Value, ProviderError> {
-    let mut body = serde_json::to_value(request).map_err(|e| ProviderError::Invalid(e.to_string()))?;
-    let Some(obj) = body.as_object_mut() else {
-        return Err(ProviderError::Invalid("request is not an object".into()));
-    };
-    obj.remove("models");
-    obj.insert("model".into(), json!(upstream_model));
-    obj.insert("stream".into(), json!(stream));
-    if stream {
-        obj.insert("stream_options".into(), json!({"include_usage": true}));
-    } else {
-        obj.remove("stream_options");
-    }
-    if is_reasoning_model(upstream_model) {
-        // OpenAI's reasoning models answer 400 to `max_tokens` and to sampling settings.
-        if let Some(v) = obj.remove("max_tokens") {
-            obj.entry("max_completion_tokens").or_insert(v);
+/// upstream model name, and usage always requested when streaming. Serialised straight from the
+/// client's request (no JSON tree in between).
+#[derive(Serialize)]
+pub struct RequestBody<'a> {
+    model: &'a str,
+    messages: &'a [Message],
+    stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<&'a [Tool]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<&'a ToolChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<&'a ResponseFormat>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a Stop>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+}
+
+impl<'a> RequestBody<'a> {
+    pub fn new(request: &'a ChatRequest, upstream_model: &'a str, stream: bool) -> Self {
+        // Every field named (no `..`): a field added to `ChatRequest` must be decided on here.
+        let ChatRequest {
+            model: _,
+            models: _,
+            messages,
+            stream: _,
+            stream_options: _,
+            tools,
+            tool_choice,
+            parallel_tool_calls,
+            response_format,
+            max_tokens,
+            max_completion_tokens,
+            temperature,
+            top_p,
+            stop,
+            n,
+            seed,
+            user,
+        } = request;
+        let mut body = RequestBody {
+            model: upstream_model,
+            messages,
+            stream,
+            stream_options: stream.then_some(StreamOptions { include_usage: true }),
+            tools: tools.as_deref(),
+            tool_choice: tool_choice.as_ref(),
+            parallel_tool_calls: *parallel_tool_calls,
+            response_format: response_format.as_ref(),
+            max_tokens: *max_tokens,
+            max_completion_tokens: *max_completion_tokens,
+            temperature: *temperature,
+            top_p: *top_p,
+            stop: stop.as_ref(),
+            n: *n,
+            seed: *seed,
+            user: user.as_deref(),
+        };
+        if is_reasoning_model(upstream_model) {
+            // OpenAI's reasoning models answer 400 to `max_tokens` and to sampling settings.
+            body.max_completion_tokens = body.max_completion_tokens.or(body.max_tokens.take());
+            body.temperature = None;
+            body.top_p = None;
         }
-        obj.remove("temperature");
-        obj.remove("top_p");
+        body
     }
-    Ok(body)
 }
 
 /// OpenAI's reasoning models (o-series, GPT-5 family) take `max_completion_tokens` only and no
@@ -216,7 +279,144 @@ fn in_band_error(chunk: &Value) -> Option<ProviderError> {
     Some(ProviderError::Stream { message, code })
 }
 
-/// A whole `chat.completion` object as events.
+/// A whole `chat.completion` body as events. Well-formed answers take one typed parse; a body
+/// that parse refuses (an error object, a field of an unexpected type, a repeated key) is read as
+/// a JSON value by [`decode_completion`], which decides it exactly as before.
+pub fn decode_completion_body(body: &[u8]) -> Result<Vec<Event>, ProviderError> {
+    match decode_typed(body) {
+        Some(events) => events,
+        None => decode_completion(&http::parse_json(body)?),
+    }
+}
+
+/// The typed parse, or `None` when the body needs the lenient path.
+fn decode_typed(body: &[u8]) -> Option<Result<Vec<Event>, ProviderError>> {
+    match serde_json::from_slice::<Obj<CompletionWire>>(body) {
+        Ok(Obj(wire)) if wire.error.is_none() && wire.object != Some("error") => Some(wire.events()),
+        _ => None,
+    }
+}
+
+/// `T` read only from a JSON object. Serde's derived structs also accept an array (fields by
+/// position), which the lenient path would ignore; this keeps the typed path to objects.
+struct Obj<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Fields(PhantomData)).map(Obj)
+    }
+}
+
+/// The parts of a `chat.completion` we read; unknown fields are ignored.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CompletionWire<'a> {
+    error: Option<IgnoredAny>,
+    #[serde(borrow)]
+    object: Option<&'a str>,
+    choices: Option<Vec<Obj<ChoiceWire<'a>>>>,
+    usage: Option<Obj<UsageWire>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ChoiceWire<'a> {
+    message: Option<Obj<MessageWire>>,
+    #[serde(borrow)]
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MessageWire {
+    content: Option<String>,
+    refusal: Option<String>,
+    tool_calls: Option<Vec<Obj<ToolCallWire>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ToolCallWire {
+    id: Option<String>,
+    function: Option<Obj<FunctionWire>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct FunctionWire {
+    name: Option<String>,
+    arguments: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct UsageWire {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<Obj<CachedWire>>,
+    completion_tokens_details: Option<Obj<ReasoningWire>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct CachedWire {
+    cached_tokens: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ReasoningWire {
+    reasoning_tokens: Option<u64>,
+}
+
+impl CompletionWire<'_> {
+    /// The same events [`decode_completion`] makes of the same answer.
+    fn events(self) -> Result<Vec<Event>, ProviderError> {
+        let Some(Obj(choice)) = self.choices.and_then(|c| c.into_iter().next()) else {
+            return Err(ProviderError::stream("response has no choices"));
+        };
+        let message = choice.message.map(|Obj(m)| m).unwrap_or_default();
+        let mut out = Vec::new();
+        for text in [message.content, message.refusal].into_iter().flatten() {
+            if !text.is_empty() {
+                out.push(Event::Text(text));
+            }
+        }
+        for (i, Obj(call)) in message.tool_calls.unwrap_or_default().into_iter().enumerate() {
+            let index = i as u32;
+            let id = call.id.unwrap_or_else(|| format!("call_{}", crate::llm::ids::random_suffix()));
+            let function = call.function.map(|Obj(f)| f).unwrap_or_default();
+            out.push(Event::ToolCallStart { index, id, name: function.name.unwrap_or_default() });
+            if let Some(arguments) = function.arguments.filter(|a| !a.is_empty()) {
+                out.push(Event::ToolCallArgs { index, arguments });
+            }
+        }
+        out.push(Event::Finish(map_finish(choice.finish_reason.unwrap_or("stop"))));
+        if let Some(Obj(usage)) = self.usage {
+            out.push(Event::Usage(Usage {
+                input_tokens: usage.prompt_tokens.unwrap_or(0),
+                output_tokens: usage.completion_tokens.unwrap_or(0),
+                cached_input_tokens: usage.prompt_tokens_details.and_then(|Obj(d)| d.cached_tokens).unwrap_or(0),
+                cache_write_tokens: 0,
+                reasoning_tokens: usage.completion_tokens_details.and_then(|Obj(d)| d.reasoning_tokens).unwrap_or(0),
+            }));
+        }
+        Ok(out)
+    }
+}
+
+/// A whole `chat.completion` object, already read as a JSON value, as events: the lenient path,
+/// where a field of an unexpected type counts as absent.
 pub fn decode_completion(value: &Value) -> Result<Vec<Event>, ProviderError> {
     if let Some(err) = in_band_error(value) {
         return Err(err);
@@ -284,6 +484,109 @@ fn map_usage(usage: &Value) -> Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    fn request_body(request: &ChatRequest, upstream_model: &str, stream: bool) -> Result<Value, ProviderError> {
+        serde_json::to_value(RequestBody::new(request, upstream_model, stream)).map_err(|e| ProviderError::Invalid(e.to_string()))
+    }
+
+    /// How the body was built before it was typed: the request as a JSON value, then edited.
+    fn request_body_as_value(request: &ChatRequest, upstream_model: &str, stream: bool) -> Value {
+        let mut body = serde_json::to_value(request).unwrap();
+        let obj = body.as_object_mut().unwrap();
+        obj.remove("models");
+        obj.insert("model".into(), json!(upstream_model));
+        obj.insert("stream".into(), json!(stream));
+        if stream {
+            obj.insert("stream_options".into(), json!({"include_usage": true}));
+        } else {
+            obj.remove("stream_options");
+        }
+        if is_reasoning_model(upstream_model) {
+            if let Some(v) = obj.remove("max_tokens") {
+                obj.entry("max_completion_tokens").or_insert(v);
+            }
+            obj.remove("temperature");
+            obj.remove("top_p");
+        }
+        body
+    }
+
+    #[test]
+    fn typed_body_matches_the_edited_value() {
+        let rich = json!({
+            "model": "voice", "models": ["a", "b"], "stream": true, "stream_options": {"include_usage": false},
+            "messages": [
+                {"role": "developer", "content": "be brief", "name": "ops"},
+                {"role": "user", "content": [{"type": "text", "text": "hi \"there\" \u{e9}"}]},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"}
+            ],
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}, "strict": true}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}}, "parallel_tool_calls": false,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}, "strict": true}},
+            "max_tokens": 50, "max_completion_tokens": 40, "temperature": 0.2, "top_p": 0.9, "stop": ["x", "y"],
+            "n": 1, "seed": -3, "user": "u"
+        });
+        let plain =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7, "temperature": 1.5, "stop": "z"});
+        for request in [rich, plain] {
+            let request: ChatRequest = serde_json::from_value(request).unwrap();
+            for model in ["gpt-4.1-mini", "gpt-5-mini", "o3", "meta-llama/Llama-3.3-70B"] {
+                for stream in [false, true] {
+                    assert_eq!(
+                        request_body(&request, model, stream).unwrap(),
+                        request_body_as_value(&request, model, stream),
+                        "{model} {stream}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn typed_completion_decodes_as_the_value_path_does() {
+        // Typed or not, every body decodes to what the lenient value path makes of it.
+        let bodies = [
+            r#"{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":2,"total_tokens":14}}"#,
+            r#"{"choices":[{"message":{"content":null,"refusal":"no","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}},{"id":"c2","function":{"name":"g","arguments":""}}]},"finish_reason":"tool_calls","logprobs":null,"extra":{"x":[1,2]}}],"usage":{"prompt_tokens":5,"completion_tokens":3,"prompt_tokens_details":{"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":1}},"system_fingerprint":"fp","service_tier":"default"}"#,
+            r#"{"choices":[{"message":{"content":"a"},"finish_reason":null}],"usage":null}"#,
+            r#"{"choices":[{"message":{"content":"a"},"finish_reason":"length"},{"message":{"content":"b"}}]}"#,
+            r#"{"choices":[{"finish_reason":"content_filter"}]}"#,
+            r#"{"choices":[{"message":null}]}"#,
+            r#"{"choices":[{"message":{"content":"a","reasoning":"hmm"}}],"usage":{"prompt_tokens":1,"completion_tokens_details":null}}"#,
+            // Refused by the typed parse, decided by the value path:
+            r#"{"choices":[{"message":{"content":"a"}}],"usage":[12,3]}"#,
+            r#"{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":1.0,"completion_tokens":-1}}"#,
+            r#"{"choices":[{"message":{"content":[{"type":"text","text":"a"}]}}]}"#,
+            r#"{"choices":[{"message":"a","finish_reason":7}]}"#,
+            r#"{"choices":[{"message":{"content":"a"},"finish_reason":"st\u006fp"}]}"#,
+            r#"{"choices":[{"message":{"content":"a"}}],"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
+            r#"{"choices":[{"message":{"content":"a"}}],"error":{"message":"boom","code":"x"}}"#,
+            r#"{"object":"error","message":"boom","choices":[{"message":{"content":"a"}}]}"#,
+            r#"{"choices":null,"usage":{"prompt_tokens":1}}"#,
+            r#"{"choices":[]}"#,
+            r#"{"choices":{"0":{"message":{"content":"a"}}}}"#,
+            r#"[[{"message":{"content":"a"}}]]"#,
+            r#"{}"#,
+        ];
+        for body in bodies {
+            let value: Value = serde_json::from_str(body).unwrap();
+            let expected = decode_completion(&value).map_err(|e| e.to_string());
+            assert_eq!(decode_completion_body(body.as_bytes()).map_err(|e| e.to_string()), expected, "{body}");
+        }
+        assert!(decode_typed(bodies[0].as_bytes()).is_some() && decode_typed(bodies[1].as_bytes()).is_some());
+        assert!(decode_typed(bodies[7].as_bytes()).is_none(), "an array is not an object");
+        let e = decode_completion_body(b"{not json").unwrap_err();
+        assert!(e.to_string().contains("malformed response body"));
+    }
+
+    #[test]
+    fn typed_completion_names_tool_calls_without_an_id() {
+        let ev = decode_completion_body(br#"{"choices":[{"message":{"tool_calls":[{"function":{"name":"f"}}]}}]}"#).unwrap();
+        assert!(matches!(&ev[0], Event::ToolCallStart { index: 0, id, name } if id.starts_with("call_") && id.len() == 29 && name == "f"));
+        assert_eq!(ev[1..], [Event::Finish(FinishReason::Stop)]);
+    }
 
     fn feed(decoder: &mut StreamDecoder, frames: &[&str]) -> Vec<Event> {
         let mut out = Vec::new();
