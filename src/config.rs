@@ -122,8 +122,9 @@ pub struct RawRealtime {
     /// Longest wait for an utterance's final transcript after it ends (default 10000): a stuck STT
     /// engine fails the transcription instead of stalling the call.
     pub stt_timeout_ms: Option<u64>,
-    /// Longest a TTS engine may take to speak one chunk (default 10000): a stuck engine fails the
-    /// response instead of leaving the caller in silence.
+    /// Longest a TTS engine may go without giving audio while it speaks a chunk (default 10000): a
+    /// stuck engine fails the response instead of leaving the caller in silence. Time spent waiting
+    /// for the caller to hear earlier audio does not count.
     pub tts_timeout_ms: Option<u64>,
 }
 

@@ -444,6 +444,31 @@ async fn bad_input_gets_error_events_and_the_session_goes_on() {
     assert_eq!(events.last().unwrap()["response"]["status"], "completed");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_chunk_longer_than_the_tts_deadline_is_spoken_whole() {
+    // The fake voice speaks 20 ms per character: after its first four words this one sentence is
+    // one chunk of about 4.5 s of audio, more than the 0.3 s deadline plus what the session buffers
+    // (2 s of playback queue and its channels). Delivering it waits for the caller to hear it,
+    // which is not the engine being stuck.
+    let (base, _, _) = setup("[realtime]\ntts_timeout_ms = 300\n").await;
+    let mut ws = connect(&base, "voice").await;
+    next(&mut ws).await;
+    let sentence = "Your table for four people is booked for half past seven tonight near the window by the garden \
+                    and we will keep it for you until a quarter past eight in case you are late because of the traffic \
+                    on the main road that leads into town from the station on the other side of the river";
+    send(&mut ws, json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": sentence}]}})).await;
+    send(&mut ws, json!({"type": "response.create"})).await;
+    let events = until(&mut ws, "response.done").await;
+    let response = &events.last().unwrap()["response"];
+    assert_eq!(response["status"], "completed", "{response}");
+    let spoken: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_audio_transcript.delta")
+        .map(|e| e["delta"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(spoken, format!("You said: {sentence}"));
+}
+
 // Real time: the session's end waits for the ledger, which works on its own thread.
 #[tokio::test]
 async fn a_vanished_client_ends_every_task_and_upstream_request() {

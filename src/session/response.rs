@@ -155,8 +155,15 @@ async fn speak(speech: Speech, mut chunks: mpsc::Receiver<String>, tx: Tagged) {
         let began = Instant::now();
         let synth = speech.tts.synthesize(text.clone(), speech.voice.clone(), audio_tx);
         tx.send(ResponseMsg::Speak(text)).await;
+        // The deadline is on the engine, not on delivery: sending waits while the session's playback
+        // queue is full, which for a long chunk is most of its audio's length.
         let frames = async {
-            while let Some(frame) = audio_rx.recv().await {
+            loop {
+                let frame = match tokio::time::timeout(speech.timeout, audio_rx.recv()).await {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => return Ok(()),
+                    Err(_) => return Err(()),
+                };
                 if first_audio_pending {
                     first_audio_pending = false;
                     tx.send(ResponseMsg::TtsFirstAudio { ttfb_ms: ms_since(began) }).await;
@@ -175,11 +182,32 @@ async fn speak(speech: Speech, mut chunks: mpsc::Receiver<String>, tx: Tagged) {
                 tx.send(ResponseMsg::Audio { bytes, ms }).await;
             }
         };
-        let result = tokio::time::timeout(speech.timeout, async { tokio::join!(synth, frames).0 }).await;
+        // A stalled engine ends `frames` with an error, and dropping `synth` then stops the engine.
+        let result = async {
+            tokio::pin!(synth);
+            tokio::pin!(frames);
+            tokio::select! {
+                r = &mut synth => match r {
+                    // Synthesis is done: deliver what it left in the channel.
+                    Ok(()) => (&mut frames).await.map_err(|()| None),
+                    Err(e) => Err(Some(e)),
+                },
+                r = &mut frames => match r {
+                    // The channel closed: the engine is finishing.
+                    Ok(()) => synth.await.map_err(Some),
+                    Err(()) => Err(None),
+                },
+            }
+        }
+        .await;
         let failure = match result {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("text-to-speech engine {} took over {} ms to speak one chunk", speech.tts.name(), speech.timeout.as_millis()),
+            Ok(()) => continue,
+            Err(Some(e)) => e.to_string(),
+            Err(None) => format!(
+                "text-to-speech engine {} gave no audio for {} ms while speaking one chunk",
+                speech.tts.name(),
+                speech.timeout.as_millis()
+            ),
         };
         tx.send(ResponseMsg::Failed { code: "tts_failed", message: failure }).await;
         return;
