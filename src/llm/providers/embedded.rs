@@ -7,7 +7,7 @@
 //!   tries again, so fetching while the server runs is enough).
 //! - Inference never runs on the async runtime. One worker thread owns the model and one llama
 //!   context (llama.cpp generates with half the cores, see [`Embedded::with_threads`], and reads a
-//!   prompt with all of them, see [`Embedded::with_prompt_threads`]) and takes
+//!   prompt with all of them, see `default_prompt_threads`) and takes
 //!   jobs in order from a bounded queue of [`QUEUED_JOBS_MAX`]. A request waits in that queue
 //!   while another is generated; when the queue is full, `send` fails at once with "embedded
 //!   model busy" (retryable, so the router can fall back) rather than growing a long line.
@@ -109,13 +109,6 @@ impl Embedded {
     /// when the model loads, so set it before the first request.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.clamp(1, 64);
-        self
-    }
-
-    /// Use `threads` llama.cpp threads for reading a prompt (default: every core, 1 to 4). Takes
-    /// effect when the model loads.
-    pub fn with_prompt_threads(mut self, threads: usize) -> Self {
-        self.prompt_threads = threads.clamp(1, 64);
         self
     }
 
