@@ -76,6 +76,10 @@ enum BenchCommand {
         /// Seconds per rate.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Release requests on tokio's 1 ms timer ticks (bursts of rate/1000 at once) instead of
+        /// evenly spaced by a precise pacing thread.
+        #[arg(long)]
+        tokio_timers: bool,
     },
     /// Voice pipeline overhead under load: real-time sessions over WebSockets with fake engines.
     Pipeline {
@@ -183,8 +187,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Gateway { rates, seconds } } => {
-            let report = voxgate::bench::gateway(&rates, Duration::from_secs(seconds)).await?;
+        Command::Bench { what: BenchCommand::Gateway { rates, seconds, tokio_timers } } => {
+            let pacing = if tokio_timers { voxgate::bench::Pacing::TokioTicks } else { voxgate::bench::Pacing::Even };
+            let report = voxgate::bench::gateway(&rates, Duration::from_secs(seconds), pacing).await?;
             println!("{report}");
             Ok(())
         }

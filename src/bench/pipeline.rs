@@ -521,7 +521,7 @@ impl Child {
         let base = format!("http://127.0.0.1:{port}");
         let route = if embedded { "default" } else { "bench" };
         let child = Child { child, pid, base, dir, route };
-        wait_ready(&reqwest::Client::new(), &child.base).await?;
+        wait_ready(&super::bench_client(), &child.base).await?;
         Ok(child)
     }
 
