@@ -114,8 +114,8 @@ pub struct RawRealtime {
     pub max_event_bytes: Option<usize>,
     /// Concurrent sessions (default 1000).
     pub max_sessions: Option<usize>,
-    /// How far outbound audio may run ahead of real time (default 100 ms): a flush silences the
-    /// caller within this long.
+    /// How far ahead of real time an outbound delta may start (default 100 ms); a delta carries at
+    /// most 60 ms, so a flush silences the caller within this long plus 60 ms.
     pub output_lead_ms: Option<u64>,
     /// Conversation items kept per session; the oldest are dropped beyond it (default 200).
     pub max_history_items: Option<usize>,

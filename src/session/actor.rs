@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::sync::{mpsc, watch};
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -61,6 +61,11 @@ pub struct SessionStart {
     pub limits: Option<Arc<dyn super::RateLimits>>,
 }
 
+/// The most audio one `response.output_audio.delta` carries. Once a frame is due (within
+/// `output_lead_ms` of being heard), the frames right after it go in the same delta up to this
+/// much, so a caller may hold up to `output_lead_ms` + this much ahead; a 20 ms engine frame per
+/// message would triple the messages (and the system calls) for the same audio.
+const OUTPUT_DELTA_MS_MAX: f64 = 60.0;
 /// Audio queued ahead of playback before the actor stops taking more from the TTS (backpressure).
 const MAX_QUEUED_AUDIO_MS: f64 = 2_000.0;
 /// Frames queued for an STT engine before new ones are dropped (and counted).
@@ -85,12 +90,27 @@ pub async fn run_session(
     actor.emit(ServerEvent::SessionCreated { event_id: new_event_id(), session: actor.session_object() });
     actor.report_rate_limits();
     info!(session_id = %actor.start.session_id, route = %actor.start.route, "realtime session opened");
+    let mut cancelled = super::cancellation_signal(&cancel);
+    // One timer for the loop, moved when the next deadline moves: a new one per pass would insert
+    // and remove a timer entry at every event while audio plays.
+    let timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         let due = actor.next_due();
+        // A deadline already reached (the next audio of a new response, a chunk's transcript) is
+        // ready at once: the timer would round it up to its next 1 ms tick.
+        let due_now = due.is_some_and(|at| at <= Instant::now());
+        if let Some(at) = due.filter(|_| !due_now) {
+            if armed != Some(at) {
+                timer.as_mut().reset(at);
+                armed = Some(at);
+            }
+        }
         let take_audio = actor.queued_ms() < MAX_QUEUED_AUDIO_MS;
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
+            _ = &mut cancelled => break,
             msg = inbound.recv() => match msg {
                 Some(Inbound::Event(event)) => actor.on_client_event(event),
                 Some(Inbound::Invalid(error)) => actor.emit(ServerEvent::error(error)),
@@ -101,7 +121,11 @@ pub async fn run_session(
             },
             Some(msg) = stt_rx.recv() => actor.on_stt(msg),
             Some((seq, msg)) = resp_rx.recv(), if take_audio => actor.on_response(seq, msg),
-            _ = until(due), if due.is_some() => actor.on_tick(),
+            () = std::future::ready(()), if due_now => actor.on_tick(),
+            () = &mut timer, if due.is_some() && !due_now => {
+                armed = None;
+                actor.on_tick();
+            }
         }
         if let Some((code, reason)) = actor.closing.take() {
             close_reason = if code == 1008 { "client_not_reading" } else { "client_closed" };
@@ -116,15 +140,6 @@ pub async fn run_session(
         meter.close(close_reason).await;
     }
     info!(session_id = %actor.start.session_id, "realtime session closed");
-}
-
-/// Sleeps until `due`. A deadline already reached (the next audio of a new response, a chunk's
-/// transcript) is ready at once: `sleep_until` would round it up to the timer's next 1 ms tick and add
-/// up to a millisecond per wake-up to the first audio of every response.
-async fn until(due: Option<Instant>) {
-    if let Some(at) = due.filter(|at| *at > Instant::now()) {
-        sleep_until(at).await;
-    }
 }
 
 /// A message from an utterance's STT task.
@@ -795,9 +810,10 @@ impl Actor {
         let id = item_id.clone();
         self.tasks.spawn(async move {
             tokio::pin!(work);
+            let mut cancelled = super::cancellation_signal(&cancel);
             loop {
                 tokio::select! {
-                    _ = cancel.cancelled() => return,
+                    _ = &mut cancelled => return,
                     Some(transcript) = partial_rx.recv() => {
                         let _ = events.try_send(SttMsg::Partial { item_id: id.clone(), transcript });
                     }
@@ -1393,6 +1409,8 @@ impl Actor {
         let now = Instant::now();
         let mut events = Vec::new();
         let mut finished_playing = false;
+        // Audio in the last `Emit::Audio` of `events`.
+        let mut delta_ms = 0.0;
         if let Some(p) = self.playback.as_mut() {
             loop {
                 match p.queue.front() {
@@ -1401,9 +1419,12 @@ impl Actor {
                         p.timeline.push((p.sent_ms, text.clone()));
                         events.push(Emit::Transcript(text));
                     }
-                    Some(Out::Audio(..)) => {
+                    Some(&Out::Audio(_, next_ms)) => {
+                        // A frame right after one sent in this pass joins its delta, up to
+                        // OUTPUT_DELTA_MS_MAX of audio: fewer, larger messages for the same audio.
+                        let joins = matches!(events.last(), Some(Emit::Audio(_))) && delta_ms + next_ms <= OUTPUT_DELTA_MS_MAX;
                         let due = p.started.map(|s| s + Duration::from_secs_f64(p.sent_ms / 1000.0));
-                        if due.is_some_and(|d| d > now + lead) {
+                        if !joins && due.is_some_and(|d| d > now + lead) {
                             break;
                         }
                         let Some(Out::Audio(bytes, ms)) = p.queue.pop_front() else { unreachable!() };
@@ -1413,7 +1434,16 @@ impl Actor {
                         }
                         p.sent_ms += ms;
                         p.queued_ms -= ms;
-                        events.push(Emit::Audio(bytes));
+                        match events.last_mut() {
+                            Some(Emit::Audio(delta)) if joins => {
+                                delta.extend_from_slice(&bytes);
+                                delta_ms += ms;
+                            }
+                            _ => {
+                                events.push(Emit::Audio(bytes));
+                                delta_ms = ms;
+                            }
+                        }
                     }
                     None => {
                         let done_responding = self.active.as_ref().is_none_or(|a| a.id != p.response_id);

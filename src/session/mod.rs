@@ -19,6 +19,25 @@ use crate::tts::espeak::EspeakTts;
 use crate::tts::fake::{FakeTts, FakeTtsSettings};
 use crate::tts::TextToSpeech;
 
+/// Completes when `token` is cancelled, and costs an atomic load to poll.
+///
+/// `CancellationToken::cancelled()` locks the token's tree node every time it is polled, and the
+/// session's loops poll it at every wake-up: for each audio frame, several times, in every call.
+/// This waits on the token once, in a small task that ends when the token is cancelled or when
+/// the returned receiver is dropped, whichever comes first.
+pub fn cancellation_signal(token: &tokio_util::sync::CancellationToken) -> tokio::sync::oneshot::Receiver<()> {
+    let (mut tx, rx) = tokio::sync::oneshot::channel();
+    let token = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = token.cancelled() => {}
+            () = tx.closed() => return,
+        }
+        let _ = tx.send(());
+    });
+    rx
+}
+
 /// The per-minute gateway limits of the key a session runs under, as the session sees them. The
 /// HTTP layer implements it (for a key with `requests_per_minute` or `tokens_per_minute`) and hands
 /// it in with [`SessionStart::limits`]; the session asks before each LLM call, charges the call's

@@ -79,9 +79,9 @@ pub struct ResponseJob {
 impl ResponseJob {
     /// Runs the response to its end or its cancellation.
     pub async fn run(self) {
-        let cancel = self.cancel.clone();
+        let cancelled = super::cancellation_signal(&self.cancel);
         tokio::select! {
-            _ = cancel.cancelled() => {}
+            _ = cancelled => {}
             _ = self.work() => {}
         }
     }

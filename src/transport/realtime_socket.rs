@@ -109,9 +109,10 @@ where
 
     let writer = tokio::spawn(writer);
     let mut actor = actor;
+    let cancelled = crate::session::cancellation_signal(&session_cancel);
     let client_left = tokio::select! {
         _ = reader => true,
-        _ = session_cancel.cancelled() => false,
+        _ = cancelled => false,
     };
     // The reader (and its sender) is gone. When the client left, the actor sees its inbound close
     // and ends the session itself (recording why); otherwise, or if it does not, cancel it.

@@ -206,6 +206,7 @@ where
     let reader = read_call(&mut stream, in_tx, echoed_tx, &stream_sid, &session_id, &engines);
 
     let mut writer_done = false;
+    let cancelled = crate::session::cancellation_signal(&session_cancel);
     let client_left = tokio::select! {
         ended = reader => {
             match ended {
@@ -222,7 +223,7 @@ where
             writer_done = true;
             true
         }
-        _ = session_cancel.cancelled() => false,
+        _ = cancelled => false,
     };
     // The reader (and its sender) is gone. When the caller left, the actor sees its inbound close and
     // ends the session itself (recording why, billing it); otherwise, or if it does not, cancel it.
