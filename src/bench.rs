@@ -76,9 +76,10 @@ pub enum Pacing {
     TokioTicks,
 }
 
-/// The load generator's HTTP client: hyper's pooled HTTP/1.1 client, the lightest one at hand,
-/// so that the generator takes as little of the shared cores as it can.
-type BenchClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Full<Bytes>>;
+/// The load generator's HTTP client: hyper's pooled HTTP/1.1 client (the type the gateway uses
+/// for `http://` upstreams), the lightest one at hand, so that the generator takes as little of
+/// the shared cores as it can.
+type BenchClient = crate::llm::providers::PlainClient;
 
 fn bench_client() -> BenchClient {
     let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();

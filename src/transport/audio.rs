@@ -485,22 +485,23 @@ impl Resampler {
             let start = (lo - self.pending_start) as usize;
             let Some(window) = self.pending.get(start..start + table.width) else { break };
             out.push(table.apply(pos_frac as usize, window).clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16);
-            pos_int += self.int_step;
-            pos_frac += self.frac_step;
-            if pos_frac >= self.step_den {
-                pos_frac -= self.step_den;
-                pos_int += 1;
-            }
+            (pos_int, pos_frac) = self.next_position(pos_int, pos_frac);
         }
         (self.pos_int, self.pos_frac) = (pos_int, pos_frac);
     }
 
     fn advance(&mut self) {
-        self.pos_int += self.int_step;
-        self.pos_frac += self.frac_step;
-        if self.pos_frac >= self.step_den {
-            self.pos_frac -= self.step_den;
-            self.pos_int += 1;
+        (self.pos_int, self.pos_frac) = self.next_position(self.pos_int, self.pos_frac);
+    }
+
+    /// The position one output after `pos_int + pos_frac / step_den`, without dividing.
+    #[inline]
+    fn next_position(&self, pos_int: u64, pos_frac: u64) -> (u64, u64) {
+        let (int, frac) = (pos_int + self.int_step, pos_frac + self.frac_step);
+        if frac >= self.step_den {
+            (int + 1, frac - self.step_den)
+        } else {
+            (int, frac)
         }
     }
 
