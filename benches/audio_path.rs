@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use base64::Engine as _;
+use voxgate::audio::{decode_to_pcm, AudioFormat, Resampler};
 use voxgate::stt::vad::{EnergyVad, VadSettings};
-use voxgate::transport::audio::{decode_to_pcm, AudioFormat, Resampler};
 
 const FRAME: usize = 480; // 20 ms at 24 kHz
 const FRAMES: usize = 3_000; // one minute

@@ -15,6 +15,7 @@
 //! - [`transport`]: client wire formats: audio codecs (PCM16, G.711), resampling, and the
 //!   OpenAI Realtime event types (not yet served on a socket).
 
+pub mod audio;
 pub mod bench;
 pub mod config;
 pub mod fake_clock;

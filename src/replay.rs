@@ -14,11 +14,12 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::audio::{Resampler, REALTIME_PCM_RATE_HZ};
 use crate::config::Config;
 use crate::llm::router::Gateway;
-use crate::session::{run_session, Inbound, Outbound, SessionStart, VoiceEngines};
-use crate::transport::audio::{Resampler, REALTIME_PCM_RATE_HZ};
-use crate::transport::realtime::{new_session_id, ClientEvent, InputAudioBufferAppend, ServerEvent};
+use crate::session::{run_session, Command, Inbound, Outbound, SessionStart, VoiceEngines};
+use crate::transport::realtime::mapper::Projection;
+use crate::transport::realtime::{new_session_id, ServerEvent};
 
 /// Audio per `input_audio_buffer.append`, as a microphone client sends it.
 const FRAME_MS: usize = 20;
@@ -105,10 +106,8 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
             for i in 0..total_frames {
                 tick.tick().await;
                 let chunk = pcm.get(i * frame..((i + 1) * frame).min(pcm.len())).filter(|c| !c.is_empty()).unwrap_or(&silence);
-                let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-                let audio = base64::engine::general_purpose::STANDARD.encode(bytes);
-                let event = ClientEvent::InputAudioBufferAppend(InputAudioBufferAppend { event_id: None, audio });
-                if in_tx.send(Inbound::Event(event)).await.is_err() {
+                let audio = Command::Audio { samples: chunk.to_vec(), rate_hz: REALTIME_PCM_RATE_HZ };
+                if in_tx.send(Inbound::from(audio)).await.is_err() {
                     return;
                 }
                 if show_progress && i % 25 == 0 {
@@ -140,6 +139,9 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
     let mut fed_at: Option<Instant> = None;
     let mut last_event = Instant::now();
     let mut feeder = feeder;
+    // The session's events as a Realtime client reads them.
+    let mut projection = Projection::default();
+    let mut events: Vec<ServerEvent> = Vec::new();
     loop {
         let quiet = open_responses == 0 && !playing && transcribing == 0;
         // Once everything is fed: stop half a second after the last event when nothing is in
@@ -161,7 +163,9 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
                 last_event = Instant::now();
                 let now = ms(last_event);
                 let mut mark = |event: &str, detail: Option<String>| report.timeline.push(Mark { t_ms: now, event: event.into(), detail });
-                match *event {
+                projection.events(*event, &mut events);
+                for event in events.drain(..) {
+                match event {
                     ServerEvent::InputAudioBufferSpeechStarted { audio_start_ms, .. } => mark("speech_started", Some(format!("audio_start_ms={audio_start_ms}"))),
                     ServerEvent::InputAudioBufferSpeechStopped { audio_end_ms, .. } => {
                         transcribing += 1;
@@ -200,7 +204,7 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
                             .output
                             .iter()
                             .filter_map(|item| match item {
-                                crate::transport::realtime::Item::Message(m) => Some(crate::session::conversation::message_text(&m.content)),
+                                crate::transport::realtime::Item::Message(m) => Some(crate::transport::realtime::mapper::message_text(&m.content)),
                                 crate::transport::realtime::Item::FunctionCall(c) => Some(format!("[tool call {}({})]", c.name, c.arguments)),
                                 _ => None,
                             })
@@ -218,6 +222,7 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
                         report.errors.push(error.message);
                     }
                     _ => {}
+                }
                 }
             }
         }

@@ -240,7 +240,7 @@ fn fixture_appends(stem: &str, silence_ms: usize) -> Vec<String> {
     let rate = reader.spec().sample_rate;
     let samples: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
     let mut pcm24 = Vec::new();
-    let mut r = voxgate::transport::audio::Resampler::new(rate, 24_000).unwrap();
+    let mut r = voxgate::audio::Resampler::new(rate, 24_000).unwrap();
     r.process(&samples, &mut pcm24);
     r.flush(&mut pcm24);
     pcm24.extend(std::iter::repeat_n(0i16, silence_ms * 24));

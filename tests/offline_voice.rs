@@ -60,7 +60,7 @@ async fn piper_speech_read_back_by_whisper_has_word_error_rate_under_10_percent(
         assert!(!audio.is_empty(), "no audio for {sentence:?}");
         // Piper speaks at its own rate; Whisper hears 16 kHz.
         let mut pcm16k = Vec::new();
-        let mut r = voxgate::transport::audio::Resampler::new(tts.rate_hz(), voxgate::stt::STT_RATE_HZ).unwrap();
+        let mut r = voxgate::audio::Resampler::new(tts.rate_hz(), voxgate::stt::STT_RATE_HZ).unwrap();
         r.process(&audio, &mut pcm16k);
         r.flush(&mut pcm16k);
         let (audio_tx, audio_rx) = mpsc::channel(4);
@@ -99,7 +99,7 @@ async fn a_spoken_session_on_the_offline_defaults_gets_a_spoken_answer() {
     let mut reader = hound::WavReader::open(&path).unwrap();
     let pcm16k: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
     let mut pcm24k = Vec::new();
-    let mut r = voxgate::transport::audio::Resampler::new(16_000, 24_000).unwrap();
+    let mut r = voxgate::audio::Resampler::new(16_000, 24_000).unwrap();
     r.process(&pcm16k, &mut pcm24k);
     pcm24k.extend(vec![0i16; 24_000]);
     for chunk in pcm24k.chunks(2_400) {

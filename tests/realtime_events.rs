@@ -4,7 +4,7 @@
 //! class of bad input gives the right error kind, parameter and `event_id`.
 
 use serde_json::{json, Value};
-use voxgate::transport::audio::AudioFormat;
+use voxgate::audio::AudioFormat;
 use voxgate::transport::realtime::*;
 
 fn parse(value: Value) -> ClientEvent {

@@ -108,7 +108,7 @@ fn fixture_pcm24(stem: &str) -> Vec<i16> {
     let spec = reader.spec();
     let samples: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
     let mut out = Vec::new();
-    let mut r = voxgate::transport::audio::Resampler::new(spec.sample_rate, 24_000).unwrap();
+    let mut r = voxgate::audio::Resampler::new(spec.sample_rate, 24_000).unwrap();
     r.process(&samples, &mut out);
     r.flush(&mut out);
     out
@@ -521,10 +521,10 @@ async fn g711_in_and_out_and_client_truncation_is_clamped() {
         r.samples::<i16>().map(|s| s.unwrap()).collect()
     };
     let mut pcm8k = Vec::new();
-    let mut down = voxgate::transport::audio::Resampler::new(16_000, 8_000).unwrap();
+    let mut down = voxgate::audio::Resampler::new(16_000, 8_000).unwrap();
     down.process(&pcm16k, &mut pcm8k);
     pcm8k.extend(vec![0i16; 8_000]);
-    let ulaw: Vec<u8> = pcm8k.iter().map(|&s| voxgate::transport::audio::ulaw_encode(s)).collect();
+    let ulaw: Vec<u8> = pcm8k.iter().map(|&s| voxgate::audio::ulaw_encode(s)).collect();
     for frame in ulaw.chunks(160) {
         send(&mut ws, json!({"type": "input_audio_buffer.append", "audio": B64.encode(frame)})).await;
     }

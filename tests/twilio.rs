@@ -74,10 +74,10 @@ fn ulaw_frames(stem: &str, trailing_silence_ms: usize) -> Vec<Vec<u8>> {
     let mut reader = hound::WavReader::open(format!("{}/fixtures/audio/{stem}.wav", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let pcm16k: Vec<i16> = reader.samples::<i16>().map(|s| s.unwrap()).collect();
     let mut pcm8k = Vec::new();
-    let mut down = voxgate::transport::audio::Resampler::new(16_000, 8_000).unwrap();
+    let mut down = voxgate::audio::Resampler::new(16_000, 8_000).unwrap();
     down.process(&pcm16k, &mut pcm8k);
     pcm8k.extend(vec![0i16; trailing_silence_ms * 8]);
-    let ulaw: Vec<u8> = pcm8k.iter().map(|&s| voxgate::transport::audio::ulaw_encode(s)).collect();
+    let ulaw: Vec<u8> = pcm8k.iter().map(|&s| voxgate::audio::ulaw_encode(s)).collect();
     ulaw.chunks(160).map(<[u8]>::to_vec).collect()
 }
 
@@ -390,7 +390,7 @@ async fn custom_parameters_choose_the_instructions_and_the_voice() {
             audio.extend(B64.decode(f["media"]["payload"].as_str().unwrap()).unwrap());
         }
     }
-    let pcm: Vec<i16> = audio.iter().map(|&b| voxgate::transport::audio::ulaw_decode(b)).collect();
+    let pcm: Vec<i16> = audio.iter().map(|&b| voxgate::audio::ulaw_decode(b)).collect();
     let crossings = pcm.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
     let hz = crossings as f64 / 2.0 / (pcm.len() as f64 / 8_000.0);
     assert!((900.0..1_100.0).contains(&hz), "the reply is a {hz:.0} Hz tone: not the call's voice");

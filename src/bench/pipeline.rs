@@ -24,9 +24,9 @@ use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::{cpu_seconds, peak_rss_mb, wait_ready};
+use crate::audio::Resampler;
 use crate::stt::vad::VadSettings;
 use crate::stt::STT_RATE_HZ;
-use crate::transport::audio::Resampler;
 
 /// The utterance every client speaks (its sidecar scripts the fake STT).
 const FIXTURE: &str = "fixtures/audio/table_booking";

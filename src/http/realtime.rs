@@ -26,8 +26,8 @@ use super::keys::{KeyState, Limited};
 use super::{Caller, Shared};
 use crate::metering::ledger::{SessionMeter, SessionStart as LedgerSession};
 use crate::session::SessionStart;
+use crate::transport::realtime::socket as realtime_socket;
 use crate::transport::realtime::{new_session_id, RealtimeError, ServerEvent};
-use crate::transport::realtime_socket;
 
 const KEY_PROTOCOL_PREFIX: &str = "openai-insecure-api-key.";
 

@@ -1,8 +1,101 @@
 //! A session's conversation: the ordered items (user speech and text, assistant answers, tool calls
 //! and their outputs) and how they become chat messages for the gateway.
 
-use crate::llm::types::{Content, FunctionCall, Message, ToolCall};
-use crate::transport::realtime::{new_item_id, ContentPart, Item, Role};
+use crate::llm::ids::random_suffix;
+use crate::llm::types::{Content as ChatContent, FunctionCall, Message, ToolCall};
+
+/// A fresh conversation item id (`item_…`).
+pub fn new_item_id() -> String {
+    format!("item_{}", random_suffix())
+}
+
+/// A fresh response id (`resp_…`).
+pub fn new_response_id() -> String {
+    format!("resp_{}", random_suffix())
+}
+
+/// A conversation item: a message, a tool call the model asked for, or a tool's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Message(MessageItem),
+    FunctionCall(FunctionCallItem),
+    FunctionCallOutput(FunctionCallOutputItem),
+}
+
+impl Item {
+    /// The item's id, when it has one (a client may leave it out; the conversation fills it in).
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Item::Message(m) => m.id.as_deref(),
+            Item::FunctionCall(c) => c.id.as_deref(),
+            Item::FunctionCallOutput(o) => o.id.as_deref(),
+        }
+    }
+}
+
+/// A message: who wrote it and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageItem {
+    pub id: Option<String>,
+    pub status: Option<ItemStatus>,
+    pub role: Role,
+    pub content: Vec<Content>,
+}
+
+/// The model asks for a tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCallItem {
+    pub id: Option<String>,
+    pub status: Option<ItemStatus>,
+    pub call_id: Option<String>,
+    pub name: String,
+    /// JSON text of the arguments.
+    pub arguments: String,
+}
+
+/// The client's answer to a tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionCallOutputItem {
+    pub id: Option<String>,
+    pub status: Option<ItemStatus>,
+    pub call_id: String,
+    pub output: String,
+}
+
+/// A message's author.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+/// An item's progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemStatus {
+    InProgress,
+    Completed,
+    Incomplete,
+}
+
+/// One part of a message. Users and system give input, the assistant output; audio parts carry
+/// their transcript (the audio itself is never kept in the conversation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Content {
+    InputText {
+        text: String,
+    },
+    /// `None` until transcribed.
+    InputAudio {
+        transcript: Option<String>,
+    },
+    OutputText {
+        text: String,
+    },
+    OutputAudio {
+        transcript: Option<String>,
+    },
+}
 
 /// One item with what the session knows beside it.
 #[derive(Debug, Clone)]
@@ -146,7 +239,7 @@ fn items_to_messages(entry: &Entry, messages: &mut Vec<Message>) {
             }
             let message = match m.role {
                 Role::System => Message::system(text),
-                Role::User => Message::User { content: Content::Text(text), name: entry.speaker.as_deref().map(speaker_name) },
+                Role::User => Message::User { content: ChatContent::Text(text), name: entry.speaker.as_deref().map(speaker_name) },
                 Role::Assistant => Message::assistant(text),
             };
             messages.push(message);
@@ -164,7 +257,7 @@ fn items_to_messages(entry: &Entry, messages: &mut Vec<Message>) {
             }
         }
         Item::FunctionCallOutput(o) => {
-            messages.push(Message::Tool { content: Content::Text(o.output.clone()), tool_call_id: o.call_id.clone() })
+            messages.push(Message::Tool { content: ChatContent::Text(o.output.clone()), tool_call_id: o.call_id.clone() })
         }
     }
 }
@@ -176,12 +269,12 @@ fn speaker_name(speaker: &str) -> String {
 }
 
 /// The text of a message's parts: typed text and audio transcripts, joined by spaces.
-pub fn message_text(content: &[ContentPart]) -> String {
+pub fn message_text(content: &[Content]) -> String {
     let mut out = String::new();
     for part in content {
         let text = match part {
-            ContentPart::InputText { text } | ContentPart::OutputText { text } => Some(text.as_str()),
-            ContentPart::InputAudio { transcript, .. } | ContentPart::OutputAudio { transcript, .. } => transcript.as_deref(),
+            Content::InputText { text } | Content::OutputText { text } => Some(text.as_str()),
+            Content::InputAudio { transcript } | Content::OutputAudio { transcript } => transcript.as_deref(),
         };
         if let Some(t) = text.map(str::trim).filter(|t| !t.is_empty()) {
             if !out.is_empty() {
@@ -204,10 +297,9 @@ fn set_id(item: &mut Item, id: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::realtime::{FunctionCallItem, FunctionCallOutputItem, MessageItem};
 
     fn user(text: &str) -> Item {
-        Item::Message(MessageItem { id: None, status: None, role: Role::User, content: vec![ContentPart::InputText { text: text.into() }] })
+        Item::Message(MessageItem { id: None, status: None, role: Role::User, content: vec![Content::InputText { text: text.into() }] })
     }
 
     #[test]
@@ -267,10 +359,7 @@ mod tests {
 
     #[test]
     fn audio_transcripts_are_the_message_text() {
-        let parts = vec![
-            ContentPart::InputAudio { audio: None, transcript: Some(" book a table ".into()) },
-            ContentPart::InputAudio { audio: None, transcript: None },
-        ];
+        let parts = vec![Content::InputAudio { transcript: Some(" book a table ".into()) }, Content::InputAudio { transcript: None }];
         assert_eq!(message_text(&parts), "book a table");
     }
 }

@@ -1,15 +1,40 @@
-//! The per-call session: one actor task per connection owns the conversation, turn taking, barge-in
-//! and outbound audio pacing ([`actor`]); each response runs the gateway, the chunker and TTS off the
-//! actor ([`response`]). Sessions speak typed Realtime events; only `transport/` turns them into JSON.
+//! The per-call session, protocol-free: a transport sends it [`Command`]s and receives [`Event`]s;
+//! no wire format, JSON field name or base64 is known here. One task per call ([`actor`], the loop)
+//! owns the call's state and routes it to the parts that own each piece: [`input`] (caller audio,
+//! VAD, utterances and STT), [`turn`] (the response in progress and its tool calls), [`playback`]
+//! (paced outbound audio and what the caller heard), the [`conversation`] and the [`settings`].
+//! Each response runs the gateway, the chunker and TTS off the loop ([`response`]).
 
 mod actor;
+pub mod command;
 pub mod conversation;
+pub mod event;
+pub mod input;
+pub mod playback;
 pub mod response;
+pub mod settings;
+pub mod turn;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use actor::{run_session, Inbound, Outbound, SessionStart};
+pub use actor::run_session;
+pub use command::{Command, Inbound, ResponseOverrides};
+pub use event::{CloseReason, ErrorKind, Event, Outbound, SessionError, Setting};
+pub use settings::{Settings, SettingsUpdate};
+
+/// Who opened the session and what it serves.
+#[derive(Debug, Clone)]
+pub struct SessionStart {
+    pub session_id: String,
+    /// The gateway route or model the client asked for.
+    pub route: String,
+    /// The API key's name, for usage rows.
+    pub key: String,
+    /// The key's per-minute gateway limits, when it has any: the session's LLM calls count against
+    /// them and the client hears of them ([`Event::RateLimits`]).
+    pub limits: Option<Arc<dyn RateLimits>>,
+}
 
 use crate::config::{Config, RealtimeSettings, SttConfig, TtsConfig};
 use crate::llm::router::Gateway;
@@ -83,6 +108,11 @@ pub struct VoiceEngines {
 }
 
 impl VoiceEngines {
+    /// The process's metrics registry.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.gateway.accounts.metrics
+    }
+
     /// Builds the configured engines. A scripted fake whose files cannot be read, or an engine named
     /// in the config that cannot run, is an error here, at start-up, not in the first call. The
     /// default engines degrade instead, with a warning that says what to do: without the Whisper

@@ -8,9 +8,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::audio::Resampler;
 use crate::llm::router::Gateway;
 use crate::llm::types::{ChatRequest, Event, FinishReason, Usage};
-use crate::transport::audio::{encode_from_pcm, AudioFormat, Resampler};
 use crate::tts::chunker::Chunker;
 use crate::tts::TextToSpeech;
 
@@ -37,9 +37,10 @@ pub enum ResponseMsg {
     Usage(Usage),
     /// A chunk of text about to be spoken; its audio follows.
     Speak(String),
-    /// Encoded audio in the session's output format, and its length.
+    /// Audio at the client's output rate, and its length.
     Audio {
-        bytes: Vec<u8>,
+        /// Mono PCM at the speech's `rate_hz`.
+        samples: Vec<i16>,
         ms: f64,
     },
     /// First text handed to TTS to its first audio, once per response.
@@ -59,7 +60,8 @@ pub enum ResponseMsg {
 pub struct Speech {
     pub tts: Arc<dyn TextToSpeech>,
     pub voice: Option<String>,
-    pub format: AudioFormat,
+    /// The rate the client's output format plays at; the engine's audio is resampled to it.
+    pub rate_hz: u32,
     /// Longest the engine may take over one chunk.
     pub timeout: std::time::Duration,
 }
@@ -146,10 +148,9 @@ impl ResponseJob {
 /// Speaks each chunk in turn: announces its text, then streams its audio converted to the output format.
 async fn speak(speech: Speech, mut chunks: mpsc::Receiver<String>, tx: Tagged) {
     let engine_hz = speech.tts.rate_hz();
-    let out_hz = speech.format.rate_hz();
+    let out_hz = speech.rate_hz;
     let mut resampler = if engine_hz == out_hz { None } else { Resampler::new(engine_hz, out_hz).ok() };
     let mut first_audio_pending = true;
-    let mut resampled = Vec::new();
     while let Some(text) = chunks.recv().await {
         let (audio_tx, mut audio_rx) = mpsc::channel::<Vec<i16>>(8);
         let began = Instant::now();
@@ -168,18 +169,16 @@ async fn speak(speech: Speech, mut chunks: mpsc::Receiver<String>, tx: Tagged) {
                     first_audio_pending = false;
                     tx.send(ResponseMsg::TtsFirstAudio { ttfb_ms: ms_since(began) }).await;
                 }
-                let samples: &[i16] = match resampler.as_mut() {
+                let samples = match resampler.as_mut() {
                     Some(r) => {
-                        resampled.clear();
-                        r.process(&frame, &mut resampled);
-                        &resampled
+                        let mut out = Vec::with_capacity(frame.len() * out_hz as usize / engine_hz.max(1) as usize + 16);
+                        r.process(&frame, &mut out);
+                        out
                     }
-                    None => &frame,
+                    None => frame,
                 };
-                let mut bytes = Vec::with_capacity(samples.len() * speech.format.bytes_per_sample());
-                encode_from_pcm(speech.format, samples, &mut bytes);
                 let ms = samples.len() as f64 * 1000.0 / out_hz as f64;
-                tx.send(ResponseMsg::Audio { bytes, ms }).await;
+                tx.send(ResponseMsg::Audio { samples, ms }).await;
             }
         };
         // A stalled engine ends `frames` with an error, and dropping `synth` then stops the engine.

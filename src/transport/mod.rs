@@ -1,9 +1,8 @@
-//! Client wire formats: what our clients put on the wire. Audio codecs and resampling; the Realtime
-//! API's JSON events and its WebSocket; Twilio Media Streams. Each speaks to the same session actor.
+//! Client protocols: each is a mapper between its wire format and the session's commands and events,
+//! plus a socket loop (a reader and a writer task). [`realtime`]: the OpenAI Realtime API;
+//! [`twilio`]: Twilio Media Streams. Transport depends on the session, never the reverse.
 
-pub mod audio;
 pub mod realtime;
-pub mod realtime_socket;
 pub mod twilio;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};

@@ -4,8 +4,10 @@
 //! `clear` on barge-in out. The echoed marks say exactly how much of the reply the caller heard, and
 //! the assistant's item is truncated to that, not to our own estimate.
 //!
-//! A reader task turns Twilio's frames into client events for the actor; a writer turns the actor's
-//! events into Twilio frames and keeps the marks. The reader may wait for room in the actor's queue
+//! A reader task maps Twilio's frames onto session commands (μ-law straight to PCM audio, a keypad
+//! digit to a user item and a response); a writer maps the session's events onto Twilio frames (PCM
+//! to μ-law cut into 20 ms frames, each followed by a mark) and tells the session what the caller
+//! heard, from the echoed marks. The reader may wait for room in the actor's queue
 //! without holding up outbound audio, whose pace the actor's playback clock sets.
 
 use std::collections::{HashMap, VecDeque};
@@ -21,12 +23,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::audio::{ulaw_decode, ulaw_encode, AudioFormat, G711_RATE_HZ};
 use crate::metering::ledger::SessionMeter;
-use crate::session::{run_session, Inbound, Outbound, SessionStart, VoiceEngines};
-use crate::transport::realtime::{
-    AudioFormatSpec, AudioInput, AudioOutput, ClientEvent, ContentPart, ConversationItemCreate, ConversationItemTruncate,
-    InputAudioBufferAppend, Item, MessageItem, ResponseCreate, Role, ServerEvent, Session, SessionAudio, SessionUpdate, Voice,
-};
+use crate::session::conversation::{Content, Item, MessageItem, Role};
+use crate::session::settings::Voice;
+use crate::session::{run_session, CloseReason, Command, Event, Inbound, Outbound, SessionStart, SettingsUpdate, VoiceEngines};
 use crate::transport::{push_audio, INBOUND_CAPACITY};
 
 /// 20 ms of μ-law at 8 kHz: the frame Twilio plays.
@@ -184,7 +185,7 @@ where
     let (session_start, meter, params, stream_sid) = (admitted.session, admitted.meter, start.custom_parameters, start.stream_sid);
     let session_id = session_start.session_id.clone();
     info!(%session_id, %stream_sid, "twilio call started");
-    let metrics = || &engines.gateway.accounts.metrics;
+    let metrics = || engines.metrics();
     metrics().add("voxgate_realtime_sessions_active", &[], 1.0);
 
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -192,9 +193,8 @@ where
     let session_cancel = cancel.child_token();
     let mut actor = tokio::spawn(run_session(engines.clone(), session_start, meter, in_rx, out_tx, session_cancel.clone()));
     // Configure the session for the phone line before any audio.
-    let _ = in_tx
-        .send(Inbound::Event(ClientEvent::SessionUpdate(Box::new(SessionUpdate { event_id: None, session: phone_session(&params) }))))
-        .await;
+    let configure = Command::Configure { update: Box::new(phone_settings(&params)), applied: None };
+    let _ = in_tx.send(Inbound::from(configure)).await;
 
     // The reader passes on the newest mark Twilio echoed, and why it stopped when the caller sent
     // something wrong; the writer holds only a weak sender to the actor, so the actor sees its
@@ -251,7 +251,7 @@ where
     S: Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let metrics = &engines.gateway.accounts.metrics;
+    let metrics = engines.metrics();
     let same_stream = |event: &'static str, sid: Option<String>| match sid {
         Some(got) if got != stream_sid => Err(CallError::UnknownStream { event, got, expected: stream_sid.to_string() }),
         _ => Ok(()),
@@ -280,13 +280,13 @@ where
                 if media.track.as_deref().is_some_and(|t| t != "inbound" && t != "inbound_track") {
                     continue;
                 }
-                // Checked here, so a caller's bad audio ends the call with a reason instead of a
-                // stream of error events nobody reads.
-                if let Err(e) = base64::engine::general_purpose::STANDARD.decode(media.payload.as_bytes()) {
-                    return Err(CallError::Base64(e.to_string()));
-                }
-                let append = ClientEvent::InputAudioBufferAppend(InputAudioBufferAppend { event_id: None, audio: media.payload });
-                if !push_audio(&to_actor, Inbound::Event(append), metrics).await {
+                // A caller's bad audio ends the call with a reason instead of a stream of error
+                // events nobody reads.
+                let ulaw = base64::engine::general_purpose::STANDARD
+                    .decode(media.payload.as_bytes())
+                    .map_err(|e| CallError::Base64(e.to_string()))?;
+                let samples = ulaw.iter().map(|&code| ulaw_decode(code)).collect();
+                if !push_audio(&to_actor, Inbound::from(Command::Audio { samples, rate_hz: G711_RATE_HZ }), metrics).await {
                     return Ok(());
                 }
             }
@@ -310,10 +310,10 @@ where
                 same_stream("dtmf", sid)?;
                 let text = format!("(The caller pressed {} on the phone keypad.)", dtmf.digit);
                 let item =
-                    Item::Message(MessageItem { id: None, status: None, role: Role::User, content: vec![ContentPart::InputText { text }] });
-                let create = ClientEvent::ConversationItemCreate(ConversationItemCreate { event_id: None, previous_item_id: None, item });
-                let respond = ClientEvent::ResponseCreate(Box::new(ResponseCreate { event_id: None, response: None }));
-                if to_actor.send(Inbound::Event(create)).await.is_err() || to_actor.send(Inbound::Event(respond)).await.is_err() {
+                    Item::Message(MessageItem { id: None, status: None, role: Role::User, content: vec![Content::InputText { text }] });
+                let add = Command::AddItem { item, previous_item_id: None };
+                let respond = Command::CreateResponse(Box::default());
+                if to_actor.send(Inbound::from(add)).await.is_err() || to_actor.send(Inbound::from(respond)).await.is_err() {
                     return Ok(());
                 }
             }
@@ -422,8 +422,8 @@ impl Writer {
                 }
                 out = from_actor.recv() => match out {
                     Some(Outbound::Event(event)) => self.on_event(*event).await,
-                    Some(Outbound::Close { code, reason }) => {
-                        let _ = sink.send(super::close_frame(code, &reason)).await;
+                    Some(Outbound::Close(CloseReason::ClientNotReading)) => {
+                        let _ = sink.send(super::close_frame(1008, "client is not reading events")).await;
                         return;
                     }
                     None => break,
@@ -450,14 +450,12 @@ impl Writer {
         }
     }
 
-    /// The Twilio frames for one of the actor's events.
-    async fn on_event(&mut self, event: ServerEvent) -> Vec<Value> {
+    /// The Twilio frames for one of the session's events.
+    async fn on_event(&mut self, event: Event) -> Vec<Value> {
         match event {
-            ServerEvent::ResponseOutputAudioDelta { item_id, delta, .. } => {
+            Event::Audio { item_id, samples, .. } => {
                 // Twilio plays 20 ms frames (160 bytes of μ-law); the engine's frames are re-cut to that.
-                if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(&delta) {
-                    self.outgoing.extend_from_slice(&bytes);
-                }
+                self.outgoing.extend(samples.iter().map(|&s| ulaw_encode(s)));
                 let mut frames = Vec::new();
                 while self.outgoing.len() >= FRAME_BYTES {
                     let chunk: Vec<u8> = self.outgoing.drain(..FRAME_BYTES).collect();
@@ -465,17 +463,16 @@ impl Writer {
                 }
                 frames
             }
-            ServerEvent::ResponseOutputAudioDone { item_id, .. } => {
+            Event::OutputItemDone { item: Item::Message(m), .. } if matches!(m.content.first(), Some(Content::OutputAudio { .. })) => {
                 // The last, shorter frame of the answer.
                 let chunk = std::mem::take(&mut self.outgoing);
-                if chunk.is_empty() {
-                    Vec::new()
-                } else {
-                    self.media_and_mark(&chunk, &item_id).to_vec()
+                match m.id {
+                    Some(item_id) if !chunk.is_empty() => self.media_and_mark(&chunk, &item_id).to_vec(),
+                    _ => Vec::new(),
                 }
             }
-            ServerEvent::OutputAudioBufferCleared { .. } => vec![self.clear()],
-            ServerEvent::ConversationItemTruncated { item_id, audio_end_ms, .. } => {
+            Event::AudioCleared { .. } => vec![self.clear()],
+            Event::ItemTruncated { item_id, audio_end_ms } => {
                 // The session cut the item to its own clock; the marks know better. If it thought
                 // everything had played but marks are still out, the carrier is still playing them.
                 let mut frames = Vec::new();
@@ -491,15 +488,14 @@ impl Writer {
                 };
                 if by_marks != audio_end_ms {
                     debug!(session_id = %self.session_id, %item_id, by_clock_ms = audio_end_ms, by_marks_ms = by_marks, "twilio call: truncated to the echoed marks");
-                    let truncate = ConversationItemTruncate { event_id: None, item_id, content_index: 0, audio_end_ms: by_marks };
                     if let Some(to_actor) = self.to_actor.upgrade() {
-                        let _ = to_actor.send(Inbound::Event(ClientEvent::ConversationItemTruncate(truncate))).await;
+                        let _ = to_actor.send(Inbound::from(Command::Heard { item_id, ms: by_marks })).await;
                     }
                 }
                 frames
             }
-            ServerEvent::Error { error, .. } => {
-                warn!(session_id = %self.session_id, code = ?error.code, message = %error.message, "twilio call: session error");
+            Event::Error(error) => {
+                warn!(session_id = %self.session_id, kind = ?error.kind, message = %error.message, "twilio call: session error");
                 Vec::new()
             }
             _ => Vec::new(),
@@ -577,14 +573,12 @@ fn check_start(start: StartInfo) -> Result<StartInfo, CallError> {
 }
 
 /// The session settings of a phone call: μ-law both ways, and the call's own instructions and voice.
-fn phone_session(params: &HashMap<String, String>) -> Session {
-    let ulaw = || Some(AudioFormatSpec { format_type: "audio/pcmu".into(), rate: None });
-    Session {
+fn phone_settings(params: &HashMap<String, String>) -> SettingsUpdate {
+    SettingsUpdate {
         instructions: params.get("instructions").cloned(),
-        audio: Some(SessionAudio {
-            input: Some(AudioInput { format: ulaw(), turn_detection: None, transcription: None }),
-            output: Some(AudioOutput { format: ulaw(), voice: params.get("voice").cloned().map(Voice::Name), speed: None }),
-        }),
-        ..Session::default()
+        input_format: Some(AudioFormat::Pcmu),
+        output_format: Some(AudioFormat::Pcmu),
+        voice: params.get("voice").cloned().map(Voice::Name),
+        ..SettingsUpdate::default()
     }
 }

@@ -1,4 +1,4 @@
-//! Audio formats of our clients: PCM16 little-endian, G.711 μ-law and A-law (ITU-T G.711), and a
+//! Audio as every part of a call handles it, independent of any client protocol: formats PCM16 little-endian, G.711 μ-law and A-law (ITU-T G.711), and a
 //! streaming [`Resampler`] (linear interpolation, behind a windowed-sinc low-pass when downsampling).
 //! Pure code: no I/O, no panics on any input; it allocates only in the caller's `Vec`s and in a resampler's
 //! small, bounded buffers.
@@ -11,9 +11,6 @@ pub const G711_RATE_HZ: u32 = 8_000;
 pub const RESAMPLE_RATE_HZ_MIN: u32 = 4_000;
 /// Highest rate [`Resampler::new`] accepts; bounds the low-pass filter at 577 taps.
 pub const RESAMPLE_RATE_HZ_MAX: u32 = 192_000;
-
-/// Longest client-supplied format name an error message repeats.
-const ECHO_CHARS_MAX: usize = 64;
 
 /// What went wrong with audio from or for a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,33 +70,6 @@ impl AudioFormat {
         match self {
             AudioFormat::Pcm16 { .. } => 2,
             AudioFormat::Pcmu | AudioFormat::Pcma => 1,
-        }
-    }
-
-    /// Reads a Realtime API format: the GA `{"type": "audio/pcm", "rate": 24000}` (`audio/pcmu` and
-    /// `audio/pcma` carry no rate) or the legacy beta strings `pcm16`, `g711_ulaw`, `g711_alaw`.
-    /// A rate, when given, must be the format's only rate: 24000 for PCM, 8000 for G.711.
-    pub fn from_realtime(format_type: &str, rate_hz: Option<u32>) -> Result<Self, AudioError> {
-        let (format, name) = match format_type {
-            "audio/pcm" | "pcm16" => (AudioFormat::REALTIME_PCM, "audio/pcm"),
-            "audio/pcmu" | "g711_ulaw" => (AudioFormat::Pcmu, "audio/pcmu"),
-            "audio/pcma" | "g711_alaw" => (AudioFormat::Pcma, "audio/pcma"),
-            _ => return Err(AudioError::UnsupportedFormat { format_type: format_type.chars().take(ECHO_CHARS_MAX).collect() }),
-        };
-        match rate_hz {
-            Some(rate_hz) if rate_hz != format.rate_hz() => {
-                Err(AudioError::UnsupportedRate { format: name, rate_hz, expected_hz: format.rate_hz() })
-            }
-            _ => Ok(format),
-        }
-    }
-
-    /// The GA Realtime API name. The rate is not part of it: only 24 kHz PCM is valid there.
-    pub fn as_realtime(self) -> &'static str {
-        match self {
-            AudioFormat::Pcm16 { .. } => "audio/pcm",
-            AudioFormat::Pcmu => "audio/pcmu",
-            AudioFormat::Pcma => "audio/pcma",
         }
     }
 }
@@ -668,32 +638,6 @@ mod tests {
             assert!(decoded >= previous.0 && decoded_alaw >= previous.1, "not monotonic at {sample}");
             previous = (decoded, decoded_alaw);
         }
-    }
-
-    #[test]
-    fn formats_from_realtime_names() {
-        let pcm = AudioFormat::Pcm16 { rate_hz: 24_000 };
-        assert_eq!(AudioFormat::from_realtime("audio/pcm", None), Ok(pcm));
-        assert_eq!(AudioFormat::from_realtime("audio/pcm", Some(24_000)), Ok(pcm));
-        assert_eq!(AudioFormat::from_realtime("pcm16", None), Ok(pcm));
-        assert_eq!(AudioFormat::from_realtime("audio/pcmu", None), Ok(AudioFormat::Pcmu));
-        assert_eq!(AudioFormat::from_realtime("g711_ulaw", Some(8_000)), Ok(AudioFormat::Pcmu));
-        assert_eq!(AudioFormat::from_realtime("audio/pcma", None), Ok(AudioFormat::Pcma));
-        assert_eq!(AudioFormat::from_realtime("g711_alaw", None), Ok(AudioFormat::Pcma));
-        for format in [pcm, AudioFormat::Pcmu, AudioFormat::Pcma] {
-            assert_eq!(AudioFormat::from_realtime(format.as_realtime(), None), Ok(format));
-        }
-        assert_eq!((pcm.rate_hz(), pcm.bytes_per_sample()), (24_000, 2));
-        assert_eq!((AudioFormat::Pcmu.rate_hz(), AudioFormat::Pcma.bytes_per_sample()), (8_000, 1));
-
-        let err = AudioFormat::from_realtime("audio/pcm", Some(16_000)).unwrap_err();
-        assert_eq!(err.kind(), "unsupported_rate");
-        assert!(err.to_string().contains("16000"), "{err}");
-        assert_eq!(AudioFormat::from_realtime("audio/pcmu", Some(16_000)).unwrap_err().kind(), "unsupported_rate");
-        let err = AudioFormat::from_realtime(&"x".repeat(10_000), None).unwrap_err();
-        assert_eq!(err.kind(), "unsupported_format");
-        assert!(err.to_string().len() < 300, "{err}");
-        assert_eq!(AudioFormat::from_realtime("audio/PCM", None).unwrap_err().kind(), "unsupported_format");
     }
 
     #[test]

@@ -13,8 +13,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::audio::{AudioError, AudioFormat, REALTIME_PCM_RATE_HZ};
 use crate::llm::ids::random_suffix;
-use crate::transport::audio::{AudioError, AudioFormat, REALTIME_PCM_RATE_HZ};
 
 /// Longest piece of client input (an unknown event type, a serde message quoting a value) an error repeats.
 const ECHO_CHARS_MAX: usize = 200;
@@ -160,7 +160,37 @@ pub struct AudioFormatSpec {
 impl AudioFormatSpec {
     /// The codec this names, or why it is not one we speak.
     pub fn to_audio_format(&self) -> Result<AudioFormat, AudioError> {
-        AudioFormat::from_realtime(&self.format_type, self.rate)
+        format_from_wire(&self.format_type, self.rate)
+    }
+}
+
+/// Longest client-supplied format name an error message repeats.
+const FORMAT_ECHO_CHARS_MAX: usize = 64;
+
+/// Reads a Realtime API format: the GA `{"type": "audio/pcm", "rate": 24000}` (`audio/pcmu` and
+/// `audio/pcma` carry no rate) or the legacy beta strings `pcm16`, `g711_ulaw`, `g711_alaw`.
+/// A rate, when given, must be the format's only rate: 24000 for PCM, 8000 for G.711.
+pub fn format_from_wire(format_type: &str, rate_hz: Option<u32>) -> Result<AudioFormat, AudioError> {
+    let (format, name) = match format_type {
+        "audio/pcm" | "pcm16" => (AudioFormat::REALTIME_PCM, "audio/pcm"),
+        "audio/pcmu" | "g711_ulaw" => (AudioFormat::Pcmu, "audio/pcmu"),
+        "audio/pcma" | "g711_alaw" => (AudioFormat::Pcma, "audio/pcma"),
+        _ => return Err(AudioError::UnsupportedFormat { format_type: format_type.chars().take(FORMAT_ECHO_CHARS_MAX).collect() }),
+    };
+    match rate_hz {
+        Some(rate_hz) if rate_hz != format.rate_hz() => {
+            Err(AudioError::UnsupportedRate { format: name, rate_hz, expected_hz: format.rate_hz() })
+        }
+        _ => Ok(format),
+    }
+}
+
+/// The GA Realtime API name of a format. The rate is not part of it: only 24 kHz PCM is valid there.
+pub fn format_name(format: AudioFormat) -> &'static str {
+    match format {
+        AudioFormat::Pcm16 { .. } => "audio/pcm",
+        AudioFormat::Pcmu => "audio/pcmu",
+        AudioFormat::Pcma => "audio/pcma",
     }
 }
 
@@ -170,7 +200,7 @@ impl From<AudioFormat> for AudioFormatSpec {
             AudioFormat::Pcm16 { .. } => Some(REALTIME_PCM_RATE_HZ),
             AudioFormat::Pcmu | AudioFormat::Pcma => None,
         };
-        AudioFormatSpec { format_type: format.as_realtime().to_string(), rate }
+        AudioFormatSpec { format_type: format_name(format).to_string(), rate }
     }
 }
 
@@ -1568,6 +1598,32 @@ mod tests {
                 s.value(&mut Vec::new());
             }
         }
+    }
+
+    #[test]
+    fn formats_from_realtime_names() {
+        let pcm = AudioFormat::Pcm16 { rate_hz: 24_000 };
+        assert_eq!(format_from_wire("audio/pcm", None), Ok(pcm));
+        assert_eq!(format_from_wire("audio/pcm", Some(24_000)), Ok(pcm));
+        assert_eq!(format_from_wire("pcm16", None), Ok(pcm));
+        assert_eq!(format_from_wire("audio/pcmu", None), Ok(AudioFormat::Pcmu));
+        assert_eq!(format_from_wire("g711_ulaw", Some(8_000)), Ok(AudioFormat::Pcmu));
+        assert_eq!(format_from_wire("audio/pcma", None), Ok(AudioFormat::Pcma));
+        assert_eq!(format_from_wire("g711_alaw", None), Ok(AudioFormat::Pcma));
+        for format in [pcm, AudioFormat::Pcmu, AudioFormat::Pcma] {
+            assert_eq!(format_from_wire(format_name(format), None), Ok(format));
+        }
+        assert_eq!((pcm.rate_hz(), pcm.bytes_per_sample()), (24_000, 2));
+        assert_eq!((AudioFormat::Pcmu.rate_hz(), AudioFormat::Pcma.bytes_per_sample()), (8_000, 1));
+
+        let err = format_from_wire("audio/pcm", Some(16_000)).unwrap_err();
+        assert_eq!(err.kind(), "unsupported_rate");
+        assert!(err.to_string().contains("16000"), "{err}");
+        assert_eq!(format_from_wire("audio/pcmu", Some(16_000)).unwrap_err().kind(), "unsupported_rate");
+        let err = format_from_wire(&"x".repeat(10_000), None).unwrap_err();
+        assert_eq!(err.kind(), "unsupported_format");
+        assert!(err.to_string().len() < 300, "{err}");
+        assert_eq!(format_from_wire("audio/PCM", None).unwrap_err().kind(), "unsupported_format");
     }
 
     #[test]

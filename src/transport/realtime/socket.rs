@@ -1,6 +1,7 @@
-//! The Realtime API on a WebSocket: a reader task turns client JSON into typed events for the
-//! session actor, a writer turns the actor's events into JSON. Both are generic over the socket's
-//! `Stream`/`Sink`, so tests can drive them without a network.
+//! The Realtime API on a WebSocket: a reader task turns client JSON into session commands (through
+//! [`super::mapper::command`]), a writer turns the session's events into JSON (through
+//! [`super::mapper::Projection`]). Both are generic over the socket's `Stream`/`Sink`, so tests can
+//! drive them without a network.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +12,15 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::mapper::{command, Projection};
+use super::wire::{parse_client_event, RealtimeError, ServerEvent};
+use crate::audio::AudioFormat;
 use crate::metering::ledger::SessionMeter;
-use crate::session::{run_session, Inbound, Outbound, SessionStart, VoiceEngines};
-use crate::transport::realtime::{parse_client_event, ClientEvent, RealtimeError};
-
+use crate::session::{run_session, CloseReason, Command, Outbound, SessionStart, VoiceEngines};
 use crate::transport::{push_audio, INBOUND_CAPACITY};
+
+/// Errors about client events the reader could not turn into commands, waiting for the writer.
+const REJECTED_CAPACITY: usize = 64;
 /// Outbound events waiting for the socket; the actor closes a session whose client leaves this many unread.
 const OUTBOUND_CAPACITY: usize = 1024;
 
@@ -26,11 +31,12 @@ where
     E: std::fmt::Display,
 {
     let metrics_engines = engines.clone();
-    let metrics = || &metrics_engines.gateway.accounts.metrics;
+    let metrics = || metrics_engines.metrics();
     let max_event_bytes = engines.settings.max_event_bytes;
     let (mut sink, mut stream) = socket.split();
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (rejected_tx, mut rejected_rx) = mpsc::channel::<RealtimeError>(REJECTED_CAPACITY);
     let session_cancel = cancel.child_token();
     let session_id = start.session_id.clone();
     let actor = tokio::spawn(run_session(engines.clone(), start, meter, in_rx, out_tx, session_cancel.clone()));
@@ -39,41 +45,55 @@ where
     let writer_session_id = session_id.clone();
     let writer = async move {
         let session_id = writer_session_id;
-        while let Some(out) = out_rx.recv().await {
-            let message = match out {
-                Outbound::Event(event) => match serde_json::to_string(&event) {
+        let mut projection = Projection::default();
+        let mut events = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                out = out_rx.recv() => match out {
+                    Some(Outbound::Event(event)) => projection.events(*event, &mut events),
+                    Some(Outbound::Close(CloseReason::ClientNotReading)) => {
+                        let _ = sink.send(super::super::close_frame(1008, "client is not reading events")).await;
+                        return;
+                    }
+                    None => break,
+                },
+                Some(error) = rejected_rx.recv() => events.push(ServerEvent::error(error)),
+            }
+            for event in events.drain(..) {
+                let message = match serde_json::to_string(&event) {
                     Ok(text) => Message::Text(Utf8Bytes::from(text)),
                     Err(e) => {
                         debug!(%session_id, error = %e, "could not serialise a server event");
                         continue;
                     }
-                },
-                Outbound::Close { code, reason } => {
-                    let _ = sink.send(super::close_frame(code, &reason)).await;
+                };
+                if sink.send(message).await.is_err() {
                     return;
                 }
-            };
-            if sink.send(message).await.is_err() {
-                return;
             }
         }
         // The actor ended without a close of its own: the server is shutting down or the client left.
-        let _ = sink.send(super::close_frame(1001, "session ended")).await;
+        let _ = sink.send(super::super::close_frame(1001, "session ended")).await;
     };
 
     let reader_session_id = session_id.clone();
     let reader_engines = engines.clone();
     let reader = async move {
         let session_id = reader_session_id;
-        let metrics = || &reader_engines.gateway.accounts.metrics;
+        let metrics = || reader_engines.metrics();
+        // How the client's audio is encoded: the session's input format, as the session accepted it.
+        let mut input_format = AudioFormat::REALTIME_PCM;
+        let reject = |error: RealtimeError| {
+            metrics().inc("voxgate_errors_total", &[("kind", "bad_client_event")]);
+            // A client that floods bad events and never reads loses some of their errors.
+            let _ = rejected_tx.try_send(error);
+        };
         while let Some(message) = stream.next().await {
             let text = match message {
                 Ok(Message::Text(text)) => text,
                 Ok(Message::Binary(_)) => {
-                    let error = invalid("invalid_event", "binary frames are not supported: send each event as JSON text");
-                    if in_tx.send(Inbound::Invalid(error)).await.is_err() {
-                        return;
-                    }
+                    reject(invalid("invalid_event", "binary frames are not supported: send each event as JSON text"));
                     continue;
                 }
                 Ok(Message::Close(_)) => return,
@@ -84,25 +104,42 @@ where
                 }
             };
             if text.len() > max_event_bytes {
-                let error = invalid(
+                reject(invalid(
                     "event_too_large",
                     &format!("event of {} bytes is over the limit of {max_event_bytes} bytes: send audio in smaller appends", text.len()),
-                );
-                if in_tx.send(Inbound::Invalid(error)).await.is_err() {
-                    return;
-                }
+                ));
                 continue;
             }
-            let inbound = match parse_client_event(&text) {
-                Ok(event) => Inbound::Event(event),
-                Err(e) => Inbound::Invalid(e.to_realtime_error()),
-            };
-            if matches!(&inbound, Inbound::Event(ClientEvent::InputAudioBufferAppend(_))) {
-                if !push_audio(&in_tx, inbound, metrics()).await {
-                    return;
+            let mut inbound = match parse_client_event(&text).map_err(|e| e.to_realtime_error()).and_then(|e| command(e, input_format)) {
+                Ok(inbound) => inbound,
+                Err(error) => {
+                    reject(error);
+                    continue;
                 }
-            } else if in_tx.send(inbound).await.is_err() {
-                return;
+            };
+            match &mut inbound.command {
+                Command::Audio { .. } => {
+                    if !push_audio(&in_tx, inbound, metrics()).await {
+                        return;
+                    }
+                }
+                Command::Configure { update, applied } if update.input_format.is_some() => {
+                    // Later appends are decoded in the new format only if the session takes the update.
+                    let format = update.input_format;
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    *applied = Some(tx);
+                    if in_tx.send(inbound).await.is_err() {
+                        return;
+                    }
+                    if let (Ok(true), Some(format)) = (rx.await, format) {
+                        input_format = format;
+                    }
+                }
+                _ => {
+                    if in_tx.send(inbound).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
     };
