@@ -1,8 +1,9 @@
 //! Metering: what a voice session and a gateway call cost, and the durable ledger that keeps it.
 //!
 //! - [`billing`]: pure arithmetic: per started second at a flat hourly rate, exact [`Amount`]s.
-//! - [`ledger`]: SQLite (WAL) on one dedicated thread behind an async handle; [`SessionMeter`] per
-//!   live session, checkpoints, crash recovery, the fallback file, queries.
+//! - [`ledger`]: one dedicated thread behind an async handle, storing in SQLite (WAL) through a
+//!   small `Store` trait; [`SessionMeter`] per live session, checkpoints, crash recovery, the
+//!   fallback file, queries.
 //!
 //! The rules a customer can check are in `docs/metering.md`.
 
