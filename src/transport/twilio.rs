@@ -582,3 +582,63 @@ fn phone_settings(params: &HashMap<String, String>) -> SettingsUpdate {
         ..SettingsUpdate::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::conversation::ItemStatus;
+
+    fn audio(item_id: &str, samples: usize) -> Event {
+        Event::Audio { response_id: "resp_1".into(), item_id: item_id.into(), samples: vec![1000; samples], rate_hz: 8_000 }
+    }
+
+    fn spoken_done(item_id: &str) -> Event {
+        let item = Item::Message(MessageItem {
+            id: Some(item_id.into()),
+            status: Some(ItemStatus::Completed),
+            role: Role::Assistant,
+            content: vec![Content::OutputAudio { transcript: Some("Hello.".into()) }],
+        });
+        Event::OutputItemDone { response_id: "resp_1".into(), item }
+    }
+
+    #[tokio::test]
+    async fn pcm_goes_out_as_ulaw_frames_of_20_ms_each_with_a_mark() {
+        let (tx, _rx) = mpsc::channel(4);
+        let mut w = Writer::new("MZ1".into(), "sess_1".into(), tx.downgrade());
+        // 60 ms of audio and 10 ms more: three whole frames now, the rest when the answer is done.
+        let frames = w.on_event(audio("item_1", 560)).await;
+        assert_eq!(frames.len(), 6);
+        let payload = frames[0]["media"]["payload"].as_str().unwrap();
+        let ulaw = base64::engine::general_purpose::STANDARD.decode(payload).unwrap();
+        assert_eq!(ulaw, vec![ulaw_encode(1000); FRAME_BYTES]);
+        assert_eq!(frames[1], json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": "voxgate-1"}}));
+        assert_eq!(frames[5]["mark"]["name"], "voxgate-3");
+        let last = w.on_event(spoken_done("item_1")).await;
+        assert_eq!(last.len(), 2);
+        let ulaw = base64::engine::general_purpose::STANDARD.decode(last[0]["media"]["payload"].as_str().unwrap()).unwrap();
+        assert_eq!(ulaw.len(), 560 - 3 * FRAME_BYTES);
+        // Session events Twilio has no frame for are dropped.
+        assert!(w.on_event(Event::InputCleared).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn after_a_barge_in_the_session_hears_what_the_marks_say_was_played() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut w = Writer::new("MZ1".into(), "sess_1".into(), tx.downgrade());
+        w.on_event(audio("item_1", 5 * FRAME_BYTES)).await;
+        // Twilio played the first two frames (40 ms) before the caller spoke.
+        w.on_echo(2);
+        let clear = w.on_event(Event::AudioCleared { response_id: "resp_1".into() }).await;
+        assert_eq!(clear, vec![json!({"event": "clear", "streamSid": "MZ1"})]);
+        // Echoes of marks pending at the clear say nothing was heard.
+        w.on_echo(5);
+        // The session cut the item by its clock at 90 ms; the marks say 40.
+        assert!(w.on_event(Event::ItemTruncated { item_id: "item_1".into(), audio_end_ms: 90 }).await.is_empty());
+        let heard = rx.try_recv().expect("the session hears the marks' figure");
+        assert!(matches!(heard.command, Command::Heard { ref item_id, ms: 40 } if item_id == "item_1"), "{heard:?}");
+        // The session's second truncation (to the marks) is final.
+        assert!(w.on_event(Event::ItemTruncated { item_id: "item_1".into(), audio_end_ms: 40 }).await.is_empty());
+        assert!(rx.try_recv().is_err());
+    }
+}

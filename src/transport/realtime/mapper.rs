@@ -730,3 +730,220 @@ fn param_path(setting: Setting) -> &'static str {
         Setting::ResponseOutputModalities => "response.output_modalities",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::conversation::Role;
+    use crate::session::event::{Joined, Latencies, MeterReading};
+    use crate::session::settings::Turn;
+    use crate::transport::realtime::wire::parse_client_event;
+
+    fn client(json: serde_json::Value) -> ClientEvent {
+        parse_client_event(&json.to_string()).expect("a valid client event")
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn appends_become_pcm_in_the_session_input_format() {
+        let samples: [i16; 3] = [1, -2, 300];
+        let bytes: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let event = client(serde_json::json!({"type": "input_audio_buffer.append", "event_id": "e1", "audio": b64(&bytes)}));
+        let inbound = command(event, AudioFormat::REALTIME_PCM).unwrap();
+        assert_eq!(inbound.reply_to.as_deref(), Some("e1"));
+        let Command::Audio { samples: got, rate_hz } = inbound.command else { panic!("{:?}", inbound.command) };
+        assert_eq!((got.as_slice(), rate_hz), (&samples[..], 24_000));
+
+        // μ-law: one byte per sample at 8 kHz.
+        let event = client(serde_json::json!({"type": "input_audio_buffer.append", "audio": b64(&[0xFF, 0x00])}));
+        let Command::Audio { samples, rate_hz } = command(event, AudioFormat::Pcmu).unwrap().command else { panic!() };
+        assert_eq!((samples, rate_hz), (vec![crate::audio::ulaw_decode(0xFF), crate::audio::ulaw_decode(0x00)], 8_000));
+
+        // Bad base64 and an odd PCM length are errors that name the audio and keep the event id.
+        let event = client(serde_json::json!({"type": "input_audio_buffer.append", "event_id": "e2", "audio": "%%%"}));
+        let error = command(event, AudioFormat::REALTIME_PCM).unwrap_err();
+        assert_eq!(
+            (error.code.as_deref(), error.param.as_deref(), error.event_id.as_deref()),
+            (Some("invalid_audio"), Some("audio"), Some("e2"))
+        );
+        let event = client(serde_json::json!({"type": "input_audio_buffer.append", "audio": b64(&[1, 2, 3])}));
+        let error = command(event, AudioFormat::REALTIME_PCM).unwrap_err();
+        assert!(error.message.ends_with("(session input format is audio/pcm)"), "{}", error.message);
+    }
+
+    #[test]
+    fn session_updates_become_typed_settings_and_wire_level_refusals_name_the_path() {
+        let event = client(serde_json::json!({"type": "session.update", "session": {
+            "type": "realtime", "model": "voice", "output_modalities": ["text"], "max_output_tokens": "inf",
+            "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": {"type": "server_vad", "threshold": 0.7}},
+                      "output": {"voice": {"id": "v_1"}}},
+            "tool_choice": {"type": "function", "name": "weather"}
+        }}));
+        let Command::Configure { update, .. } = command(event, AudioFormat::REALTIME_PCM).unwrap().command else { panic!() };
+        assert_eq!(update.model.as_deref(), Some("voice"));
+        assert_eq!(update.audio_out, Some(false));
+        assert_eq!(update.input_format, Some(AudioFormat::Pcmu));
+        assert_eq!(update.turn, Some(Some(TurnUpdate { threshold: Some(0.7), ..TurnUpdate::default() })));
+        assert_eq!(update.voice, Some(Voice::Id("v_1".into())));
+        assert_eq!(update.tool_choice, Some(ToolChoice::Function("weather".into())));
+        assert_eq!(update.max_output_tokens, Some(None));
+
+        let refused = |session: serde_json::Value| {
+            let event = client(serde_json::json!({"type": "session.update", "event_id": "u1", "session": session}));
+            let error = command(event, AudioFormat::REALTIME_PCM).unwrap_err();
+            assert_eq!(error.event_id.as_deref(), Some("u1"));
+            (error.code.unwrap(), error.param.unwrap())
+        };
+        assert_eq!(refused(serde_json::json!({"type": "transcription"})), ("invalid_value".into(), "session.type".into()));
+        assert_eq!(refused(serde_json::json!({"output_modalities": ["audio", "text"]})).1, "session.output_modalities");
+        assert_eq!(
+            refused(serde_json::json!({"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}})).1,
+            "session.audio.input.turn_detection.type"
+        );
+        let event =
+            client(serde_json::json!({"type": "conversation.item.truncate", "item_id": "i", "content_index": 1, "audio_end_ms": 5}));
+        assert_eq!(command(event, AudioFormat::REALTIME_PCM).unwrap_err().param.as_deref(), Some("content_index"));
+        let event = client(serde_json::json!({"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "content": [{"type": "input_audio", "audio": "AAAA"}]}}));
+        assert_eq!(command(event, AudioFormat::REALTIME_PCM).unwrap_err().code.as_deref(), Some("unsupported_content"));
+    }
+
+    #[test]
+    fn session_errors_get_realtime_codes_and_parameter_paths() {
+        let error = SessionError::new(ErrorKind::InvalidValue, "threshold 2 is outside 0.0 to 1.0").concerning(Setting::TurnThreshold);
+        let wire = realtime_error(SessionError { reply_to: Some("e9".into()), ..error });
+        assert_eq!(wire.error_type, "invalid_request_error");
+        assert_eq!(wire.param.as_deref(), Some("session.audio.input.turn_detection.threshold"));
+        assert_eq!(wire.event_id.as_deref(), Some("e9"));
+        let limited = realtime_error(SessionError::new(ErrorKind::RateLimited { limit: "tokens" }, "over"));
+        assert_eq!((limited.error_type.as_str(), limited.code.as_deref(), limited.param), ("tokens", Some("rate_limit_exceeded"), None));
+    }
+
+    fn settings(output_format: AudioFormat) -> Settings {
+        Settings {
+            model: "voice".into(),
+            instructions: None,
+            audio_out: true,
+            input_format: AudioFormat::REALTIME_PCM,
+            output_format,
+            turn: Some(Turn::default()),
+            voice: Some(Voice::Name("fake".into())),
+            tools: vec![],
+            tool_choice: None,
+            max_output_tokens: Some(64),
+            transcription: None,
+        }
+    }
+
+    fn message(id: &str, status: ItemStatus, transcript: &str) -> Item {
+        Item::Message(MessageItem {
+            id: Some(id.into()),
+            status: Some(status),
+            role: Role::Assistant,
+            content: vec![Content::OutputAudio { transcript: Some(transcript.into()) }],
+        })
+    }
+
+    #[test]
+    fn a_spoken_response_projects_onto_the_realtime_event_sequence() {
+        let mut p = Projection::default();
+        let mut out = Vec::new();
+        let settings = Box::new(settings(AudioFormat::Pcmu));
+        p.events(Event::Settings { session_id: "sess_1".into(), settings, created: true }, &mut out);
+        let ServerEvent::SessionCreated { session, .. } = &out[0] else { panic!("{out:?}") };
+        assert_eq!(session.max_output_tokens, Some(MaxOutputTokens::Limit(64)));
+        assert_eq!(session.audio.as_ref().unwrap().output.as_ref().unwrap().format.as_ref().unwrap().format_type, "audio/pcmu");
+
+        let call = Item::FunctionCall(FunctionCallItem {
+            id: Some("item_call".into()),
+            status: Some(ItemStatus::InProgress),
+            call_id: Some("call_1".into()),
+            name: "weather".into(),
+            arguments: String::new(),
+        });
+        let steps = vec![
+            Event::ResponseStarted { response_id: "resp_1".into(), audio: true, metadata: None },
+            Event::OutputItemAdded { response_id: "resp_1".into(), item: call, conversation: None },
+            Event::OutputItemAdded {
+                response_id: "resp_1".into(),
+                item: message("item_msg", ItemStatus::InProgress, ""),
+                conversation: Some(Joined { previous_item_id: Some("item_user".into()) }),
+            },
+            Event::SpokenText { response_id: "resp_1".into(), item_id: "item_msg".into(), delta: "Hi.".into() },
+            Event::Audio { response_id: "resp_1".into(), item_id: "item_msg".into(), samples: vec![0, 1000, -1000], rate_hz: 8_000 },
+            Event::OutputItemDone { response_id: "resp_1".into(), item: message("item_msg", ItemStatus::Incomplete, "Hi.") },
+        ];
+        out.clear();
+        for step in steps {
+            p.events(step, &mut out);
+        }
+        let types: Vec<&str> = out.iter().map(ServerEvent::event_type).collect();
+        assert_eq!(
+            types,
+            [
+                "response.created",
+                "response.output_item.added",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.content_part.added",
+                "response.output_audio_transcript.delta",
+                "response.output_audio.delta",
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+            ]
+        );
+        // The message is the response's second output; its audio is μ-law, as the session asked.
+        let ServerEvent::ResponseOutputAudioDelta { output_index, delta, .. } = &out[6] else { panic!() };
+        assert_eq!(*output_index, 1);
+        let ulaw: Vec<u8> = [0i16, 1000, -1000].iter().map(|&s| crate::audio::ulaw_encode(s)).collect();
+        assert_eq!(delta, &b64(&ulaw));
+        let ServerEvent::ResponseOutputAudioTranscriptDone { transcript, output_index, .. } = &out[8] else { panic!() };
+        assert_eq!((transcript.as_str(), *output_index), ("Hi.", 1));
+
+        out.clear();
+        let summary = ResponseSummary {
+            id: "resp_1".into(),
+            status: ResponseStatus::Cancelled(CancelReason::TurnDetected),
+            output: vec![message("item_msg", ItemStatus::Incomplete, "Hi.")],
+            audio: true,
+            usage: None,
+            metadata: None,
+            model: Some("echo".into()),
+            latencies: Latencies { llm_ttft: Some(12.5), ..Latencies::default() },
+            meter: Some(MeterReading { billed_seconds: 3, amount: crate::metering::amount(3, 4_500_000) }),
+        };
+        p.events(Event::ResponseDone(Box::new(summary)), &mut out);
+        let ServerEvent::ResponseDone { response, .. } = &out[0] else { panic!() };
+        assert_eq!(response.status, WireResponseStatus::Cancelled);
+        assert_eq!(response.status_details.as_ref().unwrap().reason, Some(StatusReason::TurnDetected));
+        assert_eq!(response.usage, Some(WireUsage::default()));
+        let voxgate = response.voxgate.as_ref().unwrap();
+        assert_eq!((voxgate.model.as_deref(), voxgate.latency_ms.llm_ttft), (Some("echo"), Some(12.5)));
+        assert_eq!(voxgate.meter.as_ref().unwrap().amount_usd, "0.003750000000");
+        // Audio after the response is done (still playing) keeps its item but no longer has an index.
+        out.clear();
+        p.events(Event::Audio { response_id: "resp_1".into(), item_id: "item_msg".into(), samples: vec![0], rate_hz: 8_000 }, &mut out);
+        let ServerEvent::ResponseOutputAudioDelta { output_index, .. } = &out[0] else { panic!() };
+        assert_eq!(*output_index, 0);
+    }
+
+    #[test]
+    fn items_keep_their_shape_both_ways_except_audio() {
+        let wire = WireItem::Message(WireMessage {
+            id: Some("item_1".into()),
+            status: Some(WireStatus::Completed),
+            role: WireRole::Assistant,
+            content: vec![ContentPart::OutputAudio { audio: Some("AAAA".into()), transcript: Some("hello".into()) }],
+        });
+        let back = item_to_wire(&item_from_wire(wire.clone()));
+        let WireItem::Message(m) = back else { panic!() };
+        assert_eq!(m.content, vec![ContentPart::OutputAudio { audio: None, transcript: Some("hello".into()) }]);
+        let output = WireItem::FunctionCallOutput(WireOutput { id: None, status: None, call_id: "call_1".into(), output: "42".into() });
+        assert_eq!(item_to_wire(&item_from_wire(output.clone())), output);
+    }
+}
