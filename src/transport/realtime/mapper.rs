@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use base64::Engine as _;
 
-use super::wire::{
+use super::{
     format_name, new_event_id, AudioFormatSpec, AudioInput, AudioOutput, ClientEvent, ContentPart, FunctionCallItem as WireCall,
     FunctionCallOutputItem as WireOutput, FunctionTool, FunctionType, InputTokenDetails, InputTranscription, Item as WireItem,
     ItemStatus as WireStatus, MaxOutputTokens, MessageItem as WireMessage, MeterInfo, Modality, OutputTokenDetails, RateLimit,
@@ -737,7 +737,7 @@ mod tests {
     use crate::session::conversation::Role;
     use crate::session::event::{Joined, Latencies, MeterReading};
     use crate::session::settings::Turn;
-    use crate::transport::realtime::wire::parse_client_event;
+    use crate::transport::realtime::parse_client_event;
 
     fn client(json: serde_json::Value) -> ClientEvent {
         parse_client_event(&json.to_string()).expect("a valid client event")

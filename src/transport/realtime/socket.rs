@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::mapper::{command, Projection};
-use super::wire::{parse_client_event, RealtimeError, ServerEvent};
+use super::{parse_client_event, RealtimeError, ServerEvent};
 use crate::audio::AudioFormat;
 use crate::metering::ledger::SessionMeter;
 use crate::session::{run_session, CloseReason, Command, Outbound, SessionStart, VoiceEngines};
