@@ -1,12 +1,14 @@
 //! Metering: what a voice session and a gateway call cost, and the durable ledger that keeps it.
 //!
 //! - [`billing`]: pure arithmetic: per started second at a flat hourly rate, exact [`Amount`]s.
+//! - [`config`]: the `[metering]` section: ledger file, checkpoint interval, flat rate.
 //! - [`ledger`]: SQLite (WAL) on one dedicated thread behind an async handle; [`SessionMeter`] per
 //!   live session, checkpoints, crash recovery, the fallback file, queries.
 //!
 //! The rules a customer can check are in `docs/metering.md`.
 
 pub mod billing;
+pub mod config;
 pub mod ledger;
 
 pub use billing::{amount, billed_seconds, Amount, DEFAULT_RATE_MICROUSD_PER_HOUR};
