@@ -5,7 +5,11 @@
 //!   `llm/providers/`, the router with fallback and breakers, usage and cost.
 //! - [`http`]: the axum router, auth, OpenAI-style errors, `/metrics`.
 //! - [`server`]: binding, exposure checks, graceful shutdown.
-//! - [`config`]: the TOML config and the built-in catalog, validated.
+//! - [`config`]: reads the TOML config and the environment and hands each part its section
+//!   (the gateway's, with the built-in catalog, in `llm::config`; `stt::config`, `tts::config`,
+//!   `metering::config`); API keys.
+//! - [`stt`], [`tts`]: speech engines, each stage building its own from its config; [`engine`]:
+//!   what they share (lazy loading off the async runtime).
 //! - [`metrics`]: a small Prometheus registry.
 //! - [`metering`]: billing per started second at a flat hourly rate, and the durable SQLite
 //!   usage ledger (sessions and gateway calls, checkpoints, crash recovery, fallback file).
@@ -18,6 +22,7 @@
 pub mod audio;
 pub mod bench;
 pub mod config;
+pub mod engine;
 pub mod fake_clock;
 pub mod http;
 pub mod llm;

@@ -10,6 +10,15 @@ impl Secret {
         Secret(value.into())
     }
 
+    /// A secret as the config writes it: `env:NAME` reads the variable through `env` (an error
+    /// names `field` and the variable, never a value); anything else is the secret itself.
+    pub fn from_config(value: &str, env: &dyn Fn(&str) -> Option<String>, field: &str) -> Result<Secret, String> {
+        match value.strip_prefix("env:") {
+            Some(var) => env(var).map(Secret::new).ok_or_else(|| format!("{field} reads environment variable {var}, which is not set")),
+            None => Ok(Secret::new(value)),
+        }
+    }
+
     /// The raw value, for building an upstream request header. Never log it.
     pub fn expose(&self) -> &str {
         &self.0

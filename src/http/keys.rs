@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::{sha256, KeyConfig};
+use crate::config::keys::{sha256, KeyConfig};
 use crate::session::{RateBudget, RateLimited, RateLimits};
 
 /// The window a per-minute limit refills over.

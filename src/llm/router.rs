@@ -22,13 +22,13 @@ use futures::StreamExt;
 use tokio::time::{timeout, Instant};
 
 use super::breaker::{Breaker, Permit};
+use super::config::{
+    GatewayConfig, GatewaySettings, ModelConfig, ProviderKind, RouteConfig, DEFAULT_IDLE_MS_MAX, DEFAULT_TIMEOUT_MS, DEFAULT_TTFT_MS_MAX,
+};
 use super::error::ProviderError;
 use super::providers::{self, EventStream, HttpSettings, Provider};
 use super::types::{ChatRequest, Event, Usage};
 use super::usage::{cost_picousd, Outcome, Record, UsageBook};
-use crate::config::{
-    Config, GatewaySettings, ModelConfig, ProviderKind, RouteConfig, DEFAULT_IDLE_MS_MAX, DEFAULT_TIMEOUT_MS, DEFAULT_TTFT_MS_MAX,
-};
 use crate::metrics::Metrics;
 
 /// A provider with its breaker.
@@ -42,7 +42,7 @@ pub struct ProviderSlot {
 #[derive(Default)]
 pub struct Accounts {
     pub usage: UsageBook,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Told about every finished standalone request (not those made inside a voice session, which
     /// are billed with the session): the durable ledger listens here.
     pub sink: std::sync::OnceLock<RequestSink>,
@@ -132,9 +132,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Result<Gateway, GatewayError> {
+    /// The gateway of a validated config (`Gateway::new(&config)` takes the whole program's).
+    pub fn new(config: impl Into<GatewayConfig>) -> Result<Gateway, GatewayError> {
+        let GatewayConfig { settings, providers: provider_configs, models, routes } = config.into();
         let mut providers = HashMap::new();
-        for (id, p) in &config.providers {
+        for (id, p) in &provider_configs {
             let connect_timeout = Duration::from_millis(p.connect_timeout_ms);
             let pool_idle_timeout = Duration::from_secs(90);
             let client = reqwest::Client::builder()
@@ -148,21 +150,14 @@ impl Gateway {
                 ProviderKind::Openai => Provider::OpenAi(providers::openai::OpenAi::new(http)),
                 ProviderKind::Anthropic => Provider::Anthropic(providers::anthropic::Anthropic::new(http)),
                 ProviderKind::Gemini => Provider::Gemini(providers::gemini::Gemini::new(http)),
-                ProviderKind::Embedded => Provider::Embedded(providers::embedded::Embedded::new(
-                    p.model_path.clone().unwrap_or_else(|| crate::models::llm_model_path(&config.models_dir)),
-                )),
+                // Validation gives every embedded provider its model path.
+                ProviderKind::Embedded => Provider::Embedded(providers::embedded::Embedded::new(p.model_path.clone().unwrap_or_default())),
                 ProviderKind::Fake => Provider::Fake(providers::fake::Fake::new()),
             };
-            let breaker = Breaker::new(config.gateway.breaker_failures, Duration::from_millis(config.gateway.breaker_cooldown_ms));
+            let breaker = Breaker::new(settings.breaker_failures, Duration::from_millis(settings.breaker_cooldown_ms));
             providers.insert(id.clone(), Arc::new(ProviderSlot { id: id.clone(), provider, breaker }));
         }
-        Ok(Gateway {
-            providers,
-            models: config.models.clone(),
-            routes: config.routes.clone(),
-            settings: config.gateway.clone(),
-            accounts: Arc::new(Accounts::default()),
-        })
+        Ok(Gateway { providers, models, routes, settings, accounts: Arc::new(Accounts::default()) })
     }
 
     pub fn models(&self) -> &BTreeMap<String, ModelConfig> {

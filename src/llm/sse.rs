@@ -1,11 +1,10 @@
 //! Server-sent events: an incremental parser that accepts bytes as they arrive (an event may be
-//! split across any number of TCP reads) and a stream adapter over an upstream response body.
+//! split across any number of TCP reads). Bytes only: reading them off a response is
+//! `providers::http`'s job.
 
 use bytes::BytesMut;
-use futures::Stream;
 
 use super::error::ProviderError;
-use super::providers::http::Response;
 
 /// One SSE event: the `event:` name (if any) and the joined `data:` lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,52 +114,6 @@ impl SseParser {
         self.has_data = false;
         Some(SseEvent { event, data: std::mem::take(&mut self.data) })
     }
-}
-
-/// The events of a streaming HTTP response body. A transport error mid-body becomes a
-/// `ProviderError::Stream`; the end of the body ends the stream (after any unterminated event).
-pub fn events(response: Response) -> impl Stream<Item = Result<SseEvent, ProviderError>> + Send + 'static {
-    futures::stream::unfold(
-        (response, SseParser::new(), std::collections::VecDeque::new(), false),
-        |(mut body, mut parser, mut pending, mut done)| async move {
-            loop {
-                if let Some(ev) = pending.pop_front() {
-                    return Some((Ok(ev), (body, parser, pending, done)));
-                }
-                if done {
-                    return None;
-                }
-                match body.chunk().await {
-                    Some(Ok(chunk)) => match parser.push(&chunk) {
-                        Ok(evs) => pending.extend(evs),
-                        Err(e) => return Some((Err(e), (body, parser, pending, true))),
-                    },
-                    Some(Err(e)) => {
-                        let err = ProviderError::stream(format!("connection lost mid-stream: {e}"));
-                        return Some((Err(err), (body, parser, pending, true)));
-                    }
-                    None => {
-                        done = true;
-                        pending.extend(parser.finish());
-                    }
-                }
-            }
-        },
-    )
-}
-
-/// A reqwest error's message and causes, without its URL. We never put keys in URLs, but a
-/// base URL is configuration the client need not see.
-pub fn describe_reqwest(e: reqwest::Error) -> String {
-    let e = e.without_url();
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 #[cfg(test)]

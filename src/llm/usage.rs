@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::config::ModelConfig;
 use super::types::Usage;
-use crate::config::ModelConfig;
 
 /// Cost of `usage` at `model`'s list prices, in picodollars.
 ///

@@ -1,6 +1,7 @@
 //! Metering: what a voice session and a gateway call cost, and the durable ledger that keeps it.
 //!
 //! - [`billing`]: pure arithmetic: per started second at a flat hourly rate, exact [`Amount`]s.
+//! - [`config`]: the `[metering]` section: ledger file, checkpoint interval, flat rate.
 //! - [`ledger`]: one dedicated thread behind an async handle, storing in SQLite (WAL) through a
 //!   small `Store` trait; [`SessionMeter`] per live session, checkpoints, crash recovery, the
 //!   fallback file, queries.
@@ -8,6 +9,7 @@
 //! The rules a customer can check are in `docs/metering.md`.
 
 pub mod billing;
+pub mod config;
 pub mod ledger;
 
 pub use billing::{amount, billed_seconds, Amount, DEFAULT_RATE_MICROUSD_PER_HOUR};

@@ -94,7 +94,7 @@ pub async fn run_session(
     actor.shutdown().await;
     if let Some(meter) = actor.meter.take() {
         let (seconds, _) = meter.so_far(wall_ms());
-        actor.engines.metrics().add("voxgate_session_seconds_billed_total", &[], seconds as f64);
+        actor.engines.metrics.add("voxgate_session_seconds_billed_total", &[], seconds as f64);
         meter.close(close_reason).await;
     }
     info!(session_id = %actor.start.session_id, "realtime session closed");
@@ -178,13 +178,13 @@ impl Actor {
             return;
         }
         if let Some(kind) = error_kind(&event) {
-            self.engines.metrics().inc("voxgate_errors_total", &[("kind", kind)]);
+            self.engines.metrics.inc("voxgate_errors_total", &[("kind", kind)]);
         }
         match self.outbound.try_send(Outbound::Event(Box::new(event))) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 warn!(session_id = %self.start.session_id, "client is not reading events; closing the session");
-                self.engines.metrics().inc("voxgate_errors_total", &[("kind", "client_not_reading")]);
+                self.engines.metrics.inc("voxgate_errors_total", &[("kind", "client_not_reading")]);
                 self.closing = Some(Some(CloseReason::ClientNotReading));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => self.closing = Some(None),
@@ -328,7 +328,7 @@ impl Actor {
                     // Barge-in: the caller talks over the agent.
                     let interrupt = self.settings.turn.is_some_and(|t| t.interrupt_response);
                     if interrupt && (self.active.is_some() || self.playback.is_some()) {
-                        self.engines.metrics().inc("voxgate_barge_ins_total", &[]);
+                        self.engines.metrics.inc("voxgate_barge_ins_total", &[]);
                         self.interrupt(CancelReason::TurnDetected);
                     }
                 }
@@ -566,7 +566,7 @@ impl Actor {
             ResponseMsg::Model { model, ttft_ms } => {
                 active.model = Some(model);
                 active.ttft_ms = Some(ttft_ms);
-                self.engines.metrics().observe("voxgate_turn_latency_seconds", &[("stage", "llm_ttft")], ttft_ms / 1000.0);
+                self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "llm_ttft")], ttft_ms / 1000.0);
             }
             ResponseMsg::Text(text) => {
                 self.ensure_message();
@@ -621,7 +621,7 @@ impl Actor {
             }
             ResponseMsg::TtsFirstAudio { ttfb_ms } => {
                 active.tts_ttfb_ms = Some(ttfb_ms);
-                self.engines.metrics().observe("voxgate_turn_latency_seconds", &[("stage", "tts_ttfb")], ttfb_ms / 1000.0);
+                self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "tts_ttfb")], ttfb_ms / 1000.0);
             }
             ResponseMsg::Failed { code, message } => {
                 warn!(session_id = %self.start.session_id, code, %message, "response failed");
@@ -701,7 +701,7 @@ impl Actor {
                     active.first_audio_at = Some(now);
                     if let Some(turn) = active.turn {
                         let v2v = now.duration_since(turn.speech_end).as_secs_f64();
-                        self.engines.metrics().observe("voxgate_turn_latency_seconds", &[("stage", "voice_to_voice")], v2v);
+                        self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "voice_to_voice")], v2v);
                     }
                 }
                 self.emit(Event::AudioStarted { response_id });

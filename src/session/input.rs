@@ -268,7 +268,7 @@ impl Input {
         if let Some(u) = self.utterance.as_mut() {
             u.samples += samples.len() as u64;
             if u.audio.try_send(samples.to_vec()).is_err() {
-                self.engines.metrics().inc("voxgate_audio_frames_dropped_total", &[("stage", "stt")]);
+                self.engines.metrics.inc("voxgate_audio_frames_dropped_total", &[("stage", "stt")]);
                 debug!(session_id = %self.session_id, "STT queue full; input frame dropped");
             }
             return;
@@ -362,7 +362,7 @@ impl Input {
         self.pending.remove(&item_id)?;
         let stt_ms = self.speech_end.map(|t| t.elapsed().as_secs_f64() * 1000.0);
         if let Some(ms) = stt_ms {
-            self.engines.metrics().observe("voxgate_turn_latency_seconds", &[("stage", "stt")], ms / 1000.0);
+            self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "stt")], ms / 1000.0);
         }
         let turn = self.speech_end.take().map(|speech_end| TurnTimes { speech_end, stt_ms });
         Some(Final { item_id, result, turn })

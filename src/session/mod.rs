@@ -36,12 +36,10 @@ pub struct SessionStart {
     pub limits: Option<Arc<dyn RateLimits>>,
 }
 
-use crate::config::{Config, RealtimeSettings, SttConfig, TtsConfig};
+use crate::config::{Config, RealtimeSettings};
 use crate::llm::router::Gateway;
-use crate::stt::fake::{FakeStt, ScriptedUtterance, Sidecar};
+use crate::metrics::Metrics;
 use crate::stt::SpeechToText;
-use crate::tts::espeak::EspeakTts;
-use crate::tts::fake::{FakeTts, FakeTtsSettings};
 use crate::tts::TextToSpeech;
 
 /// Completes when `token` is cancelled, and costs an atomic load to poll.
@@ -105,20 +103,20 @@ pub struct VoiceEngines {
     pub stt: Option<Arc<dyn SpeechToText>>,
     pub tts: Option<Arc<dyn TextToSpeech>>,
     pub settings: RealtimeSettings,
+    /// The server's metrics (the gateway's own).
+    pub metrics: Arc<Metrics>,
 }
 
 impl VoiceEngines {
-    /// The process's metrics registry.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.gateway.accounts.metrics
-    }
-
     /// Builds the configured engines. A scripted fake whose files cannot be read, or an engine named
     /// in the config that cannot run, is an error here, at start-up, not in the first call. The
     /// default engines degrade instead, with a warning that says what to do: without the Whisper
     /// model sessions take text only; without the Piper voice they speak with espeak-ng, or not at all.
     pub fn from_config(config: &Config, gateway: Arc<Gateway>) -> Result<VoiceEngines, String> {
-        Ok(VoiceEngines { gateway, stt: build_stt(config)?, tts: build_tts(config)?, settings: config.realtime.clone() })
+        let stt = crate::stt::build(&config.stt, &config.models_dir)?;
+        let tts = crate::tts::build(&config.tts, &config.models_dir)?;
+        let metrics = gateway.accounts.metrics.clone();
+        Ok(VoiceEngines { gateway, stt, tts, settings: config.realtime.clone(), metrics })
     }
 
     /// Loads the embedded engines now instead of on the first call (the server does this at start).
@@ -133,109 +131,5 @@ impl VoiceEngines {
                 tracing::warn!(engine = tts.name(), error = %e, "text-to-speech engine failed to load");
             }
         }
-    }
-}
-
-/// A default engine that cannot run is left out with a warning; one the config names is an error.
-fn absent<T>(explicit: bool, message: String, without: &str) -> Result<Option<T>, String> {
-    if explicit {
-        Err(message)
-    } else {
-        tracing::warn!("{message}; {without}");
-        Ok(None)
-    }
-}
-
-fn build_stt(config: &Config) -> Result<Option<Arc<dyn SpeechToText>>, String> {
-    match &config.stt {
-        SttConfig::None => Ok(None),
-        SttConfig::Fake { script, transcripts, latency_ms, precise_timing } => {
-            let mut lines = Vec::new();
-            for path in script {
-                lines.extend(Sidecar::load(path).map_err(|e| format!("stt.script: {e}"))?.utterances);
-            }
-            lines.extend(transcripts.iter().map(|t| ScriptedUtterance::from_text(t)));
-            Ok(Some(Arc::new(FakeStt::new(lines, *latency_ms).with_precise_timing(*precise_timing))))
-        }
-        SttConfig::Embedded { explicit, workers, partial_interval_ms } => {
-            let without = "voice sessions take text only";
-            #[cfg(feature = "embedded-stt")]
-            {
-                let dir = crate::models::whisper_model_dir(&config.models_dir);
-                if !dir.join("model.bin").is_file() {
-                    let message = format!("the speech-to-text model is not in {}: run `voxgate models fetch`", dir.display());
-                    return absent(*explicit, message, without);
-                }
-                let (workers, partial_interval_ms) = (*workers, *partial_interval_ms);
-                let loader: crate::stt::SttLoader = Box::new(move || {
-                    let settings = crate::stt::embedded::WhisperSettings { workers, partial_interval_ms, ..Default::default() };
-                    Ok(Arc::new(crate::stt::embedded::WhisperStt::load(&dir, settings)?) as Arc<dyn SpeechToText>)
-                });
-                Ok(Some(Arc::new(crate::stt::LazyStt::new("whisper-tiny-en", loader))))
-            }
-            #[cfg(not(feature = "embedded-stt"))]
-            {
-                let _ = (workers, partial_interval_ms);
-                absent(*explicit, "this voxgate was built without the embedded-stt feature".into(), without)
-            }
-        }
-    }
-}
-
-fn build_tts(config: &Config) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
-    match &config.tts {
-        TtsConfig::None => Ok(None),
-        TtsConfig::Fake { ttfb_ms, ms_per_char, precise_timing } => Ok(Some(Arc::new(FakeTts::new(FakeTtsSettings {
-            ttfb_ms: *ttfb_ms,
-            ms_per_char: *ms_per_char,
-            precise_timing: *precise_timing,
-            ..FakeTtsSettings::default()
-        })))),
-        TtsConfig::Espeak { voice } => Ok(Some(Arc::new(EspeakTts::new(voice).map_err(|e| format!("tts: {e}"))?))),
-        TtsConfig::Embedded { explicit, workers } => {
-            let piper = piper(config, *workers);
-            match piper {
-                Ok(engine) => Ok(Some(engine)),
-                Err(message) if *explicit => Err(message),
-                Err(message) => match EspeakTts::new("en-us") {
-                    Ok(espeak) => {
-                        tracing::warn!("{message}; speaking with espeak-ng instead");
-                        Ok(Some(Arc::new(espeak)))
-                    }
-                    Err(e) => {
-                        absent(false, format!("{message}, and espeak-ng cannot run either ({e})"), "voice sessions answer in text only")
-                    }
-                },
-            }
-        }
-    }
-}
-
-/// The Piper voice, loaded lazily, or why it cannot be.
-fn piper(config: &Config, workers: usize) -> Result<Arc<dyn TextToSpeech>, String> {
-    #[cfg(feature = "embedded-tts")]
-    {
-        let voice = crate::models::piper_voice_path(&config.models_dir);
-        let library = crate::models::onnxruntime_path(&config.models_dir);
-        for path in [&voice, &library] {
-            if !path.is_file() {
-                return Err(format!("the text-to-speech voice file {} is missing: run `voxgate models fetch`", path.display()));
-            }
-        }
-        // The rate is announced before the voice loads; the voice's own metadata has it.
-        let meta = voice.with_extension("onnx.json");
-        let rate_hz = std::fs::read_to_string(&meta)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["audio"]["sample_rate"].as_u64())
-            .ok_or_else(|| format!("cannot read the sample rate from {}: run `voxgate models fetch`", meta.display()))?;
-        let loader: crate::tts::TtsLoader =
-            Box::new(move || Ok(Arc::new(crate::tts::piper::PiperTts::load(&voice, &library, workers)?) as Arc<dyn TextToSpeech>));
-        Ok(Arc::new(crate::tts::LazyTts::new("piper-en-us-joe-medium", rate_hz as u32, loader)))
-    }
-    #[cfg(not(feature = "embedded-tts"))]
-    {
-        let _ = (config, workers);
-        Err("this voxgate was built without the embedded-tts feature".into())
     }
 }

@@ -1,12 +1,18 @@
 //! Speech-to-text: audio of one user utterance in, partial and final transcripts out (words with
 //! timings, confidence, speaker). Turn detection (the energy VAD) lives here too, because it reads the
-//! same audio; the session decides what a turn means.
+//! same audio; the session decides what a turn means. [`build`] makes the engine `[stt]` names.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
+use crate::engine::{absent, Lazy};
+use config::SttConfig;
+
+pub mod config;
 #[cfg(feature = "embedded-stt")]
 pub mod embedded;
 pub mod fake;
@@ -90,52 +96,59 @@ pub trait SpeechToText: Send + Sync + 'static {
     }
 }
 
-/// Loads an engine.
-pub type SttLoader = Box<dyn Fn() -> Result<std::sync::Arc<dyn SpeechToText>, SttError> + Send + Sync>;
-
-/// An engine loaded on first use (or by [`LazyStt::warm_up`]) on a blocking thread, so a server that
-/// never hears speech never pays for the model, and loading never stalls the async runtime.
-pub struct LazyStt {
-    name: String,
-    loader: std::sync::Arc<SttLoader>,
-    engine: std::sync::Arc<tokio::sync::OnceCell<Result<std::sync::Arc<dyn SpeechToText>, SttError>>>,
-}
-
-impl LazyStt {
-    pub fn new(name: impl Into<String>, loader: SttLoader) -> LazyStt {
-        LazyStt { name: name.into(), loader: std::sync::Arc::new(loader), engine: Default::default() }
-    }
-}
-
-async fn load_stt(
-    loader: &std::sync::Arc<SttLoader>,
-    cell: &tokio::sync::OnceCell<Result<std::sync::Arc<dyn SpeechToText>, SttError>>,
-) -> Result<std::sync::Arc<dyn SpeechToText>, SttError> {
-    cell.get_or_init(|| {
-        let loader = loader.clone();
-        async move {
-            tokio::task::spawn_blocking(move || loader())
-                .await
-                .unwrap_or_else(|e| Err(SttError::Unavailable(format!("loading the engine failed: {e}"))))
-        }
-    })
-    .await
-    .clone()
-}
-
-impl SpeechToText for LazyStt {
+/// An engine loaded on first use; a failure is kept and reported by every later call.
+impl SpeechToText for Lazy<dyn SpeechToText, SttError> {
     fn name(&self) -> &str {
-        &self.name
+        Lazy::name(self)
     }
 
-    /// A failure is kept and reported by every later call.
     fn warm_up(&self) -> BoxFuture<Result<(), SttError>> {
-        let (loader, cell) = (self.loader.clone(), self.engine.clone());
-        Box::pin(async move { load_stt(&loader, &cell).await.map(|_| ()) })
+        let engine = self.get();
+        Box::pin(async move { engine.await.map(|_| ()) })
     }
 
     fn transcribe(&self, utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
-        let (loader, cell) = (self.loader.clone(), self.engine.clone());
-        Box::pin(async move { load_stt(&loader, &cell).await?.transcribe(utterance, partials).await })
+        let engine = self.get();
+        Box::pin(async move { engine.await?.transcribe(utterance, partials).await })
+    }
+}
+
+/// The engine `config` names (`None`: sessions take text only); the embedded one loads from
+/// `models_dir` on first use. A scripted fake whose files cannot be read, or an engine named in the
+/// config that cannot run, is an error; the default engine is left out instead, with a warning
+/// that says what to do.
+pub fn build(config: &SttConfig, models_dir: &Path) -> Result<Option<Arc<dyn SpeechToText>>, String> {
+    match config {
+        SttConfig::None => Ok(None),
+        SttConfig::Fake { script, transcripts, latency_ms, precise_timing } => {
+            let mut lines = Vec::new();
+            for path in script {
+                lines.extend(fake::Sidecar::load(path).map_err(|e| format!("stt.script: {e}"))?.utterances);
+            }
+            lines.extend(transcripts.iter().map(|t| fake::ScriptedUtterance::from_text(t)));
+            Ok(Some(Arc::new(fake::FakeStt::new(lines, *latency_ms).with_precise_timing(*precise_timing))))
+        }
+        SttConfig::Embedded { explicit, workers, partial_interval_ms } => {
+            let without = "voice sessions take text only";
+            #[cfg(feature = "embedded-stt")]
+            {
+                let dir = crate::models::whisper_model_dir(models_dir);
+                if !dir.join("model.bin").is_file() {
+                    let message = format!("the speech-to-text model is not in {}: run `voxgate models fetch`", dir.display());
+                    return absent(*explicit, message, without);
+                }
+                let (workers, partial_interval_ms) = (*workers, *partial_interval_ms);
+                let engine = Lazy::new("whisper-tiny-en", SttError::Unavailable, move || {
+                    let settings = embedded::WhisperSettings { workers, partial_interval_ms, ..Default::default() };
+                    Ok(Arc::new(embedded::WhisperStt::load(&dir, settings)?) as Arc<dyn SpeechToText>)
+                });
+                Ok(Some(Arc::new(engine)))
+            }
+            #[cfg(not(feature = "embedded-stt"))]
+            {
+                let _ = (workers, partial_interval_ms, models_dir);
+                absent(*explicit, "this voxgate was built without the embedded-stt feature".into(), without)
+            }
+        }
     }
 }

@@ -185,7 +185,7 @@ where
     let (session_start, meter, params, stream_sid) = (admitted.session, admitted.meter, start.custom_parameters, start.stream_sid);
     let session_id = session_start.session_id.clone();
     info!(%session_id, %stream_sid, "twilio call started");
-    let metrics = || engines.metrics();
+    let metrics = || &engines.metrics;
     metrics().add("voxgate_realtime_sessions_active", &[], 1.0);
 
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -251,7 +251,7 @@ where
     S: Stream<Item = Result<Message, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let metrics = engines.metrics();
+    let metrics = &engines.metrics;
     let same_stream = |event: &'static str, sid: Option<String>| match sid {
         Some(got) if got != stream_sid => Err(CallError::UnknownStream { event, got, expected: stream_sid.to_string() }),
         _ => Ok(()),

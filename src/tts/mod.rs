@@ -1,12 +1,21 @@
 //! Text-to-speech: text chunks in, audio frames out. The [`chunker`] cuts a token stream at clause and
 //! sentence boundaries so speech starts after the first clause rather than the whole answer.
+//! [`build`] makes the engine `[tts]` names.
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::engine::{absent, Lazy};
+use config::TtsConfig;
+use espeak::EspeakTts;
+use fake::{FakeTts, FakeTtsSettings};
+
 pub mod chunker;
+pub mod config;
 pub mod espeak;
 pub mod fake;
 #[cfg(feature = "embedded-tts")]
@@ -53,63 +62,112 @@ pub trait TextToSpeech: Send + Sync + 'static {
     }
 }
 
-/// Loads an engine.
-pub type TtsLoader = Box<dyn Fn() -> Result<std::sync::Arc<dyn TextToSpeech>, TtsError> + Send + Sync>;
-
-/// An engine loaded on first use (or by [`LazyTts::warm_up`]) on a blocking thread. Its rate must be
-/// known before loading (read from the voice's metadata).
+/// A voice loaded on first use ([`Lazy`]); a failure is kept and reported by every later call. Its
+/// rate must be known before loading (read from the voice's metadata).
 pub struct LazyTts {
-    name: String,
+    engine: Lazy<dyn TextToSpeech, TtsError>,
     rate_hz: u32,
-    loader: std::sync::Arc<TtsLoader>,
-    engine: std::sync::Arc<tokio::sync::OnceCell<Result<std::sync::Arc<dyn TextToSpeech>, TtsError>>>,
-}
-
-impl LazyTts {
-    pub fn new(name: impl Into<String>, rate_hz: u32, loader: TtsLoader) -> LazyTts {
-        LazyTts { name: name.into(), rate_hz, loader: std::sync::Arc::new(loader), engine: Default::default() }
-    }
-}
-
-async fn load_tts(
-    loader: &std::sync::Arc<TtsLoader>,
-    cell: &tokio::sync::OnceCell<Result<std::sync::Arc<dyn TextToSpeech>, TtsError>>,
-) -> Result<std::sync::Arc<dyn TextToSpeech>, TtsError> {
-    cell.get_or_init(|| {
-        let loader = loader.clone();
-        async move {
-            tokio::task::spawn_blocking(move || loader())
-                .await
-                .unwrap_or_else(|e| Err(TtsError::Unavailable(format!("loading the engine failed: {e}"))))
-        }
-    })
-    .await
-    .clone()
 }
 
 impl TextToSpeech for LazyTts {
     fn name(&self) -> &str {
-        &self.name
+        self.engine.name()
     }
 
     fn rate_hz(&self) -> u32 {
         self.rate_hz
     }
 
-    /// A failure is kept and reported by every later call.
     fn warm_up(&self) -> BoxFuture<Result<(), TtsError>> {
-        let (loader, cell) = (self.loader.clone(), self.engine.clone());
-        Box::pin(async move { load_tts(&loader, &cell).await.map(|_| ()) })
+        let engine = self.engine.get();
+        Box::pin(async move { engine.await.map(|_| ()) })
     }
 
     fn synthesize(&self, text: String, voice: Option<String>, audio: mpsc::Sender<Vec<i16>>) -> BoxFuture<Result<(), TtsError>> {
-        let (loader, cell, rate_hz) = (self.loader.clone(), self.engine.clone(), self.rate_hz);
+        let (engine, rate_hz) = (self.engine.get(), self.rate_hz);
         Box::pin(async move {
-            let engine = load_tts(&loader, &cell).await?;
+            let engine = engine.await?;
             if engine.rate_hz() != rate_hz {
                 return Err(TtsError::Engine(format!("engine speaks at {} Hz, announced {rate_hz} Hz", engine.rate_hz())));
             }
             engine.synthesize(text, voice, audio).await
         })
+    }
+}
+
+/// The engine `config` names (`None`: sessions answer in text only); the Piper voice loads from
+/// `models_dir` on first use. An engine named in the config that cannot run is an error; the
+/// default voice falls back to espeak-ng, or is left out, with a warning that says what to do.
+pub fn build(config: &TtsConfig, models_dir: &Path) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
+    match config {
+        TtsConfig::None => Ok(None),
+        TtsConfig::Fake { ttfb_ms, ms_per_char, precise_timing } => Ok(Some(Arc::new(FakeTts::new(FakeTtsSettings {
+            ttfb_ms: *ttfb_ms,
+            ms_per_char: *ms_per_char,
+            precise_timing: *precise_timing,
+            ..FakeTtsSettings::default()
+        })))),
+        TtsConfig::Espeak { voice } => Ok(Some(Arc::new(EspeakTts::new(voice).map_err(|e| format!("tts: {e}"))?))),
+        TtsConfig::Embedded { explicit, workers } => match piper(models_dir, *workers) {
+            Ok(engine) => Ok(Some(engine)),
+            Err(message) if *explicit => Err(message),
+            Err(message) => match EspeakTts::new("en-us") {
+                Ok(espeak) => {
+                    tracing::warn!("{message}; speaking with espeak-ng instead");
+                    Ok(Some(Arc::new(espeak)))
+                }
+                Err(e) => absent(false, format!("{message}, and espeak-ng cannot run either ({e})"), "voice sessions answer in text only"),
+            },
+        },
+    }
+}
+
+/// The Piper voice, loaded lazily, or why it cannot be.
+fn piper(models_dir: &Path, workers: usize) -> Result<Arc<dyn TextToSpeech>, String> {
+    #[cfg(feature = "embedded-tts")]
+    {
+        let voice = crate::models::piper_voice_path(models_dir);
+        let library = crate::models::onnxruntime_path(models_dir);
+        for path in [&voice, &library] {
+            if !path.is_file() {
+                return Err(format!("the text-to-speech voice file {} is missing: run `voxgate models fetch`", path.display()));
+            }
+        }
+        // The rate is announced before the voice loads; the voice's own metadata has it.
+        let meta = voice.with_extension("onnx.json");
+        let rate_hz = std::fs::read_to_string(&meta)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["audio"]["sample_rate"].as_u64())
+            .ok_or_else(|| format!("cannot read the sample rate from {}: run `voxgate models fetch`", meta.display()))?;
+        let engine = Lazy::new("piper-en-us-joe-medium", TtsError::Unavailable, move || {
+            Ok(Arc::new(piper::PiperTts::load(&voice, &library, workers)?) as Arc<dyn TextToSpeech>)
+        });
+        Ok(Arc::new(LazyTts { engine, rate_hz: rate_hz as u32 }))
+    }
+    #[cfg(not(feature = "embedded-tts"))]
+    {
+        let _ = (models_dir, workers);
+        Err("this voxgate was built without the embedded-tts feature".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lazy_voice_speaks_at_its_announced_rate_or_not_at_all() {
+        let fake = || Ok(Arc::new(FakeTts::new(FakeTtsSettings::default())) as Arc<dyn TextToSpeech>);
+        let voice = LazyTts { engine: Lazy::new("voice", TtsError::Unavailable, fake), rate_hz: 24_000 };
+        assert_eq!((voice.name(), voice.rate_hz()), ("voice", 24_000));
+        let (audio, mut frames) = mpsc::channel(64);
+        voice.synthesize("Hi.".into(), None, audio).await.unwrap();
+        assert!(frames.recv().await.is_some());
+
+        let wrong = LazyTts { engine: Lazy::new("voice", TtsError::Unavailable, fake), rate_hz: 22_050 };
+        let (audio, _frames) = mpsc::channel(64);
+        let err = wrong.synthesize("Hi.".into(), None, audio).await.unwrap_err();
+        assert!(matches!(&err, TtsError::Engine(m) if m.contains("announced 22050 Hz")), "{err}");
     }
 }

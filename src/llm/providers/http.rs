@@ -1,17 +1,17 @@
 //! What the HTTP providers share: sending a JSON request, turning transport failures and error
-//! statuses into [`ProviderError`]s, and reading bounded bodies.
+//! statuses into [`ProviderError`]s, reading bounded bodies, and decoding a streaming body's
+//! server-sent events with a vendor's [`SseDecoder`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http_body_util::BodyExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 
 use super::{Endpoint, EventStream, HttpSettings, PlainBody};
 use crate::llm::error::{parse_retry_after, ProviderError};
-use crate::llm::sse::describe_reqwest;
-use crate::llm::sse::SseEvent;
+use crate::llm::sse::{SseEvent, SseParser};
 use crate::llm::types::Event;
 
 /// Largest error body we read (the rest is dropped).
@@ -47,7 +47,7 @@ impl Response {
     /// The next piece of the body, `None` at its end; a transport failure as its description.
     pub async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
         match self {
-            Response::Reqwest(r) => r.chunk().await.map_err(describe_reqwest).transpose(),
+            Response::Reqwest(r) => r.chunk().await.map_err(|e| describe_error(&e.without_url())).transpose(),
             Response::Plain(r) => loop {
                 match r.body_mut().frame().await? {
                     Ok(frame) => {
@@ -129,10 +129,12 @@ pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, ProviderError> {
 
 /// A failure before any response arrived.
 pub fn transport_error(e: reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout(describe_reqwest(e))
+    let timed_out = e.is_timeout();
+    let message = describe_error(&e.without_url());
+    if timed_out {
+        ProviderError::Timeout(message)
     } else {
-        ProviderError::Connect(describe_reqwest(e))
+        ProviderError::Connect(message)
     }
 }
 
@@ -154,7 +156,8 @@ fn plain_transport_error(e: hyper_util::client::legacy::Error) -> ProviderError 
     }
 }
 
-/// An error's message and its causes, joined by `: `.
+/// An error's message and its causes, joined by `: `. A reqwest error is described
+/// `without_url()`: we never put keys in URLs, but a base URL is configuration the client need not see.
 fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut msg = e.to_string();
     let mut source = e.source();
@@ -217,35 +220,77 @@ pub trait SseDecoder: Send + 'static {
 
 /// Run `decoder` over the SSE events of `response`.
 pub fn decode_sse<D: SseDecoder>(response: Response, decoder: D) -> EventStream {
-    let sse = Box::pin(crate::llm::sse::events(response));
-    let stream = futures::stream::unfold(
-        (sse, decoder, std::collections::VecDeque::new(), false),
-        |(mut sse, mut decoder, mut pending, mut finished)| async move {
-            loop {
-                if let Some(ev) = pending.pop_front() {
-                    return Some((Ok(ev), (sse, decoder, pending, finished)));
-                }
-                if finished {
-                    return None;
-                }
-                if decoder.is_done() {
-                    finished = true;
-                    continue;
-                }
-                let step = match sse.next().await {
-                    Some(Ok(event)) => decoder.event(event),
-                    Some(Err(e)) => Err(e),
+    let stream = SseStream {
+        body: response,
+        parser: SseParser::new(),
+        decoder,
+        sse: VecDeque::new(),
+        events: VecDeque::new(),
+        body_ended: false,
+        finished: false,
+    };
+    Box::pin(futures::stream::unfold(stream, |mut stream| async move {
+        let item = stream.next().await?;
+        Some((item, stream))
+    }))
+}
+
+/// The state of [`decode_sse`]: the body's bytes become SSE events, which become [`Event`]s.
+struct SseStream<D> {
+    body: Response,
+    parser: SseParser,
+    decoder: D,
+    /// Parsed, not yet decoded: a read may complete several events.
+    sse: VecDeque<SseEvent>,
+    /// Decoded, not yet handed on.
+    events: VecDeque<Event>,
+    body_ended: bool,
+    finished: bool,
+}
+
+impl<D: SseDecoder> SseStream<D> {
+    /// The next event; an error (a cut connection, a malformed or over-long frame, an in-band
+    /// vendor error, an incomplete answer) is the last item.
+    async fn next(&mut self) -> Option<Result<Event, ProviderError>> {
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.finished {
+                return None;
+            }
+            // Once the vendor says it is done, nothing after is read.
+            if self.decoder.is_done() {
+                self.finished = true;
+                continue;
+            }
+            let step = if let Some(event) = self.sse.pop_front() {
+                self.decoder.event(event)
+            } else if self.body_ended {
+                self.finished = true;
+                self.decoder.end()
+            } else {
+                match self.body.chunk().await {
+                    Some(Ok(chunk)) => self.parser.push(&chunk).map(|events| {
+                        self.sse.extend(events);
+                        Vec::new()
+                    }),
+                    Some(Err(e)) => Err(ProviderError::stream(format!("connection lost mid-stream: {e}"))),
                     None => {
-                        finished = true;
-                        decoder.end()
+                        // The end of the body dispatches an event that lacked its blank line.
+                        self.body_ended = true;
+                        self.sse.extend(self.parser.finish());
+                        Ok(Vec::new())
                     }
-                };
-                match step {
-                    Ok(events) => pending.extend(events),
-                    Err(e) => return Some((Err(e), (sse, decoder, pending, true))),
+                }
+            };
+            match step {
+                Ok(events) => self.events.extend(events),
+                Err(e) => {
+                    self.finished = true;
+                    return Some(Err(e));
                 }
             }
-        },
-    );
-    Box::pin(stream)
+        }
+    }
 }

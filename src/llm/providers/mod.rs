@@ -1,7 +1,9 @@
 //! Provider adapters, one file each, behind a closed enum. Every adapter turns a [`ChatRequest`]
 //! into its vendor's wire format and the vendor's answer back into [`Event`]s.
 //!
-//! Adding a provider touches its own file, one arm of [`Provider`] and the catalog.
+//! Adding a provider touches its own file, one arm of [`Provider`] (and of [`Provider::send`]), one
+//! variant of `ProviderKind` with its default base URL (`llm/config.rs`), one arm in `Gateway::new`,
+//! and the catalog: nothing outside `llm/`.
 
 pub mod anthropic;
 pub mod embedded;

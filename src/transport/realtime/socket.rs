@@ -31,7 +31,7 @@ where
     E: std::fmt::Display,
 {
     let metrics_engines = engines.clone();
-    let metrics = || metrics_engines.metrics();
+    let metrics = || &metrics_engines.metrics;
     let max_event_bytes = engines.settings.max_event_bytes;
     let (mut sink, mut stream) = socket.split();
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -81,7 +81,7 @@ where
     let reader_engines = engines.clone();
     let reader = async move {
         let session_id = reader_session_id;
-        let metrics = || reader_engines.metrics();
+        let metrics = || &reader_engines.metrics;
         // How the client's audio is encoded: the session's input format, as the session accepted it.
         let mut input_format = AudioFormat::REALTIME_PCM;
         let reject = |error: RealtimeError| {

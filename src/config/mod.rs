@@ -1,0 +1,295 @@
+//! Configuration in two steps: [`RawConfig`] is the TOML file as written (unknown fields are
+//! errors), [`Config`] is the validated form the program uses. This module reads the file and the
+//! environment and hands each part its section; the part owns the section's types and checks:
+//! the gateway (`[gateway]`, `[providers]`, `[[models]]`, `[routes]`, laid over the built-in
+//! catalog) in [`crate::llm::config`], `[stt]` in [`crate::stt::config`], `[tts]` in
+//! [`crate::tts::config`], `[metering]` in [`crate::metering::config`], `[auth]` in [`keys`].
+
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::llm::config::{
+    GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, RawCatalog, RawGateway, RawModel, RawProvider, RawRoute, RouteConfig,
+};
+use crate::metering::config::{MeteringSettings, RawMetering};
+use crate::stt::config::{RawStt, SttConfig};
+use crate::tts::config::{RawTts, TtsConfig};
+use keys::{KeyConfig, RawAuth};
+
+/// `tests/keys_limits.rs` names it here.
+pub use keys::sha256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config is not valid: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    /// Where `voxgate models fetch` puts model files (default `./models`, or `VOXGATE_MODELS_DIR`).
+    pub models_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: Vec<RawModel>,
+    #[serde(default)]
+    pub routes: BTreeMap<String, RawRoute>,
+    #[serde(default)]
+    pub stt: RawStt,
+    #[serde(default)]
+    pub tts: RawTts,
+    #[serde(default)]
+    pub realtime: RawRealtime,
+    #[serde(default)]
+    pub metering: RawMetering,
+}
+
+/// `[realtime]`: limits of `/v1/realtime` sessions.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRealtime {
+    /// Largest client event accepted (default 1 MiB); a larger one gets an `error` event.
+    pub max_event_bytes: Option<usize>,
+    /// Concurrent sessions (default 1000).
+    pub max_sessions: Option<usize>,
+    /// How far ahead of real time an outbound delta may start (default 100 ms); a delta carries at
+    /// most 60 ms, so a flush silences the caller within this long plus 60 ms.
+    pub output_lead_ms: Option<u64>,
+    /// Conversation items kept per session; the oldest are dropped beyond it (default 200).
+    pub max_history_items: Option<usize>,
+    /// Longest wait for an utterance's final transcript after it ends (default 10000): a stuck STT
+    /// engine fails the transcription instead of stalling the call.
+    pub stt_timeout_ms: Option<u64>,
+    /// Longest a TTS engine may go without giving audio while it speaks a chunk (default 10000): a
+    /// stuck engine fails the response instead of leaving the caller in silence. Time spent waiting
+    /// for the caller to hear earlier audio does not count.
+    pub tts_timeout_ms: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub models_dir: PathBuf,
+    /// Gateway keys from `[auth] api_keys` and `[[auth.keys]]`; empty: no auth (loopback only).
+    pub keys: Vec<KeyConfig>,
+    pub gateway: GatewaySettings,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub routes: BTreeMap<String, RouteConfig>,
+    pub stt: SttConfig,
+    pub tts: TtsConfig,
+    pub realtime: RealtimeSettings,
+    pub metering: MeteringSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RealtimeSettings {
+    pub max_event_bytes: usize,
+    pub max_sessions: usize,
+    pub output_lead_ms: u64,
+    pub max_history_items: usize,
+    pub stt_timeout_ms: u64,
+    pub tts_timeout_ms: u64,
+}
+
+impl Default for RealtimeSettings {
+    fn default() -> Self {
+        RealtimeSettings {
+            max_event_bytes: 1024 * 1024,
+            max_sessions: 1000,
+            output_lead_ms: 100,
+            max_history_items: 200,
+            stt_timeout_ms: 10_000,
+            tts_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl RealtimeSettings {
+    fn from_raw(r: &RawRealtime) -> Result<RealtimeSettings, ConfigError> {
+        let d = RealtimeSettings::default();
+        for (field, v) in
+            [("max_event_bytes", r.max_event_bytes), ("max_sessions", r.max_sessions), ("max_history_items", r.max_history_items)]
+        {
+            if v == Some(0) {
+                return Err(ConfigError::Invalid(format!("realtime.{field} = 0 is not allowed; leave it out for the default")));
+            }
+        }
+        Ok(RealtimeSettings {
+            max_event_bytes: r.max_event_bytes.unwrap_or(d.max_event_bytes),
+            max_sessions: r.max_sessions.unwrap_or(d.max_sessions),
+            output_lead_ms: r.output_lead_ms.unwrap_or(d.output_lead_ms),
+            max_history_items: r.max_history_items.unwrap_or(d.max_history_items),
+            stt_timeout_ms: r.stt_timeout_ms.unwrap_or(d.stt_timeout_ms),
+            tts_timeout_ms: r.tts_timeout_ms.unwrap_or(d.tts_timeout_ms),
+        })
+    }
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Config {
+    /// Load: `--config FILE` if given, else `./voxgate.toml` if present, else built-in defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let (raw, origin) = match path {
+            Some(p) => (read_file(p)?, Some(p.to_path_buf())),
+            None if Path::new("voxgate.toml").exists() => (read_file(Path::new("voxgate.toml"))?, Some(PathBuf::from("voxgate.toml"))),
+            None => (RawConfig::default(), None),
+        };
+        tracing::debug!(config = ?origin, "config loaded");
+        Config::from_raw(raw, &|name| std::env::var(name).ok())
+    }
+
+    /// Parse a config text (for tests and embedding).
+    pub fn from_toml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: toml_message(text, &e) })?;
+        Config::from_raw(raw, env)
+    }
+
+    /// Validate `user`, handing each part its section; the gateway's is laid over the built-in catalog.
+    pub fn from_raw(user: RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let listen_text = user.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| ConfigError::Invalid(format!("listen = {listen_text:?} is not an address like \"127.0.0.1:8080\"")))?;
+        let models_dir =
+            user.models_dir.clone().or_else(|| env("VOXGATE_MODELS_DIR").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("models"));
+
+        let keys = keys::key_configs(&user.auth, env)?;
+        let catalog = RawCatalog { providers: user.providers, models: user.models, routes: user.routes };
+        let GatewayConfig { settings: gateway, providers, models, routes } =
+            GatewayConfig::from_raw(&user.gateway, &catalog, env, &models_dir).map_err(ConfigError::Invalid)?;
+        let stt = SttConfig::from_raw(&user.stt).map_err(ConfigError::Invalid)?;
+        let tts = TtsConfig::from_raw(&user.tts).map_err(ConfigError::Invalid)?;
+        let realtime = RealtimeSettings::from_raw(&user.realtime)?;
+        let metering = MeteringSettings::from_raw(&user.metering, env).map_err(ConfigError::Invalid)?;
+
+        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, realtime, metering })
+    }
+}
+
+/// The gateway's section, for `Gateway::new(&config)`.
+impl From<&Config> for GatewayConfig {
+    fn from(config: &Config) -> GatewayConfig {
+        GatewayConfig {
+            settings: config.gateway.clone(),
+            providers: config.providers.clone(),
+            models: config.models.clone(),
+            routes: config.routes.clone(),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: toml_message(&text, &e) })
+}
+
+/// A TOML error as "line N: message", without the quoted source line (it may hold a key).
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => format!("line {}: {}", text[..span.start.min(text.len())].matches('\n').count() + 1, e.message()),
+        None => e.message().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_are_offline_and_loopback() {
+        let c = Config::from_raw(RawConfig::default(), &no_env).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert!(c.providers.contains_key("embedded"));
+        assert!(!c.providers.contains_key("openai"), "no key, no hosted provider");
+        assert_eq!(c.routes["default"].models, vec!["smollm2-135m-instruct"]);
+    }
+
+    #[test]
+    fn the_contract_example_parses() {
+        let text = r#"
+listen = "127.0.0.1:8080"
+[auth]
+api_keys = ["env:VOXGATE_API_KEY"]
+[providers.openai]
+kind = "openai"
+base_url = "https://api.openai.com/v1"
+api_key = "env:OPENAI_API_KEY"
+[[models]]
+id = "gpt-4.1-mini"
+provider = "openai"
+upstream = "gpt-4.1-mini"
+input_usd_per_mtok = 0.40
+output_usd_per_mtok = 1.60
+[routes.voice]
+models = ["gpt-4.1-mini", "claude-haiku-4-5", "gemini-2.5-flash"]
+ttft_ms_max = 1200
+"#;
+        let env = |k: &str| match k {
+            "VOXGATE_API_KEY" => Some("vk".to_string()),
+            "OPENAI_API_KEY" | "ANTHROPIC_API_KEY" | "GEMINI_API_KEY" => Some("sk-test".to_string()),
+            _ => None,
+        };
+        let c = Config::from_toml(text, &env).unwrap();
+        assert_eq!(c.routes["voice"].ttft_ms_max, 1200);
+        assert_eq!(c.models["gpt-4.1-mini"].input, 400_000);
+        assert_eq!(c.models["claude-haiku-4-5"].cache_write, 1_250_000);
+        assert_eq!(c.keys.len(), 1);
+        assert_eq!(c.keys[0].name, "key-1");
+        // Without the Anthropic key the route names a model nobody can serve: a clear error.
+        let env2 = |k: &str| match k {
+            "VOXGATE_API_KEY" | "OPENAI_API_KEY" => Some("x".to_string()),
+            _ => None,
+        };
+        let err = Config::from_toml(text, &env2).unwrap_err().to_string();
+        assert!(err.contains("claude-haiku-4-5"), "{err}");
+    }
+
+    #[test]
+    fn missing_env_and_unknown_fields_are_clear_errors() {
+        let err = Config::from_toml("[auth]\napi_keys = [\"env:NOPE\"]\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("NOPE") && err.contains("not set"), "{err}");
+        let err = Config::from_toml("lisen = \"x\"\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("lisen") && err.contains("line 1"), "{err}");
+        let err =
+            Config::from_toml("[routes.r]\nmodels = [\"smollm2-135m-instruct\"]\nttft_ms_max = 0\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("ttft_ms_max"), "{err}");
+        // A syntax error on a line holding a literal key does not echo the key.
+        let err =
+            Config::from_toml("[providers.x]\nkind = \"openai\"\napi_key = \"sk-literal-123\" oops\n", &no_env).unwrap_err().to_string();
+        assert!(!err.contains("sk-literal-123") && err.contains("line 3"), "{err}");
+        let err = Config::from_toml("[routes.r]\nmodels = [\"ghost\"]\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("ghost"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let env = |k: &str| (k == "K").then(|| "sk-very-secret".to_string());
+        let c = Config::from_toml("[providers.x]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key = \"env:K\"\n", &env)
+            .unwrap();
+        assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+}
