@@ -1,23 +1,27 @@
 //! voxgate: a real-time voice-agent server with an in-process OpenAI-compatible LLM gateway.
 //!
 //! # Layout
+//! A call: a client's socket reaches [`http`] (auth, admission), then a [`transport`] that maps its
+//! wire format onto the [`session`]'s commands and events; the session runs the call on the stages
+//! ([`stt`], the [`llm`] gateway in process, [`tts`]) and bills it through [`metering`].
+//! - [`transport`]: one mapper + socket loop per client protocol: `realtime` (OpenAI Realtime),
+//!   `twilio` (Media Streams). Depends on the session, never the reverse.
+//! - [`session`]: the per-call task, protocol-free: `Command` in, `Event` out, PCM audio; its parts
+//!   own their state (input, turn, playback) and the loop routes between them.
 //! - [`llm`]: the gateway: OpenAI-compatible types, one file per provider under
-//!   `llm/providers/`, the router with fallback and breakers, usage and cost.
-//! - [`http`]: the axum router, auth, OpenAI-style errors, `/metrics`.
+//!   `llm/providers/`, the router with fallback and breakers, usage and cost, its own config.
+//! - [`stt`], [`tts`]: speech engines, each stage building its own from its config section;
+//!   [`engine`]: what they share (lazy loading off the async runtime).
+//! - [`audio`]: audio formats, G.711 and resampling, for every part of a call.
+//! - [`metering`]: billing per started second at a flat hourly rate, and the durable usage ledger
+//!   behind a `Store` (SQLite): sessions and gateway calls, checkpoints, crash recovery.
+//! - [`http`]: the axum router, auth and keys, OpenAI-style errors, `/metrics`.
 //! - [`server`]: binding, exposure checks, graceful shutdown.
-//! - [`config`]: reads the TOML config and the environment and hands each part its section
-//!   (the gateway's, with the built-in catalog, in `llm::config`; `stt::config`, `tts::config`,
-//!   `metering::config`); API keys.
-//! - [`stt`], [`tts`]: speech engines, each stage building its own from its config; [`engine`]:
-//!   what they share (lazy loading off the async runtime).
+//! - [`config`]: reads the TOML file and the environment and hands each part its section.
 //! - [`metrics`]: a small Prometheus registry.
-//! - [`metering`]: billing per started second at a flat hourly rate, and the durable SQLite
-//!   usage ledger (sessions and gateway calls, checkpoints, crash recovery, fallback file).
-//! - [`bench`]: `voxgate bench` load generators.
+//! - [`replay`], [`mod@bench`]: `voxgate replay` and the `voxgate bench` load generators.
 //! - [`models`]: fetching and verifying the embedded model files (pinned, SHA-256 checked).
 //! - [`secret`]: API keys that never print themselves.
-//! - [`transport`]: client wire formats: audio codecs (PCM16, G.711), resampling, and the
-//!   OpenAI Realtime event types (not yet served on a socket).
 
 pub mod audio;
 pub mod bench;

@@ -1,5 +1,5 @@
 //! The per-call session, protocol-free: a transport sends it [`Command`]s and receives [`Event`]s;
-//! no wire format, JSON field name or base64 is known here. One task per call ([`actor`], the loop)
+//! no wire format, JSON field name or base64 is known here. One task per call (`actor`, the loop)
 //! owns the call's state and routes it to the parts that own each piece: [`input`] (caller audio,
 //! VAD, utterances and STT), [`turn`] (the response in progress and its tool calls), [`playback`]
 //! (paced outbound audio and what the caller heard), the [`conversation`] and the [`settings`].
