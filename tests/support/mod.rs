@@ -1,5 +1,6 @@
 //! Test support: a loopback HTTP server for fake vendor APIs, a request recorder, and SSE bodies
-//! that arrive split across many small writes, hang, or are cut mid-stream.
+//! that arrive split across many small writes, hang, or are cut mid-stream; voxgate itself on a
+//! loopback port, and the fake echo provider most test configs start with.
 //!
 //! Every fake vendor (one file per provider beside this one) reads the scenario from the
 //! upstream model name in the request. The scenarios, the same for every vendor:
@@ -17,8 +18,6 @@
 //! - `cut`: "Hel", then the connection breaks;
 //! - `malformed`: a frame that is not JSON, before any content;
 //! - `midstream_error`: "Hel", then the vendor's in-band error event.
-#![allow(dead_code)]
-
 pub mod vendors;
 
 use std::net::SocketAddr;
@@ -169,6 +168,18 @@ pub async fn eventually(mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// The in-process fake provider and its `echo` model (it answers "You said: " and the user's last
+/// words), at $1 in and $2 out per million tokens: the start of most test configs. It ends inside
+/// the `echo` table, so what follows it must begin with a table header (`[[models]]`, `[routes.x]`).
+pub const FAKE_ECHO: &str = r#"[providers.fake]
+kind = "fake"
+[[models]]
+id = "echo"
+provider = "fake"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+"#;
 
 /// Start voxgate itself on a fresh loopback port with `config` (TOML, `listen` is overridden).
 /// Returns the base URL (`http://127.0.0.1:PORT`) and the shared state.

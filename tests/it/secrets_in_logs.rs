@@ -1,12 +1,12 @@
 //! Upstream keys never reach the logs, even at TRACE level with every request failing in the
 //! ways that print the most (auth errors, rate limits, quota errors, cuts).
 
-mod support;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use serde_json::json;
+
+use crate::support;
 
 const SECRET: &str = "sk-log-SECRET-00112233";
 
@@ -23,11 +23,17 @@ impl Write for Buffer {
     }
 }
 
-#[tokio::test]
+// One thread: the subscriber below is this thread's, and every task of the server and the fake
+// vendors runs here and logs to it.
+#[tokio::test(flavor = "current_thread")]
 async fn upstream_keys_never_appear_in_trace_logs() {
     let buffer = Buffer::default();
     let writer = buffer.clone();
-    tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).with_ansi(false).init();
+    // Not the process's subscriber: the other tests of this binary run beside this one, and their
+    // logs would flood this buffer (and could say "attempt failed" for this test).
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _logs = tracing::subscriber::set_default(subscriber);
 
     for kind in ["openai", "anthropic", "gemini"] {
         let (url, _) = match kind {

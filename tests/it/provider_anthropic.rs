@@ -1,7 +1,5 @@
 //! The Anthropic adapter against the fake Messages API over real loopback HTTP.
 
-mod support;
-
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -12,7 +10,7 @@ use voxgate::llm::providers::{EventStream, HttpSettings};
 use voxgate::llm::types::{ChatRequest, Event, FinishReason, Usage};
 use voxgate::secret::Secret;
 
-use support::vendors::anthropic as fake;
+use crate::support::{self, vendors::anthropic as fake};
 
 async fn provider() -> (Anthropic, support::Recorder) {
     let (base_url, recorder) = fake::start().await;

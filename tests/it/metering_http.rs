@@ -1,8 +1,6 @@
 //! Metering end to end: sessions billed by the ledger and queried over HTTP, and a server killed with
 //! SIGKILL whose open sessions come back exactly once as `recovered`, billed to their last checkpoint.
 
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{events_until as until, next_event as next, Ws};
+use crate::support::{self, events_until as until, next_event as next, Ws, FAKE_ECHO};
 
 async fn connect(base: &str) -> (Ws, String) {
     let url = format!("{}/v1/realtime?model=default", base.replace("http://", "ws://"));
@@ -274,15 +272,8 @@ async fn closed_record(base: &str, id: &str) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn metrics_move_after_one_session_with_a_barge_in() {
-    let config = r#"
-[providers.fake]
-kind = "fake"
-[[models]]
-id = "echo"
-provider = "fake"
-input_usd_per_mtok = 0.40
-output_usd_per_mtok = 1.60
-[routes.default]
+    let config = &format!(
+        r#"{FAKE_ECHO}[routes.default]
 models = ["echo"]
 [stt]
 engine = "fake"
@@ -292,7 +283,8 @@ latency_ms = 40
 engine = "fake"
 ttfb_ms = 25
 ms_per_char = 20
-"#;
+"#
+    );
     let (base, state) = support::start_voxgate(config, &[]).await;
     let page = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
     let before = samples(&page);

@@ -4,8 +4,6 @@
 //! `./models`). A missing model FAILS these tests with that instruction; they never skip.
 //! Each test has its own provider (its own worker), so the tests can run in parallel.
 
-#![cfg(feature = "embedded-llm")]
-
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -1,15 +1,16 @@
-mod support;
+//! The Gemini adapter against the fake Gemini API over real loopback HTTP.
 
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
-use support::vendors::gemini;
 use voxgate::llm::error::ProviderError;
 use voxgate::llm::providers::gemini::Gemini;
 use voxgate::llm::providers::{EventStream, HttpSettings};
 use voxgate::llm::types::{ChatRequest, Event, FinishReason, Usage};
 use voxgate::secret::Secret;
+
+use crate::support::{self, vendors::gemini};
 
 fn provider(base_url: &str) -> Gemini {
     Gemini::new(HttpSettings::new(base_url, Some(Secret::new("test-key")), reqwest::Client::new()))

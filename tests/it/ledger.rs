@@ -207,7 +207,7 @@ async fn requests_recorded_without_waiting_are_all_seen_by_queries_and_all_writt
     ledger.shutdown().await;
 }
 
-// Recovery after SIGKILL is tested on the real server in tests/metering_http.rs
+// Recovery after SIGKILL is tested on the real server in tests/it/metering_http.rs
 // (`a_server_killed_with_sigkill_bills_its_open_sessions_once_as_recovered`).
 
 #[tokio::test]

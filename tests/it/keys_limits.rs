@@ -3,16 +3,15 @@
 //! error and `x-ratelimit-*` headers; paused time moves the per-minute windows), and concurrent
 //! voice sessions per key on `/v1/realtime` and `/v1/phone/twilio` (real time: no window involved).
 
-mod support;
-
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::{eventually, start_voxgate};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::{self, eventually, start_voxgate, FAKE_ECHO};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -45,14 +44,7 @@ tokens_per_minute = 20
 name = "solo"
 key = "vk-solo"
 max_sessions = 1
-[providers.fake]
-kind = "fake"
-[[models]]
-id = "echo"
-provider = "fake"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[routes.voice]
+{FAKE_ECHO}[routes.voice]
 models = ["echo"]
 [stt]
 engine = "fake"

@@ -6,7 +6,6 @@
 //! `VOXGATE_RECORD=1` writes the recordings instead of comparing. Every run also leaves what it saw in
 //! `$CARGO_TARGET_TMPDIR/wire_recording/`, to diff whole sequences after a mismatch.
 
-mod support;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +14,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::{start_voxgate, vendors, Recorder};
+use crate::support::{start_voxgate, vendors, Recorder, FAKE_ECHO};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -359,18 +358,11 @@ fn ulaw_frames(stem: &str, trailing_silence_ms: usize) -> Vec<Vec<u8>> {
 // ---------------------------------------------------------------------------------------------------
 
 /// Fake engines and the in-process fake provider only (nothing over the network but the client's
-/// socket), as `tests/realtime_session.rs` configures them.
+/// socket), as `tests/it/realtime_session.rs` configures them.
 fn config(extra: &str) -> String {
     format!(
         r#"
-[providers.fake]
-kind = "fake"
-[[models]]
-id = "echo"
-provider = "fake"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[[models]]
+{FAKE_ECHO}[[models]]
 id = "echo-tool"
 provider = "fake"
 upstream = "tool"

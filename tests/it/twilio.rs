@@ -4,8 +4,6 @@
 //! gateway (so the model's requests, history included, can be read back). Tests of timing serve the
 //! call in this process over an in-memory socket, where paused time is exact.
 
-mod support;
-
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -17,10 +15,11 @@ use base64::Engine as _;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use serde_json::{json, Value};
-use support::{start_voxgate, vendors, Recorder};
 use tokio_tungstenite::tungstenite::Message;
 use voxgate::session::{SessionStart, VoiceEngines};
 use voxgate::transport::twilio::{self, Admit, Admitted};
+
+use crate::support::{self, start_voxgate, vendors, Recorder, FAKE_ECHO};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -448,15 +447,9 @@ struct LocalCall {
     engines: Arc<VoiceEngines>,
 }
 
-const LOCAL_CONFIG: &str = r#"
-[providers.fake]
-kind = "fake"
-[[models]]
-id = "echo"
-provider = "fake"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[routes.default]
+fn local_config() -> String {
+    format!(
+        r#"{FAKE_ECHO}[routes.default]
 models = ["echo"]
 [stt]
 engine = "fake"
@@ -465,14 +458,16 @@ latency_ms = 40
 [tts]
 engine = "fake"
 ttfb_ms = 20
-"#;
+"#
+    )
+}
 
 /// The session's `output_lead_ms` by default: how far outbound audio may run ahead of real time.
 const LEAD_MS: i64 = 100;
 
 impl LocalCall {
     fn start(stream_sid: &str) -> LocalCall {
-        let config = voxgate::config::Config::from_toml(LOCAL_CONFIG, &|_| None).expect("test config is valid");
+        let config = voxgate::config::Config::from_toml(&local_config(), &|_| None).expect("test config is valid");
         assert_eq!(i64::try_from(config.realtime.output_lead_ms).unwrap(), LEAD_MS);
         let gateway = Arc::new(voxgate::llm::router::Gateway::new(&config).unwrap());
         let engines = Arc::new(VoiceEngines::from_config(&config, gateway).unwrap());

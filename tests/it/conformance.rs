@@ -2,10 +2,9 @@
 //! vendor (OpenAI, Anthropic, Gemini wire formats), checked as an OpenAI client sees it. The
 //! same scenarios must give the same answers whatever the vendor.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::{sse_data, start_voxgate, vendors, Recorder};
+
+use crate::support::{self, sse_data, start_voxgate, vendors, Recorder};
 
 #[derive(Clone, Copy, Debug)]
 enum Vendor {

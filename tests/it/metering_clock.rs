@@ -2,8 +2,6 @@
 //! a thousand one-second sessions opened and closed at once over `/v1/realtime`, and a Twilio call
 //! billed from its WebSocket's opening rather than its `start` frame.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,20 +12,16 @@ use tokio_tungstenite::tungstenite::Message;
 use voxgate::metering::ledger::{Ledger, LedgerOptions};
 use voxgate::metering::ManualClock;
 
+use crate::support::{self, FAKE_ECHO};
+
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// 2026-11-24T10:00:00Z, on the ledger's clock.
 const T0_MS: i64 = 1_795_514_400_000;
 
-const CONFIG: &str = r#"
-[providers.fake]
-kind = "fake"
-[[models]]
-id = "echo"
-provider = "fake"
-input_usd_per_mtok = 0.40
-output_usd_per_mtok = 1.60
-[routes.default]
+fn config() -> String {
+    format!(
+        r#"{FAKE_ECHO}[routes.default]
 models = ["echo"]
 [stt]
 engine = "fake"
@@ -35,11 +29,13 @@ engine = "fake"
 engine = "fake"
 [metering]
 checkpoint_ms = 200
-"#;
+"#
+    )
+}
 
 /// voxgate on a loopback port, built as `Server::bind` builds it but with its ledger on `clock`.
 async fn start_with_clock(clock: Arc<ManualClock>) -> (String, Arc<voxgate::http::AppState>) {
-    let mut config = voxgate::config::Config::from_toml(CONFIG, &|_| None).expect("test config is valid");
+    let mut config = voxgate::config::Config::from_toml(&config(), &|_| None).expect("test config is valid");
     config.listen = "127.0.0.1:0".parse().unwrap();
     let dir = support::temp_dir("clock");
     let gateway = Arc::new(voxgate::llm::router::Gateway::new(&config).unwrap());

@@ -1,9 +1,6 @@
 //! The offline defaults, for real: the embedded Piper voice read back by embedded Whisper, a whole
 //! spoken session over `/v1/realtime` on the default config (Whisper, SmolLM2, Piper), and
 //! `voxgate replay` on the defaults. Needs the models (`voxgate models fetch`, which `.ci/run` does).
-#![cfg(all(feature = "embedded-stt", feature = "embedded-tts", feature = "embedded-llm"))]
-
-mod support;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,6 +12,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use voxgate::stt::SpeechToText;
 use voxgate::tts::TextToSpeech;
+
+use crate::support;
 
 fn models_dir() -> PathBuf {
     let dir = std::env::var_os("VOXGATE_MODELS_DIR")

@@ -1,20 +1,14 @@
 //! The gateway over real HTTP: voxgate on a loopback port, talking to fake providers and to the
 //! fake OpenAI vendor server, checked as a client sees it.
 
-mod support;
-
 use serde_json::{json, Value};
-use support::{sse_data, start_voxgate};
 
-const FAKES: &str = r#"
-[providers.fake]
-kind = "fake"
-[[models]]
-id = "echo"
-provider = "fake"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[[models]]
+use crate::support::{sse_data, start_voxgate, FAKE_ECHO};
+
+/// The fake echo model and fakes that fail, cut, call tools or say nothing, behind three routes.
+fn fakes() -> String {
+    format!(
+        r#"{FAKE_ECHO}[[models]]
 id = "broken"
 provider = "fake"
 upstream = "error-500"
@@ -68,7 +62,9 @@ models = ["broken", "limited", "echo"]
 models = ["broken", "limited"]
 [routes.late_cut]
 models = ["cutter", "echo"]
-"#;
+"#
+    )
+}
 
 fn chat(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]})
@@ -80,7 +76,7 @@ async fn post(base: &str, body: &Value) -> reqwest::Response {
 
 #[tokio::test]
 async fn non_streaming_answer_names_the_model_and_usage() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let r = post(&base, &chat("echo", "hello there")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-voxgate-model"], "echo");
@@ -96,7 +92,7 @@ async fn non_streaming_answer_names_the_model_and_usage() {
 
 #[tokio::test]
 async fn streaming_with_usage_ends_with_usage_chunk_and_done() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("echo", "one two");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
@@ -120,7 +116,7 @@ async fn streaming_with_usage_ends_with_usage_chunk_and_done() {
 
 #[tokio::test]
 async fn streamed_tool_calls_have_index_id_type_and_name_then_argument_deltas() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("tooler", "Paris");
     body["stream"] = json!(true);
     body["tools"] = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
@@ -143,7 +139,7 @@ async fn streamed_tool_calls_have_index_id_type_and_name_then_argument_deltas() 
 
 #[tokio::test]
 async fn route_falls_back_past_500_and_429_and_reports_attempts() {
-    let (base, state) = start_voxgate(FAKES, &[]).await;
+    let (base, state) = start_voxgate(&fakes(), &[]).await;
     let r = post(&base, &chat("voice", "hi")).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-voxgate-model"], "echo");
@@ -159,7 +155,7 @@ async fn route_falls_back_past_500_and_429_and_reports_attempts() {
 
 #[tokio::test]
 async fn request_models_list_overrides_the_route() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("anything-ignored-when-models-given", "x");
     body["model"] = json!("voice");
     body["models"] = json!(["broken", "echo"]);
@@ -169,7 +165,7 @@ async fn request_models_list_overrides_the_route() {
 
 #[tokio::test]
 async fn all_models_down_gives_an_error_listing_each_attempt() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let r = post(&base, &chat("doomed", "hi")).await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-voxgate-attempts"], "broken=server_error, limited=rate_limited");
@@ -181,7 +177,7 @@ async fn all_models_down_gives_an_error_listing_each_attempt() {
 
 #[tokio::test]
 async fn a_400_from_upstream_is_not_retried() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("x", "hi");
     body["model"] = json!("rejecting");
     body["models"] = json!(["rejecting", "echo"]);
@@ -192,7 +188,7 @@ async fn a_400_from_upstream_is_not_retried() {
 
 #[tokio::test]
 async fn failure_after_content_is_in_band_with_no_done_and_no_fallback() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("late_cut", "a b c d e");
     body["stream"] = json!(true);
     let r = post(&base, &body).await;
@@ -211,7 +207,7 @@ async fn failure_after_content_is_in_band_with_no_done_and_no_fallback() {
 
 #[tokio::test]
 async fn bad_input_gets_openai_error_objects() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let client = reqwest::Client::new();
     let url = format!("{base}/v1/chat/completions");
 
@@ -241,7 +237,7 @@ async fn bad_input_gets_openai_error_objects() {
 
 #[tokio::test]
 async fn gateway_keys_are_required_when_configured() {
-    let config = format!("[auth]\napi_keys = [\"env:VOXGATE_API_KEY\"]\n{FAKES}");
+    let config = format!("[auth]\napi_keys = [\"env:VOXGATE_API_KEY\"]\n{}", fakes());
     let (base, _) = start_voxgate(&config, &[("VOXGATE_API_KEY", "vk-123")]).await;
     let client = reqwest::Client::new();
     let url = format!("{base}/v1/chat/completions");
@@ -259,7 +255,7 @@ async fn gateway_keys_are_required_when_configured() {
 
 #[tokio::test]
 async fn models_usage_and_metrics_endpoints() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     post(&base, &chat("voice", "hi")).await.bytes().await.unwrap();
     post(&base, &chat("doomed", "hi")).await.bytes().await.unwrap();
     let client = reqwest::Client::new();
@@ -293,7 +289,7 @@ async fn models_usage_and_metrics_endpoints() {
 async fn streaming_request_that_fails_everywhere_gets_an_error_status_not_a_200_stream() {
     // LiteLLM #38610: the client had already received 200 and a first event when the fallback
     // failed too. voxgate holds everything back until a model produces content.
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("doomed", "hi");
     body["stream"] = json!(true);
     let r = post(&base, &body).await;
@@ -307,7 +303,7 @@ async fn streaming_request_that_fails_everywhere_gets_an_error_status_not_a_200_
 async fn an_answer_without_content_ends_cleanly() {
     // A reasoning model that spends every token thinking, or a filtered answer: no content at
     // all. The stream must still end with a finish reason, usage and [DONE].
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("silent", "hi");
     body["stream"] = json!(true);
     body["stream_options"] = json!({"include_usage": true});
@@ -321,7 +317,7 @@ async fn an_answer_without_content_ends_cleanly() {
 
 #[tokio::test]
 async fn a_request_one_provider_cannot_express_goes_to_the_next_model() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("x", "hi");
     body["model"] = json!("inexpressible");
     body["models"] = json!(["inexpressible", "echo"]);
@@ -335,7 +331,7 @@ async fn a_request_one_provider_cannot_express_goes_to_the_next_model() {
 
 #[tokio::test]
 async fn unknown_model_names_do_not_grow_usage_or_metrics() {
-    let (base, state) = start_voxgate(FAKES, &[]).await;
+    let (base, state) = start_voxgate(&fakes(), &[]).await;
     for i in 0..20 {
         post(&base, &chat(&format!("made-up-{i}"), "hi")).await.bytes().await.unwrap();
     }
@@ -348,7 +344,7 @@ async fn unknown_model_names_do_not_grow_usage_or_metrics() {
 
 #[tokio::test]
 async fn a_prompt_too_long_for_one_model_goes_to_the_next() {
-    let (base, _) = start_voxgate(FAKES, &[]).await;
+    let (base, _) = start_voxgate(&fakes(), &[]).await;
     let mut body = chat("x", "a very long prompt");
     body["model"] = json!("short-context");
     body["models"] = json!(["short-context", "echo"]);

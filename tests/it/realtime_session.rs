@@ -2,17 +2,14 @@
 //! fake STT and the fake TTS, the gateway in process (fake provider and the fake OpenAI vendor).
 //! Time is paused: the session's pacing and the engines' latencies run on tokio's clock.
 
-mod support;
-
 use std::time::Duration;
 
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use support::{start_voxgate, vendors, Recorder};
 use tokio_tungstenite::tungstenite::Message;
 
-use support::{events_until as until, next_event as next, Ws};
+use crate::support::{self, events_until as until, next_event as next, start_voxgate, vendors, Recorder, Ws, FAKE_ECHO};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -29,16 +26,9 @@ async fn setup_with(stt_latency_ms: u64, extra: &str) -> (String, Recorder, std:
     let (vendor_url, recorder) = vendors::openai::start().await;
     let config = format!(
         r#"
-[providers.fake]
-kind = "fake"
-[providers.vendor]
+{FAKE_ECHO}[providers.vendor]
 kind = "openai"
 base_url = "{vendor_url}"
-[[models]]
-id = "echo"
-provider = "fake"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
 [[models]]
 id = "broken"
 provider = "fake"

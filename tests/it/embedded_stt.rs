@@ -9,8 +9,6 @@
 //! The tests use a temporary folder of symbolic links to the model files, so the preprocessor config
 //! that `load` writes lands there and not in the shared models folder.
 
-#![cfg(feature = "embedded-stt")]
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 

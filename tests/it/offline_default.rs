@@ -1,8 +1,6 @@
 //! `voxgate serve` with no config file and no keys answers chat completions offline with the
 //! embedded model, and without the model it tells the user what to run.
 
-#![cfg(feature = "embedded-llm")]
-
 use std::process::{Child, Command};
 use std::time::Duration;
 
