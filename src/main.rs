@@ -100,6 +100,10 @@ enum BenchCommand {
         /// report whole turn latencies, engines included.
         #[arg(long)]
         embedded: bool,
+        /// How sessions connect: `realtime` (/v1/realtime, 24 kHz PCM) or `twilio` (/v1/phone/twilio,
+        /// Media Streams: μ-law 8 kHz, marks echoed as the answer plays; turns on the client's clock only).
+        #[arg(long, default_value = "realtime")]
+        transport: voxgate::bench::pipeline::Transport,
     },
     /// The embedded speech engines alone on the fixtures: STT real-time factor and commit-to-final
     /// latency, TTS time to first audio and real-time factor.
@@ -193,8 +197,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded } } => {
-            let options = voxgate::bench::PipelineOptions { sessions, seconds, idle, precise_engine_timers: !tokio_timers, embedded };
+        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded, transport } } => {
+            let options =
+                voxgate::bench::PipelineOptions { sessions, seconds, idle, precise_engine_timers: !tokio_timers, embedded, transport };
             let report = voxgate::bench::pipeline(options).await?;
             println!("{report}");
             Ok(())

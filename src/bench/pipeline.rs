@@ -9,6 +9,13 @@
 //! silence window and the configured engine times, measured twice: on the server's clock
 //! (`response.voxgate.latency_ms.voice_to_voice`) and on the client's. Everything shares the same
 //! cores, so the figures include contention with the load generator: an upper bound.
+//!
+//! `--transport twilio` runs the same load over Twilio Media Streams (`/v1/phone/twilio`): the same
+//! fixture as μ-law 8 kHz in 20 ms `media` frames, each `mark` echoed once the audio before it has
+//! played, as a carrier does. Twilio reports no turns, so only the client's clock measures them: the
+//! frame that completes the silence window is found by running the server's input path (μ-law,
+//! 8 → 16 kHz, the energy VAD) over the fixture here, and an answer is over once its audio has
+//! played and nothing more came for [`ANSWER_END_GRACE`].
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -24,8 +31,8 @@ use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::{cpu_seconds, peak_rss_mb, wait_ready};
-use crate::audio::Resampler;
-use crate::stt::vad::VadSettings;
+use crate::audio::{ulaw_decode, ulaw_encode, Resampler, G711_RATE_HZ};
+use crate::stt::vad::{EnergyVad, VadEvent, VadSettings};
 use crate::stt::STT_RATE_HZ;
 
 /// The utterance every client speaks (its sidecar scripts the fake STT).
@@ -49,6 +56,50 @@ const EMBEDDED_SESSION: &str = r#"{"type":"session.update","session":{"type":"re
 const EMBEDDED_WARM_UP: Duration = Duration::from_secs(30);
 /// Sessions connecting at once in the idle measurement.
 const IDLE_CONNECTS_AT_ONCE: usize = 64;
+/// Twilio says nothing when an answer ends: a call takes it as over once its audio has played and
+/// nothing more came for this long (voxgate sends audio about 100 ms ahead of its playing), then
+/// speaks again. Audio that comes later is counted late.
+const ANSWER_END_GRACE: Duration = Duration::from_millis(200);
+
+/// How the sessions reach voxgate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// `/v1/realtime`: OpenAI Realtime events, 24 kHz PCM16 in base64.
+    #[default]
+    Realtime,
+    /// `/v1/phone/twilio`: Twilio Media Streams, μ-law 8 kHz in base64, marks echoed.
+    Twilio,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "realtime" => Ok(Transport::Realtime),
+            "twilio" => Ok(Transport::Twilio),
+            other => Err(format!("unknown transport {other:?}: realtime or twilio")),
+        }
+    }
+}
+
+impl Transport {
+    /// The input audio's rate.
+    fn rate_hz(self) -> u32 {
+        match self {
+            Transport::Realtime => RATE_HZ,
+            Transport::Twilio => G711_RATE_HZ,
+        }
+    }
+
+    /// What the server's answer audio arrives in.
+    fn output_unit(self) -> &'static str {
+        match self {
+            Transport::Realtime => "deltas",
+            Transport::Twilio => "media frames",
+        }
+    }
+}
 
 /// What to run.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +117,7 @@ pub struct PipelineOptions {
     /// Run the child on its embedded engines (Whisper, SmolLM2, Piper: the offline defaults)
     /// instead of the fakes: the figures are then whole turn latencies, engines included.
     pub embedded: bool,
+    pub transport: Transport,
 }
 
 /// Engine times the fakes are configured with: what a turn spends outside the pipeline.
@@ -128,18 +180,38 @@ pub fn completing_frame(window_end_ms: u64, holdback_16k: u64) -> u64 {
 /// the event's type comes first and `delta` is a base64 string (no escapes) in it. `None` for any
 /// other event, or a delta not written that way, which then goes through the JSON parser.
 pub fn audio_delta(text: &str) -> Option<&str> {
-    let rest = text.strip_prefix(r#"{"type":"response.output_audio.delta","#)?;
-    let start = rest.find(r#""delta":""#)? + r#""delta":""#.len();
-    let len = rest[start..].find('"')?;
-    let delta = &rest[start..start + len];
-    delta.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')).then_some(delta)
+    base64_field(text, r#"{"type":"response.output_audio.delta","#, r#""delta":""#)
+}
+
+/// The base64 μ-law of a Twilio `media` frame, found as [`audio_delta`] finds a delta's audio:
+/// voxgate writes `event` first and the only string called `payload` is the audio.
+pub fn twilio_media(text: &str) -> Option<&str> {
+    base64_field(text, r#"{"event":"media","#, r#""payload":""#)
+}
+
+/// The base64 string that follows `key` in a message that starts with `start`.
+fn base64_field<'a>(text: &'a str, start: &str, key: &str) -> Option<&'a str> {
+    let rest = text.strip_prefix(start)?;
+    let at = rest.find(key)? + key.len();
+    let len = rest[at..].find('"')?;
+    let audio = &rest[at..at + len];
+    audio.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')).then_some(audio)
+}
+
+/// Bytes in a base64 string.
+fn base64_bytes(b64: &str) -> usize {
+    let padding = b64.bytes().rev().take_while(|&b| b == b'=').count();
+    (b64.len() / 4 * 3).saturating_sub(padding)
 }
 
 /// Milliseconds of 24 kHz PCM16 in a base64 string.
 pub fn base64_pcm16_ms(b64: &str) -> f64 {
-    let padding = b64.bytes().rev().take_while(|&b| b == b'=').count();
-    let bytes = (b64.len() / 4 * 3).saturating_sub(padding);
-    (bytes / 2) as f64 * 1000.0 / f64::from(RATE_HZ)
+    (base64_bytes(b64) / 2) as f64 * 1000.0 / f64::from(RATE_HZ)
+}
+
+/// Milliseconds of 8 kHz μ-law in a base64 string.
+pub fn base64_ulaw_ms(b64: &str) -> f64 {
+    base64_bytes(b64) as f64 * 1000.0 / f64::from(G711_RATE_HZ)
 }
 
 /// The sum of every series of a Prometheus counter in `/metrics` text.
@@ -181,6 +253,11 @@ impl Playout {
         self.audio_ms += audio_ms;
         lead
     }
+
+    /// When the audio received so far will have played (`None` before the first delta).
+    pub fn end_ms(&self) -> Option<f64> {
+        self.started_ms.map(|started| started + self.audio_ms)
+    }
 }
 
 /// 16 kHz samples the server's 24 → 16 kHz resampler holds back in steady state: the output a
@@ -195,10 +272,14 @@ fn resampler_holdback_16k() -> u64 {
     (frames * FRAME_SAMPLES * STT_RATE_HZ as usize / RATE_HZ as usize).saturating_sub(out.len()) as u64
 }
 
-/// The fixture as ready-to-send `input_audio_buffer.append` events, and one of silence.
+/// The fixture as ready-to-send input frames, and one of silence: whole `input_audio_buffer.append`
+/// events for Realtime; for Twilio the base64 μ-law payloads, which each call puts in its own
+/// numbered `media` frames.
 struct Frames {
     speech: Vec<Utf8Bytes>,
     silence: Utf8Bytes,
+    /// Twilio: the frame of an utterance, counted from its first, that completes the server's silence window.
+    window_frame: Option<u64>,
 }
 
 fn append_event(samples: &[i16]) -> Utf8Bytes {
@@ -207,16 +288,54 @@ fn append_event(samples: &[i16]) -> Utf8Bytes {
     Utf8Bytes::from(format!(r#"{{"type":"input_audio_buffer.append","audio":"{audio}"}}"#))
 }
 
-fn load_frames(wav: &Path) -> anyhow::Result<Frames> {
+fn ulaw_payload(samples: &[i16]) -> Utf8Bytes {
+    let bytes: Vec<u8> = samples.iter().map(|&s| ulaw_encode(s)).collect();
+    Utf8Bytes::from(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+fn load_frames(wav: &Path, transport: Transport) -> anyhow::Result<Frames> {
     let mut reader = hound::WavReader::open(wav).map_err(|e| anyhow::anyhow!("{}: {e}", wav.display()))?;
     let rate = reader.spec().sample_rate;
     let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>()?;
     let mut pcm = Vec::new();
-    let mut r = Resampler::new(rate, RATE_HZ)?;
+    let mut r = Resampler::new(rate, transport.rate_hz())?;
     r.process(&samples, &mut pcm);
     r.flush(&mut pcm);
-    pcm.resize(pcm.len().div_ceil(FRAME_SAMPLES) * FRAME_SAMPLES, 0);
-    Ok(Frames { speech: pcm.chunks(FRAME_SAMPLES).map(append_event).collect(), silence: append_event(&[0; FRAME_SAMPLES]) })
+    let frame_samples = (u64::from(transport.rate_hz()) * FRAME_MS / 1000) as usize;
+    pcm.resize(pcm.len().div_ceil(frame_samples) * frame_samples, 0);
+    let encode: fn(&[i16]) -> Utf8Bytes = match transport {
+        Transport::Realtime => append_event,
+        Transport::Twilio => ulaw_payload,
+    };
+    let window_frame = match transport {
+        Transport::Realtime => None,
+        Transport::Twilio => Some(window_completing_frame(&pcm).ok_or_else(|| anyhow::anyhow!("{}: no turn ends in it", wav.display()))?),
+    };
+    Ok(Frames { speech: pcm.chunks(frame_samples).map(encode).collect(), silence: encode(&vec![0; frame_samples]), window_frame })
+}
+
+/// The 20 ms frame of an utterance of 8 kHz audio sent as μ-law, counted from its first, on whose
+/// arrival the server's VAD ends the turn: the server's input path (μ-law decoded, resampled to
+/// 16 kHz, the energy VAD with the default settings) run here over the utterance and the silence
+/// after it. Every turn gives the same frame, as each starts on a frame boundary after silence and
+/// 8 → 16 kHz resampling is in the same phase at every frame boundary. `None`: no turn ends.
+fn window_completing_frame(pcm_8k: &[i16]) -> Option<u64> {
+    let frame = (u64::from(G711_RATE_HZ) * FRAME_MS / 1000) as usize;
+    let heard: Vec<i16> = pcm_8k.iter().map(|&s| ulaw_decode(ulaw_encode(s))).collect();
+    let silence = vec![0; frame];
+    let window_frames = u64::from(VadSettings::default().silence_duration_ms).div_ceil(FRAME_MS) as usize + 2;
+    let mut resampler = Resampler::new(G711_RATE_HZ, STT_RATE_HZ).ok()?;
+    let mut vad = EnergyVad::new(VadSettings::default(), STT_RATE_HZ);
+    let (mut pcm_16k, mut events) = (Vec::new(), Vec::new());
+    for (i, samples) in heard.chunks(frame).chain(std::iter::repeat_n(&silence[..], window_frames)).enumerate() {
+        pcm_16k.clear();
+        resampler.process(samples, &mut pcm_16k);
+        vad.push(&pcm_16k, &mut events);
+        if events.iter().any(|(_, e)| matches!(e, VadEvent::SpeechStopped { .. })) {
+            return Some(i as u64);
+        }
+    }
+    None
 }
 
 /// `fixtures/audio/` from the working directory, else from the source tree this binary was built from.
@@ -232,9 +351,10 @@ fn fixture_path(ext: &str) -> PathBuf {
 type Row<'a> = (&'a str, &'a dyn Fn(&Turn) -> Option<f64>);
 
 /// One turn's figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Turn {
-    voice_to_voice_ms: f64,
+    /// The server's figure (Realtime only).
+    voice_to_voice_ms: Option<f64>,
     /// From sending the frame that completed the silence window to receiving the first audio.
     client_ms: Option<f64>,
     stt_ms: Option<f64>,
@@ -260,6 +380,8 @@ struct SessionReport {
     /// `speech_stopped` events whose completing frame was not found among the recent sends.
     unmatched_stops: u64,
     responses_not_completed: u64,
+    /// Twilio: `clear`s received.
+    clears: u64,
     timeouts: u64,
     errors: Vec<String>,
     closed_by_server: bool,
@@ -286,31 +408,177 @@ struct ResponseInfo {
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(url: &str) -> anyhow::Result<Ws> {
+/// How the clients reach voxgate.
+struct Dial {
+    transport: Transport,
+    url: String,
+    /// The route a Twilio call asks for in its `start` frame (a Realtime session's is in the URL).
+    route: &'static str,
+    /// Realtime: the event a session sends first (`--embedded`).
+    setup: Option<&'static str>,
+}
+
+/// Connects client `index` and opens its session: a Realtime session once `session.created` has
+/// come; a Twilio call once `connected` and `start` have gone (Twilio's protocol answers neither).
+async fn connect(dial: &Dial, index: usize) -> anyhow::Result<(Ws, Line)> {
     // The same small read buffer as the server's: the load generator shares its cores.
     let config =
         tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(crate::transport::WS_READ_BUFFER_BYTES);
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(config), true).await?;
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(&dial.url, Some(config), true).await?;
+    if dial.transport == Transport::Twilio {
+        let call = Call::new(index);
+        ws.send(Message::Text(Utf8Bytes::from_static(r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#))).await?;
+        ws.send(Message::Text(call.start(dial.route))).await?;
+        return Ok((ws, Line::Twilio(call)));
+    }
     // Wait for `session.created`.
     while let Some(msg) = ws.next().await {
         if let Message::Text(text) = msg? {
             if serde_json::from_str::<Event>(&text).is_ok_and(|e| e.kind == "session.created") {
-                return Ok(ws);
+                return Ok((ws, Line::Realtime));
             }
         }
     }
     anyhow::bail!("the server closed the session before session.created")
 }
 
+/// What a client's transport adds to the shared loop: nothing for Realtime; a Twilio call numbers
+/// its messages and owes mark echoes.
+enum Line {
+    Realtime,
+    Twilio(Call),
+}
+
+/// A Twilio call's own state.
+struct Call {
+    stream_sid: String,
+    /// The last `sequenceNumber` sent: Twilio numbers every message of a stream, `start` being 1.
+    sequence: u64,
+    /// Media frames sent (Twilio's `chunk`).
+    chunks: u64,
+    /// Marks received, each with when the audio before it will have played; echoed then, in order.
+    marks: VecDeque<(Instant, String)>,
+    /// `clear`s received: voxgate took the caller for barging in.
+    clears: u64,
+}
+
+impl Call {
+    fn new(index: usize) -> Call {
+        Call { stream_sid: format!("MZ{index:032x}"), sequence: 1, chunks: 0, marks: VecDeque::new(), clears: 0 }
+    }
+
+    fn start(&self, route: &str) -> Utf8Bytes {
+        let sid = &self.stream_sid;
+        let start = serde_json::json!({"event": "start", "sequenceNumber": "1", "streamSid": sid, "start": {
+            "accountSid": "ACbench", "streamSid": sid, "callSid": format!("CA{}", &sid[2..]), "tracks": ["inbound"],
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": G711_RATE_HZ, "channels": 1},
+            "customParameters": {"model": route}}});
+        Utf8Bytes::from(start.to_string())
+    }
+
+    /// A `media` frame around a base64 μ-law payload, numbered and timed as Twilio's are.
+    fn media(&mut self, payload: &str) -> Utf8Bytes {
+        self.sequence += 1;
+        self.chunks += 1;
+        Utf8Bytes::from(format!(
+            r#"{{"event":"media","sequenceNumber":"{}","media":{{"track":"inbound","chunk":"{}","timestamp":"{}","payload":"{payload}"}},"streamSid":"{}"}}"#,
+            self.sequence,
+            self.chunks,
+            (self.chunks - 1) * FRAME_MS,
+            self.stream_sid
+        ))
+    }
+
+    /// The echo of the first mark owed, if its audio has played by `now`.
+    fn echo_due(&mut self, now: Instant) -> Option<Utf8Bytes> {
+        if self.marks.front().is_none_or(|(due, _)| *due > now) {
+            return None;
+        }
+        let (_, name) = self.marks.pop_front()?;
+        self.sequence += 1;
+        let echo = serde_json::json!({"event": "mark", "sequenceNumber": self.sequence.to_string(), "streamSid": self.stream_sid,
+            "mark": {"name": name}});
+        Some(Utf8Bytes::from(echo.to_string()))
+    }
+}
+
+impl Line {
+    /// The message that carries input frame `frame` (see [`Frames`]).
+    fn input(&mut self, frame: &Utf8Bytes) -> Utf8Bytes {
+        match self {
+            Line::Realtime => frame.clone(),
+            Line::Twilio(call) => call.media(frame),
+        }
+    }
+
+    fn read<'a>(&self, text: &'a str) -> Heard<'a> {
+        match self {
+            // Most events are audio deltas: measured without a JSON parse of their audio.
+            Line::Realtime => match audio_delta(text) {
+                Some(delta) => Heard::Audio(base64_pcm16_ms(delta)),
+                None => serde_json::from_str::<Event>(text).map_or(Heard::Unreadable("an event that is not JSON"), Heard::Realtime),
+            },
+            Line::Twilio(_) => {
+                if let Some(payload) = twilio_media(text) {
+                    return Heard::Audio(base64_ulaw_ms(payload));
+                }
+                let Ok(frame) = serde_json::from_str::<TwilioOut>(text) else { return Heard::Unreadable("a frame that is not JSON") };
+                match (&*frame.event, frame.mark) {
+                    ("mark", Some(mark)) => Heard::Mark(mark.name),
+                    ("clear", _) => Heard::Clear,
+                    ("media", _) => Heard::Unreadable("a media frame whose audio could not be found"),
+                    _ => Heard::Other,
+                }
+            }
+        }
+    }
+}
+
+/// A message from voxgate, as the client loop takes it.
+enum Heard<'a> {
+    /// Answer audio, in ms: a Realtime delta or a Twilio `media` frame.
+    Audio(f64),
+    /// Any other Realtime event.
+    Realtime(Event<'a>),
+    /// A Twilio mark: echoed once the audio sent before it has played.
+    Mark(String),
+    /// Twilio's `clear`: the carrier drops its queued audio and echoes every mark still owed.
+    Clear,
+    Unreadable(&'static str),
+    Other,
+}
+
+/// A frame voxgate sends a Twilio call, other than `media`.
+#[derive(Deserialize)]
+struct TwilioOut<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default)]
+    mark: Option<MarkName>,
+}
+
+#[derive(Deserialize)]
+struct MarkName {
+    name: String,
+}
+
 /// Per-session state of the turn being measured.
 #[derive(Default)]
 struct TurnState {
+    /// Twilio: the number of the frame that will complete the silence window.
+    window_frame: Option<u64>,
     window_sent: Option<Instant>,
     first_audio: Option<Instant>,
     playout: Playout,
 }
 
-/// One client: connect at `start`, stream until `end`, measuring every turn.
+impl TurnState {
+    /// From sending the frame that completed the silence window to receiving the first audio.
+    fn client_ms(&self) -> Option<f64> {
+        self.window_sent.zip(self.first_audio).map(|(s, f)| f.duration_since(s).as_secs_f64() * 1000.0)
+    }
+}
+
 /// Where in the 20 ms frame period client `i`'s frames go out: spread over the period by the
 /// golden-ratio sequence, as independent callers' clocks would be. (Starting sessions 20 ms apart
 /// would otherwise put every client on one phase: all their frames at once, every 20 ms.)
@@ -327,29 +595,27 @@ fn next_on_phase(epoch: Instant, now: Instant, phase: Duration) -> Instant {
     now + Duration::from_nanos(wait as u64)
 }
 
-// The load generator's per-client knobs; a struct would only be unpacked again here.
-#[allow(clippy::too_many_arguments)]
+/// One client, number `index`: connect at `start`, stream until `end`, measuring every turn.
 async fn run_client(
-    url: Arc<str>,
+    dial: Arc<Dial>,
     frames: Arc<Frames>,
     holdback_16k: u64,
     epoch: Instant,
     start: Instant,
-    phase: Duration,
+    index: usize,
     end: Instant,
-    setup: Option<&'static str>,
 ) -> SessionReport {
     let mut report = SessionReport::default();
     sleep_until(start).await;
-    let mut ws = match connect(&url).await {
-        Ok(ws) => ws,
+    let (mut ws, mut line) = match connect(&dial, index).await {
+        Ok(connected) => connected,
         Err(e) => {
             report.errors.push(format!("connect: {e}"));
             return report;
         }
     };
     report.connected = true;
-    if let Some(setup) = setup {
+    if let Some(setup) = dial.setup {
         if ws.send(Message::Text(Utf8Bytes::from_static(setup))).await.is_err() {
             report.closed_by_server = true;
             return report;
@@ -358,7 +624,7 @@ async fn run_client(
     let began = Instant::now();
     let engines = EngineTimes::bench();
     let silence_ms = engines.silence_ms as u64;
-    let mut ticker = tokio::time::interval_at(next_on_phase(epoch, Instant::now(), phase), Duration::from_millis(FRAME_MS));
+    let mut ticker = tokio::time::interval_at(next_on_phase(epoch, Instant::now(), frame_phase(index)), Duration::from_millis(FRAME_MS));
     // A late client sends the frames it owes at once, as a phone line's buffered audio would: the
     // audio clock stays on the wall clock and the offered load does not shrink when the host is busy.
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
@@ -371,11 +637,27 @@ async fn run_client(
     // One timer for the end, not a new one per pass of the loop (the generator shares the cores).
     let ended = sleep_until(end);
     tokio::pin!(ended);
+    // Twilio: one timer for the next mark echo, moved as marks come and go.
+    let echo_at = sleep_until(end);
+    tokio::pin!(echo_at);
 
-    loop {
+    'session: loop {
         tokio::select! {
             biased;
             _ = &mut ended => break,
+            _ = &mut echo_at, if matches!(&line, Line::Twilio(call) if !call.marks.is_empty()) => {
+                let Line::Twilio(call) = &mut line else { continue };
+                let now = Instant::now();
+                while let Some(echo) = call.echo_due(now) {
+                    if ws.send(Message::Text(echo)).await.is_err() {
+                        report.closed_by_server = true;
+                        break 'session;
+                    }
+                }
+                if let Some((due, _)) = call.marks.front() {
+                    echo_at.as_mut().reset(*due);
+                }
+            }
             due = ticker.tick() => {
                 let now = Instant::now();
                 let late_ms = now.duration_since(due).as_secs_f64() * 1000.0;
@@ -383,13 +665,25 @@ async fn run_client(
                 if late_ms >= FRAME_MS as f64 {
                     report.late_ticks += 1;
                 }
-                let text = match speaking {
+                if let Line::Twilio(call) = &line {
+                    // Twilio says nothing when an answer ends: it is over once played and followed by nothing.
+                    let grace_ms = ANSWER_END_GRACE.as_secs_f64() * 1000.0;
+                    if call.marks.is_empty() && turn.playout.end_ms().is_some_and(|played| ms_since(now) >= played + grace_ms) {
+                        speaking = Some(0);
+                        utterance_ended = None;
+                        turn = TurnState::default();
+                    }
+                }
+                let frame = match speaking {
                     Some(i) => {
                         speaking = (i + 1 < frames.speech.len()).then_some(i + 1);
                         if speaking.is_none() {
                             utterance_ended = Some(now);
                         }
-                        frames.speech[i].clone()
+                        if i == 0 {
+                            turn.window_frame = frames.window_frame.map(|w| next_frame + w);
+                        }
+                        &frames.speech[i]
                     }
                     None => {
                         // An answer still playing is no timeout, however long it is.
@@ -398,13 +692,17 @@ async fn run_client(
                             speaking = Some(0);
                             turn = TurnState::default();
                         }
-                        frames.silence.clone()
+                        &frames.silence
                     }
                 };
+                let text = line.input(frame);
                 if sent.len() == SENT_FRAMES_KEPT {
                     sent.pop_front();
                 }
                 sent.push_back(now);
+                if turn.window_frame == Some(next_frame) {
+                    turn.window_sent = Some(now);
+                }
                 next_frame += 1;
                 report.frames_sent += 1;
                 if ws.send(Message::Text(text)).await.is_err() {
@@ -422,23 +720,55 @@ async fn run_client(
                     Some(Ok(_)) => continue,
                 };
                 let now = Instant::now();
-                if let Some(delta) = audio_delta(&text) {
-                    // Most events are audio deltas: measured without a JSON parse of their audio.
-                    let lead_ms = turn.playout.on_delta(ms_since(now), base64_pcm16_ms(delta));
-                    report.deltas += 1;
-                    if lead_ms < 0.0 {
-                        report.underruns += 1;
+                let event = match line.read(&text) {
+                    Heard::Audio(ms) => {
+                        report.deltas += 1;
+                        if matches!(line, Line::Twilio(_)) && utterance_ended.is_none() {
+                            // Audio of an answer taken as over, coming while the caller speaks again: a gap it heard.
+                            report.underruns += 1;
+                            continue;
+                        }
+                        let lead_ms = turn.playout.on_delta(ms_since(now), ms);
+                        if lead_ms < 0.0 {
+                            report.underruns += 1;
+                        }
+                        if turn.first_audio.is_some() {
+                            // The first delta plays on arrival, lead 0 by definition.
+                            report.min_lead_ms = Some(report.min_lead_ms.map_or(lead_ms, |m| m.min(lead_ms)));
+                            continue;
+                        }
+                        turn.first_audio = Some(now);
+                        if matches!(line, Line::Twilio(_)) {
+                            // Twilio reports no turns: the first audio is all the client can measure.
+                            report.turns.push(Turn { client_ms: turn.client_ms(), ..Turn::default() });
+                        }
+                        continue;
                     }
-                    if turn.first_audio.is_some() {
-                        // The first delta plays on arrival, lead 0 by definition.
-                        report.min_lead_ms = Some(report.min_lead_ms.map_or(lead_ms, |m| m.min(lead_ms)));
+                    Heard::Realtime(event) => event,
+                    Heard::Mark(name) => {
+                        let Line::Twilio(call) = &mut line else { continue };
+                        let played = turn.playout.end_ms().map_or(now, |ms| epoch + Duration::from_secs_f64(ms / 1000.0));
+                        let due = played.max(now);
+                        if call.marks.is_empty() {
+                            echo_at.as_mut().reset(due);
+                        }
+                        call.marks.push_back((due, name));
+                        continue;
                     }
-                    turn.first_audio.get_or_insert(now);
-                    continue;
-                }
-                let Ok(event) = serde_json::from_str::<Event>(&text) else {
-                    report.errors.push("an event that is not JSON".into());
-                    continue;
+                    Heard::Clear => {
+                        let Line::Twilio(call) = &mut line else { continue };
+                        call.clears += 1;
+                        for (due, _) in &mut call.marks {
+                            *due = now;
+                        }
+                        echo_at.as_mut().reset(now);
+                        continue;
+                    }
+                    Heard::Unreadable(what) => {
+                        report.errors.push(what.into());
+                        continue;
+                    }
+                    Heard::Other => continue,
                 };
                 match &*event.kind {
                     "response.output_audio.delta" => {
@@ -462,8 +792,8 @@ async fn run_client(
                         }
                         if let Some(voice_to_voice_ms) = latency.voice_to_voice {
                             report.turns.push(Turn {
-                                voice_to_voice_ms,
-                                client_ms: turn.window_sent.zip(turn.first_audio).map(|(s, f)| f.duration_since(s).as_secs_f64() * 1000.0),
+                                voice_to_voice_ms: Some(voice_to_voice_ms),
+                                client_ms: turn.client_ms(),
                                 stt_ms: latency.stt,
                                 llm_ttft_ms: latency.llm_ttft,
                                 tts_ttfb_ms: latency.tts_ttfb,
@@ -492,6 +822,9 @@ async fn run_client(
         }
     }
     report.active = began.elapsed();
+    if let Line::Twilio(call) = &line {
+        report.clears = call.clears;
+    }
     let _ = ws.close(None).await;
     report
 }
@@ -542,8 +875,12 @@ impl Child {
         Ok(child)
     }
 
-    fn ws_url(&self) -> String {
-        format!("{}/v1/realtime?model={}", self.base.replace("http://", "ws://"), self.route)
+    fn ws_url(&self, transport: Transport) -> String {
+        let base = self.base.replace("http://", "ws://");
+        match transport {
+            Transport::Realtime => format!("{base}/v1/realtime?model={}", self.route),
+            Transport::Twilio => format!("{base}/v1/phone/twilio"),
+        }
     }
 
     fn rss_mb(&self) -> Option<f64> {
@@ -568,22 +905,29 @@ fn status_kb(pid: u32, field: &str) -> Option<f64> {
 
 /// Runs the pipeline benchmark and returns a Markdown report.
 pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
-    let frames = Arc::new(load_frames(&fixture_path("wav"))?);
+    if options.embedded && options.transport == Transport::Twilio {
+        // SmolLM2 talks for a minute unless the session caps its answer, which a Twilio call cannot.
+        anyhow::bail!("--embedded runs over --transport realtime only: a Twilio call cannot set max_output_tokens");
+    }
+    let frames = Arc::new(load_frames(&fixture_path("wav"), options.transport)?);
     let holdback_16k = resampler_holdback_16k();
     let child = Child::start(options.sessions.max(options.idle) + 16, options.precise_engine_timers, options.embedded).await?;
-    let url: Arc<str> = Arc::from(child.ws_url());
+    let dial = Arc::new(Dial {
+        transport: options.transport,
+        url: child.ws_url(options.transport),
+        route: child.route,
+        setup: options.embedded.then_some(EMBEDDED_SESSION),
+    });
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out = String::new();
 
     // Warm up: one session, so one-time allocations are not counted per session.
-    let _ = connect(&url).await?.close(None).await;
+    let _ = connect(&dial, 0).await?.0.close(None).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     if options.embedded && options.sessions > 0 {
         // One whole turn first: the models load and the engines make their first allocations.
         let now = Instant::now();
-        let warm =
-            run_client(url.clone(), frames.clone(), holdback_16k, now, now, Duration::ZERO, now + EMBEDDED_WARM_UP, Some(EMBEDDED_SESSION))
-                .await;
+        let warm = run_client(dial.clone(), frames.clone(), holdback_16k, now, now, 0, now + EMBEDDED_WARM_UP).await;
         if warm.turns.is_empty() {
             anyhow::bail!(
                 "the warm-up session got no answer in {} s (connected {}, frames sent {}, deltas {}, responses not completed {}, closed by the server {}, errors {:?})",
@@ -599,10 +943,10 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     }
 
     if options.idle > 0 {
-        idle(&child, &url, options.idle, &mut out).await?;
+        idle(&child, &dial, options.idle, &mut out).await?;
     }
     if options.sessions > 0 {
-        load(&child, &url, frames, holdback_16k, options, cores, &mut out).await?;
+        load(&child, &dial, frames, holdback_16k, options, cores, &mut out).await?;
     }
     let peak = peak_rss_mb(child.pid).map_or("unknown".to_string(), |mb| format!("{mb:.1} MB"));
     let _ = writeln!(out, "\nvoxgate peak resident memory (VmHWM): {peak}");
@@ -610,15 +954,22 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     Ok(out)
 }
 
-async fn idle(child: &Child, url: &Arc<str>, n: usize, out: &mut String) -> anyhow::Result<()> {
+async fn idle(child: &Child, dial: &Dial, n: usize, out: &mut String) -> anyhow::Result<()> {
     let before = child.rss_mb();
-    let sockets: Vec<anyhow::Result<Ws>> =
-        futures::stream::iter(0..n).map(|_| connect(url)).buffer_unordered(IDLE_CONNECTS_AT_ONCE).collect().await;
+    let sockets: Vec<anyhow::Result<Ws>> = futures::stream::iter(0..n)
+        .map(|i| async move { connect(dial, i).await.map(|(ws, _)| ws) })
+        .buffer_unordered(IDLE_CONNECTS_AT_ONCE)
+        .collect()
+        .await;
     let failed = sockets.iter().filter(|s| s.is_err()).count();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let with = child.rss_mb();
     let connected = n - failed;
-    let _ = writeln!(out, "Idle sessions: connected, `session.created` received, then 1 s of settling; nothing sent\n");
+    let opened = match dial.transport {
+        Transport::Realtime => "`session.created` received, then 1 s of settling; nothing sent",
+        Transport::Twilio => "`connected` and `start` sent, then 1 s of settling; no audio sent",
+    };
+    let _ = writeln!(out, "Idle sessions: connected, {opened}\n");
     let _ = writeln!(out, "| idle sessions | failed | RSS before MB | RSS with them MB | per idle session KB |");
     let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: |");
     let per = match (before, with) {
@@ -650,7 +1001,7 @@ fn quantile_cells(mut values: Vec<f64>) -> String {
 
 async fn load(
     child: &Child,
-    url: &Arc<str>,
+    dial: &Arc<Dial>,
     frames: Arc<Frames>,
     holdback_16k: u64,
     options: PipelineOptions,
@@ -670,8 +1021,7 @@ async fn load(
     let tasks: Vec<_> = (0..n)
         .map(|i| {
             let start = epoch + ramp.mul_f64(i as f64 / n as f64);
-            let setup = options.embedded.then_some(EMBEDDED_SESSION);
-            tokio::spawn(run_client(url.clone(), frames.clone(), holdback_16k, epoch, start, frame_phase(i), end, setup))
+            tokio::spawn(run_client(dial.clone(), frames.clone(), holdback_16k, epoch, start, i, end))
         })
         .collect();
     let rss_loaded = {
@@ -704,6 +1054,13 @@ async fn load(
     let min_lead = reports.iter().filter_map(|r| r.min_lead_ms).min_by(f64::total_cmp);
     let max_lateness = reports.iter().map(|r| r.max_tick_lateness_ms).fold(0.0, f64::max);
 
+    let over = match options.transport {
+        Transport::Realtime => "",
+        Transport::Twilio => {
+            " over Twilio Media Streams (`/v1/phone/twilio`: μ-law 8 kHz in 20 ms `media` frames, each `mark` echoed once the audio \
+             before it has played)"
+        }
+    };
     if options.embedded {
         let _ = writeln!(
             out,
@@ -717,7 +1074,7 @@ async fn load(
     } else {
         let _ = writeln!(
             out,
-            "{n} sessions, starts spread over {} s, then {} s with all running; fake engines: STT {STT_LATENCY_MS} ms after the \
+            "{n} sessions{over}, starts spread over {} s, then {} s with all running; fake engines: STT {STT_LATENCY_MS} ms after the \
              {} ms silence window, LLM time to first token {LLM_TTFT_MS} ms, TTS first audio {TTS_TTFB_MS} ms, \
              waiting with {}; voxgate and the load generator share {cores} cores\n",
             ramp.as_secs(),
@@ -730,35 +1087,42 @@ async fn load(
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
     let column = |f: &dyn Fn(&Turn) -> Option<f64>| quantile_cells(turns.iter().filter_map(f).collect());
     let embedded_rows: [Row; 5] = [
-        ("**end of user speech → first agent audio, server clock** (voice_to_voice, silence window included)", &|t| {
-            Some(t.voice_to_voice_ms)
-        }),
+        ("**end of user speech → first agent audio, server clock** (voice_to_voice, silence window included)", &|t| t.voice_to_voice_ms),
         ("client: window-completing frame sent → first audio received", &|t| t.client_ms),
         ("STT: turn committed → final transcript (stt − silence)", &|t| t.stt_ms.map(|s| s - engines.silence_ms)),
         ("LLM: time to first token", &|t| t.llm_ttft_ms),
         ("TTS: time to first audio", &|t| t.tts_ttfb_ms),
     ];
     let fake_rows: [Row; 7] = [
-        ("**overhead, server clock** (voice_to_voice − silence − engines)", &|t| Some(engines.server_overhead_ms(t.voice_to_voice_ms))),
+        ("**overhead, server clock** (voice_to_voice − silence − engines)", &|t| {
+            t.voice_to_voice_ms.map(|v| engines.server_overhead_ms(v))
+        }),
         ("**overhead, client clock** (window-completing frame sent → first audio received − engines)", &|t| {
             t.client_ms.map(|c| engines.client_overhead_ms(c))
         }),
         ("of which STT stage (stt − silence − STT latency)", &|t| t.stt_ms.map(|s| s - engines.silence_ms - engines.stt_ms)),
         ("of which LLM stage (llm_ttft − TTFT)", &|t| t.llm_ttft_ms.map(|s| s - engines.llm_ttft_ms)),
         ("of which TTS stage (tts_ttfb − TTFB)", &|t| t.tts_ttfb_ms.map(|s| s - engines.tts_ttfb_ms)),
-        ("voice_to_voice as reported", &|t| Some(t.voice_to_voice_ms)),
+        ("voice_to_voice as reported", &|t| t.voice_to_voice_ms),
         ("client: window-completing frame sent → first audio received", &|t| t.client_ms),
     ];
-    let rows: &[Row] = if options.embedded { &embedded_rows } else { &fake_rows };
+    // Twilio reports no turns: only the client's clock measures them.
+    let client_rows = [fake_rows[1], fake_rows[6]];
+    let rows: &[Row] = match (options.embedded, options.transport) {
+        (true, _) => &embedded_rows,
+        (false, Transport::Realtime) => &fake_rows,
+        (false, Transport::Twilio) => &client_rows,
+    };
     for (name, f) in rows {
         let _ = writeln!(out, "| {name} | {}", column(f));
     }
 
     let dropped_cell = dropped.map_or("unknown".into(), |d| format!("{d:.0}"));
     let lead_cell = min_lead.map_or("–".into(), |l| format!("{l:.1}"));
+    let unit = options.transport.output_unit();
     let _ = writeln!(
         out,
-        "\n| input frames sent | dropped by the server | output deltas | late deltas (underruns) | smallest lead ms | \
+        "\n| input frames sent | dropped by the server | output {unit} | late {unit} (underruns) | smallest lead ms | \
          client ticks ≥ 20 ms late | worst tick lateness ms |"
     );
     let _ = writeln!(out, "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -803,12 +1167,16 @@ async fn load(
         );
     }
     let errors: Vec<&String> = reports.iter().flat_map(|r| r.errors.iter()).take(3).collect();
+    let (cut, cut_count) = match options.transport {
+        Transport::Realtime => ("responses not completed (cancelled or cut at max_output_tokens)", sum(|r| r.responses_not_completed)),
+        Transport::Twilio => ("`clear`s received (taken for barge-ins)", sum(|r| r.clears)),
+    };
     let _ = writeln!(
         out,
-        "\nsessions connected {connected}/{n}, closed by the server {}, responses not completed (cancelled or cut at max_output_tokens) {}, turns timed out {}, \
+        "\nsessions connected {connected}/{n}, answered (audio received) {}, closed by the server {}, {cut} {cut_count}, turns timed out {}, \
          stops without a matching frame {}, error events {}{}",
+        reports.iter().filter(|r| r.deltas > 0).count(),
         reports.iter().filter(|r| r.closed_by_server).count(),
-        sum(|r| r.responses_not_completed),
         sum(|r| r.timeouts),
         sum(|r| r.unmatched_stops),
         reports.iter().map(|r| r.errors.len()).sum::<usize>(),
@@ -896,6 +1264,60 @@ mod tests {
         assert_eq!(audio_delta(&serde_json::to_string(&transcript).unwrap()), None);
         // Not base64 (an escape, say): left to the JSON parser.
         assert_eq!(audio_delta(r#"{"type":"response.output_audio.delta","delta":"a\u0041"}"#), None);
+    }
+
+    #[test]
+    fn twilio_media_is_found_in_the_frames_voxgate_writes() {
+        let payload = base64::engine::general_purpose::STANDARD.encode([0xffu8; 160]);
+        // As `transport::twilio` writes it.
+        let media = serde_json::json!({"event": "media", "streamSid": "MZ1", "media": {"payload": payload}}).to_string();
+        assert_eq!(twilio_media(&media), Some(payload.as_str()));
+        assert!((base64_ulaw_ms(&payload) - 20.0).abs() < 1e-9);
+        let mark = serde_json::json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": "voxgate-1"}}).to_string();
+        assert_eq!(twilio_media(&mark), None);
+        let Heard::Mark(name) = Line::Twilio(Call::new(0)).read(&mark) else { panic!("{mark} is a mark") };
+        assert_eq!(name, "voxgate-1");
+        assert!(matches!(Line::Twilio(Call::new(0)).read(r#"{"event":"clear","streamSid":"MZ1"}"#), Heard::Clear));
+    }
+
+    #[test]
+    fn a_call_numbers_its_frames_and_echoes_marks_once_played() {
+        let mut call = Call::new(7);
+        let start: serde_json::Value = serde_json::from_str(&call.start("bench")).unwrap();
+        assert_eq!(start["start"]["customParameters"]["model"], "bench");
+        assert_eq!(start["start"]["streamSid"], start["streamSid"]);
+        let media: serde_json::Value = serde_json::from_str(&call.media("AAAA")).unwrap();
+        assert_eq!(
+            (&media["sequenceNumber"], &media["media"]["chunk"], &media["media"]["payload"]),
+            (&"2".into(), &"1".into(), &"AAAA".into())
+        );
+        let now = Instant::now();
+        call.marks.push_back((now + Duration::from_millis(20), "voxgate-1".into()));
+        assert!(call.echo_due(now).is_none());
+        let echo: serde_json::Value = serde_json::from_str(&call.echo_due(now + Duration::from_millis(20)).unwrap()).unwrap();
+        assert_eq!((&echo["event"], &echo["mark"]["name"], &echo["sequenceNumber"]), (&"mark".into(), &"voxgate-1".into(), &"3".into()));
+    }
+
+    #[test]
+    fn the_window_completes_half_a_second_after_the_fixtures_speech_on_every_turn() {
+        let frames = load_frames(&fixture_path("wav"), Transport::Twilio).unwrap();
+        let window = frames.window_frame.unwrap();
+        // The sidecar's last word ends at 5 786 ms: the window ends 500 ms later, in frame 314.
+        assert!((312..=316).contains(&window), "{window}");
+        // Whatever silence came before the utterance, the same frame of it completes the window.
+        let base64 = base64::engine::general_purpose::STANDARD;
+        let pcm: Vec<i16> = frames.speech.iter().flat_map(|p| base64.decode(p.as_str()).unwrap()).map(ulaw_decode).collect();
+        for silent_frames in [0usize, 1, 7, 250] {
+            let after_silence = [vec![0; silent_frames * 160], pcm.clone()].concat();
+            assert_eq!(window_completing_frame(&after_silence), Some(window + silent_frames as u64), "{silent_frames}");
+        }
+    }
+
+    #[test]
+    fn transports_by_name() {
+        assert_eq!("twilio".parse(), Ok(Transport::Twilio));
+        assert_eq!("realtime".parse(), Ok(Transport::Realtime));
+        assert!("sip".parse::<Transport>().is_err());
     }
 
     #[test]

@@ -48,5 +48,6 @@ mod offline_voice;
 
 // The real binary with real clients: the `openai` Python SDK, Chromium, `voxgate bench`.
 mod bench_gateway;
+mod bench_pipeline;
 mod browser_demo;
 mod openai_sdk;
