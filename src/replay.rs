@@ -163,7 +163,7 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
                 last_event = Instant::now();
                 let now = ms(last_event);
                 let mut mark = |event: &str, detail: Option<String>| report.timeline.push(Mark { t_ms: now, event: event.into(), detail });
-                projection.events(*event, &mut events);
+                projection.events(*event, |e| events.push(e));
                 for event in events.drain(..) {
                 match event {
                     ServerEvent::InputAudioBufferSpeechStarted { audio_start_ms, .. } => mark("speech_started", Some(format!("audio_start_ms={audio_start_ms}"))),

@@ -329,31 +329,31 @@ impl Projection {
         self.outputs.get(response_id).and_then(|ids| ids.iter().position(|id| id == item_id)).unwrap_or(0) as u32
     }
 
-    /// The server events for one session event, in order, onto `out`.
-    pub fn events(&mut self, event: Event, out: &mut Vec<ServerEvent>) {
+    /// The server events for one session event, handed to `emit` in order.
+    pub fn events(&mut self, event: Event, mut emit: impl FnMut(ServerEvent)) {
         let event_id = new_event_id;
         match event {
             Event::Settings { session_id, settings, created } => {
                 self.output_format = settings.output_format;
                 let session = session_object(&session_id, &settings);
-                out.push(if created {
+                emit(if created {
                     ServerEvent::SessionCreated { event_id: event_id(), session }
                 } else {
                     ServerEvent::SessionUpdated { event_id: event_id(), session }
                 });
             }
-            Event::Error(error) => out.push(ServerEvent::error(realtime_error(error))),
+            Event::Error(error) => emit(ServerEvent::error(realtime_error(error))),
             Event::SpeechStarted { item_id, audio_start_ms } => {
-                out.push(ServerEvent::InputAudioBufferSpeechStarted { event_id: event_id(), audio_start_ms, item_id })
+                emit(ServerEvent::InputAudioBufferSpeechStarted { event_id: event_id(), audio_start_ms, item_id })
             }
             Event::SpeechStopped { item_id, audio_end_ms } => {
-                out.push(ServerEvent::InputAudioBufferSpeechStopped { event_id: event_id(), audio_end_ms, item_id })
+                emit(ServerEvent::InputAudioBufferSpeechStopped { event_id: event_id(), audio_end_ms, item_id })
             }
             Event::InputCommitted { item_id, previous_item_id } => {
-                out.push(ServerEvent::InputAudioBufferCommitted { event_id: event_id(), previous_item_id, item_id })
+                emit(ServerEvent::InputAudioBufferCommitted { event_id: event_id(), previous_item_id, item_id })
             }
-            Event::InputCleared => out.push(ServerEvent::InputAudioBufferCleared { event_id: event_id() }),
-            Event::TranscriptPartial { item_id, delta, transcript } => out.push(ServerEvent::InputAudioTranscriptionDelta {
+            Event::InputCleared => emit(ServerEvent::InputAudioBufferCleared { event_id: event_id() }),
+            Event::TranscriptPartial { item_id, delta, transcript } => emit(ServerEvent::InputAudioTranscriptionDelta {
                 event_id: event_id(),
                 item_id,
                 content_index: 0,
@@ -363,7 +363,7 @@ impl Projection {
             }),
             Event::TranscriptFinal { item_id, transcript } => {
                 let seconds = transcript.words.last().map_or(0.0, |w| w.end_ms as f64 / 1000.0);
-                out.push(ServerEvent::InputAudioTranscriptionCompleted {
+                emit(ServerEvent::InputAudioTranscriptionCompleted {
                     event_id: event_id(),
                     item_id,
                     content_index: 0,
@@ -373,31 +373,31 @@ impl Projection {
                     speaker: transcript.speaker,
                 })
             }
-            Event::TranscriptFailed { item_id, code, message } => out.push(ServerEvent::InputAudioTranscriptionFailed {
+            Event::TranscriptFailed { item_id, code, message } => emit(ServerEvent::InputAudioTranscriptionFailed {
                 event_id: event_id(),
                 item_id,
                 content_index: 0,
                 error: RealtimeError::server(code, message),
             }),
             Event::ItemAdded { item, previous_item_id } => {
-                out.push(ServerEvent::ConversationItemAdded { event_id: event_id(), previous_item_id, item: item_to_wire(&item) })
+                emit(ServerEvent::ConversationItemAdded { event_id: event_id(), previous_item_id, item: item_to_wire(&item) })
             }
             Event::ItemDone { item, previous_item_id } => {
-                out.push(ServerEvent::ConversationItemDone { event_id: event_id(), previous_item_id, item: item_to_wire(&item) })
+                emit(ServerEvent::ConversationItemDone { event_id: event_id(), previous_item_id, item: item_to_wire(&item) })
             }
             Event::ItemRetrieved { item } => {
-                out.push(ServerEvent::ConversationItemRetrieved { event_id: event_id(), item: item_to_wire(&item) })
+                emit(ServerEvent::ConversationItemRetrieved { event_id: event_id(), item: item_to_wire(&item) })
             }
-            Event::ItemDeleted { item_id } => out.push(ServerEvent::ConversationItemDeleted { event_id: event_id(), item_id }),
+            Event::ItemDeleted { item_id } => emit(ServerEvent::ConversationItemDeleted { event_id: event_id(), item_id }),
             Event::ItemTruncated { item_id, audio_end_ms } => {
-                out.push(ServerEvent::ConversationItemTruncated { event_id: event_id(), item_id, content_index: 0, audio_end_ms })
+                emit(ServerEvent::ConversationItemTruncated { event_id: event_id(), item_id, content_index: 0, audio_end_ms })
             }
             Event::ResponseStarted { response_id, audio, metadata } => {
                 self.outputs.insert(response_id.clone(), Vec::new());
                 let mut response = Response::in_progress(response_id);
                 response.output_modalities = Some(vec![modality(audio)]);
                 response.metadata = metadata;
-                out.push(ServerEvent::ResponseCreated { event_id: event_id(), response });
+                emit(ServerEvent::ResponseCreated { event_id: event_id(), response });
             }
             Event::OutputItemAdded { response_id, item, conversation } => {
                 let item_id = item.id().unwrap_or_default().to_string();
@@ -405,14 +405,14 @@ impl Projection {
                 let output_index = ids.len() as u32;
                 ids.push(item_id.clone());
                 let wire = item_to_wire(&item);
-                out.push(ServerEvent::ResponseOutputItemAdded {
+                emit(ServerEvent::ResponseOutputItemAdded {
                     event_id: event_id(),
                     response_id: response_id.clone(),
                     output_index,
                     item: wire.clone(),
                 });
                 if let Some(joined) = conversation {
-                    out.push(ServerEvent::ConversationItemAdded {
+                    emit(ServerEvent::ConversationItemAdded {
                         event_id: event_id(),
                         previous_item_id: joined.previous_item_id,
                         item: wire,
@@ -423,7 +423,7 @@ impl Projection {
                         Some(Content::OutputAudio { .. }) => ResponsePart::Audio { audio: None, transcript: String::new() },
                         _ => ResponsePart::Text { text: String::new() },
                     };
-                    out.push(ServerEvent::ResponseContentPartAdded {
+                    emit(ServerEvent::ResponseContentPartAdded {
                         event_id: event_id(),
                         response_id,
                         item_id,
@@ -441,14 +441,14 @@ impl Projection {
                         let part = match m.content.first() {
                             Some(Content::OutputAudio { transcript }) => {
                                 let transcript = transcript.clone().unwrap_or_default();
-                                out.push(ServerEvent::ResponseOutputAudioDone {
+                                emit(ServerEvent::ResponseOutputAudioDone {
                                     event_id: event_id(),
                                     response_id: response_id.clone(),
                                     item_id: item_id.clone(),
                                     output_index,
                                     content_index: 0,
                                 });
-                                out.push(ServerEvent::ResponseOutputAudioTranscriptDone {
+                                emit(ServerEvent::ResponseOutputAudioTranscriptDone {
                                     event_id: event_id(),
                                     response_id: response_id.clone(),
                                     item_id: item_id.clone(),
@@ -459,7 +459,7 @@ impl Projection {
                                 ResponsePart::Audio { audio: None, transcript }
                             }
                             Some(Content::OutputText { text }) => {
-                                out.push(ServerEvent::ResponseOutputTextDone {
+                                emit(ServerEvent::ResponseOutputTextDone {
                                     event_id: event_id(),
                                     response_id: response_id.clone(),
                                     item_id: item_id.clone(),
@@ -471,7 +471,7 @@ impl Projection {
                             }
                             _ => ResponsePart::Text { text: String::new() },
                         };
-                        out.push(ServerEvent::ResponseContentPartDone {
+                        emit(ServerEvent::ResponseContentPartDone {
                             event_id: event_id(),
                             response_id: response_id.clone(),
                             item_id,
@@ -481,7 +481,7 @@ impl Projection {
                         });
                     }
                     Item::FunctionCall(c) if c.status == Some(ItemStatus::Completed) => {
-                        out.push(ServerEvent::ResponseFunctionCallArgumentsDone {
+                        emit(ServerEvent::ResponseFunctionCallArgumentsDone {
                             event_id: event_id(),
                             response_id: response_id.clone(),
                             item_id,
@@ -493,16 +493,11 @@ impl Projection {
                     }
                     _ => {}
                 }
-                out.push(ServerEvent::ResponseOutputItemDone {
-                    event_id: event_id(),
-                    response_id,
-                    output_index,
-                    item: item_to_wire(&item),
-                });
+                emit(ServerEvent::ResponseOutputItemDone { event_id: event_id(), response_id, output_index, item: item_to_wire(&item) });
             }
             Event::TextDelta { response_id, item_id, delta } => {
                 let output_index = self.output_index(&response_id, &item_id);
-                out.push(ServerEvent::ResponseOutputTextDelta {
+                emit(ServerEvent::ResponseOutputTextDelta {
                     event_id: event_id(),
                     response_id,
                     item_id,
@@ -513,7 +508,7 @@ impl Projection {
             }
             Event::SpokenText { response_id, item_id, delta } => {
                 let output_index = self.output_index(&response_id, &item_id);
-                out.push(ServerEvent::ResponseOutputAudioTranscriptDelta {
+                emit(ServerEvent::ResponseOutputAudioTranscriptDelta {
                     event_id: event_id(),
                     response_id,
                     item_id,
@@ -527,7 +522,7 @@ impl Projection {
                 self.audio_bytes.clear();
                 encode_from_pcm(self.output_format, &samples, &mut self.audio_bytes);
                 let delta = base64::engine::general_purpose::STANDARD.encode(&self.audio_bytes);
-                out.push(ServerEvent::ResponseOutputAudioDelta {
+                emit(ServerEvent::ResponseOutputAudioDelta {
                     event_id: event_id(),
                     response_id,
                     item_id,
@@ -536,12 +531,12 @@ impl Projection {
                     delta,
                 });
             }
-            Event::AudioStarted { response_id } => out.push(ServerEvent::OutputAudioBufferStarted { event_id: event_id(), response_id }),
-            Event::AudioStopped { response_id } => out.push(ServerEvent::OutputAudioBufferStopped { event_id: event_id(), response_id }),
-            Event::AudioCleared { response_id } => out.push(ServerEvent::OutputAudioBufferCleared { event_id: event_id(), response_id }),
+            Event::AudioStarted { response_id } => emit(ServerEvent::OutputAudioBufferStarted { event_id: event_id(), response_id }),
+            Event::AudioStopped { response_id } => emit(ServerEvent::OutputAudioBufferStopped { event_id: event_id(), response_id }),
+            Event::AudioCleared { response_id } => emit(ServerEvent::OutputAudioBufferCleared { event_id: event_id(), response_id }),
             Event::ToolCallDelta { response_id, item_id, call_id, delta } => {
                 let output_index = self.output_index(&response_id, &item_id);
-                out.push(ServerEvent::ResponseFunctionCallArgumentsDelta {
+                emit(ServerEvent::ResponseFunctionCallArgumentsDelta {
                     event_id: event_id(),
                     response_id,
                     item_id,
@@ -552,7 +547,7 @@ impl Projection {
             }
             Event::ResponseDone(summary) => {
                 self.outputs.remove(&summary.id);
-                out.push(ServerEvent::ResponseDone { event_id: event_id(), response: response_object(*summary) });
+                emit(ServerEvent::ResponseDone { event_id: event_id(), response: response_object(*summary) });
             }
             Event::RateLimits(budgets) => {
                 let rate_limits = budgets
@@ -564,7 +559,7 @@ impl Projection {
                         reset_seconds: b.reset.as_secs_f64(),
                     })
                     .collect();
-                out.push(ServerEvent::RateLimitsUpdated { event_id: event_id(), rate_limits });
+                emit(ServerEvent::RateLimitsUpdated { event_id: event_id(), rate_limits });
             }
         }
     }
@@ -852,7 +847,7 @@ mod tests {
         let mut p = Projection::default();
         let mut out = Vec::new();
         let settings = Box::new(settings(AudioFormat::Pcmu));
-        p.events(Event::Settings { session_id: "sess_1".into(), settings, created: true }, &mut out);
+        p.events(Event::Settings { session_id: "sess_1".into(), settings, created: true }, |e| out.push(e));
         let ServerEvent::SessionCreated { session, .. } = &out[0] else { panic!("{out:?}") };
         assert_eq!(session.max_output_tokens, Some(MaxOutputTokens::Limit(64)));
         assert_eq!(session.audio.as_ref().unwrap().output.as_ref().unwrap().format.as_ref().unwrap().format_type, "audio/pcmu");
@@ -878,7 +873,7 @@ mod tests {
         ];
         out.clear();
         for step in steps {
-            p.events(step, &mut out);
+            p.events(step, |e| out.push(e));
         }
         let types: Vec<&str> = out.iter().map(ServerEvent::event_type).collect();
         assert_eq!(
@@ -917,7 +912,7 @@ mod tests {
             latencies: Latencies { llm_ttft: Some(12.5), ..Latencies::default() },
             meter: Some(MeterReading { billed_seconds: 3, amount: crate::metering::amount(3, 4_500_000) }),
         };
-        p.events(Event::ResponseDone(Box::new(summary)), &mut out);
+        p.events(Event::ResponseDone(Box::new(summary)), |e| out.push(e));
         let ServerEvent::ResponseDone { response, .. } = &out[0] else { panic!() };
         assert_eq!(response.status, WireResponseStatus::Cancelled);
         assert_eq!(response.status_details.as_ref().unwrap().reason, Some(StatusReason::TurnDetected));
@@ -927,7 +922,9 @@ mod tests {
         assert_eq!(voxgate.meter.as_ref().unwrap().amount_usd, "0.003750000000");
         // Audio after the response is done (still playing) keeps its item but no longer has an index.
         out.clear();
-        p.events(Event::Audio { response_id: "resp_1".into(), item_id: "item_msg".into(), samples: vec![0], rate_hz: 8_000 }, &mut out);
+        p.events(Event::Audio { response_id: "resp_1".into(), item_id: "item_msg".into(), samples: vec![0], rate_hz: 8_000 }, |e| {
+            out.push(e)
+        });
         let ServerEvent::ResponseOutputAudioDelta { output_index, .. } = &out[0] else { panic!() };
         assert_eq!(*output_index, 0);
     }

@@ -36,7 +36,8 @@ where
     let (mut sink, mut stream) = socket.split();
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (out_tx, mut out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    let (rejected_tx, mut rejected_rx) = mpsc::channel::<RealtimeError>(REJECTED_CAPACITY);
+    // Boxed: a channel allocates room for 32 of its items up front, in every idle session.
+    let (rejected_tx, mut rejected_rx) = mpsc::channel::<Box<RealtimeError>>(REJECTED_CAPACITY);
     let session_cancel = cancel.child_token();
     let session_id = start.session_id.clone();
     let actor = tokio::spawn(run_session(engines.clone(), start, meter, in_rx, out_tx, session_cancel.clone()));
@@ -46,28 +47,27 @@ where
     let writer = async move {
         let session_id = writer_session_id;
         let mut projection = Projection::default();
-        let mut events = Vec::new();
+        // Serialised as they are made: a session keeps this buffer's room for a few small messages,
+        // not for a few server events.
+        let mut messages: Vec<Message> = Vec::new();
+        let to_text = |messages: &mut Vec<Message>, event: ServerEvent| match serde_json::to_string(&event) {
+            Ok(text) => messages.push(Message::Text(Utf8Bytes::from(text))),
+            Err(e) => debug!(%session_id, error = %e, "could not serialise a server event"),
+        };
         loop {
             tokio::select! {
                 biased;
                 out = out_rx.recv() => match out {
-                    Some(Outbound::Event(event)) => projection.events(*event, &mut events),
+                    Some(Outbound::Event(event)) => projection.events(*event, |e| to_text(&mut messages, e)),
                     Some(Outbound::Close(CloseReason::ClientNotReading)) => {
                         let _ = sink.send(super::super::close_frame(1008, "client is not reading events")).await;
                         return;
                     }
                     None => break,
                 },
-                Some(error) = rejected_rx.recv() => events.push(ServerEvent::error(error)),
+                Some(error) = rejected_rx.recv() => to_text(&mut messages, ServerEvent::error(*error)),
             }
-            for event in events.drain(..) {
-                let message = match serde_json::to_string(&event) {
-                    Ok(text) => Message::Text(Utf8Bytes::from(text)),
-                    Err(e) => {
-                        debug!(%session_id, error = %e, "could not serialise a server event");
-                        continue;
-                    }
-                };
+            for message in messages.drain(..) {
                 if sink.send(message).await.is_err() {
                     return;
                 }
@@ -87,7 +87,7 @@ where
         let reject = |error: RealtimeError| {
             metrics().inc("voxgate_errors_total", &[("kind", "bad_client_event")]);
             // A client that floods bad events and never reads loses some of their errors.
-            let _ = rejected_tx.try_send(error);
+            let _ = rejected_tx.try_send(Box::new(error));
         };
         while let Some(message) = stream.next().await {
             let text = match message {
