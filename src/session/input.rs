@@ -387,3 +387,99 @@ impl Input {
         self.pending.values().map(|(d, _)| *d).min()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::llm::router::Gateway;
+
+    /// Fake engines: the scripted STT answers "book a table" 40 ms after an utterance ends.
+    fn input(turn: Option<Turn>) -> (Input, mpsc::Receiver<SttMsg>) {
+        let text = "[stt]\nengine = \"fake\"\ntranscripts = [\"book a table\"]\nlatency_ms = 40\n[tts]\nengine = \"none\"\n";
+        let config = Config::from_toml(text, &|_| None).expect("a valid config");
+        let gateway = Arc::new(Gateway::new(&config).expect("a gateway"));
+        let engines = Arc::new(VoiceEngines::from_config(&config, gateway).expect("engines"));
+        let (stt_tx, stt_rx) = mpsc::channel(64);
+        let input = Input::new(engines, "sess_test".into(), CancellationToken::new(), TaskTracker::new(), stt_tx, turn, 24_000);
+        (input, stt_rx)
+    }
+
+    /// `ms` of 24 kHz audio: a 440 Hz tone at `amplitude` (0 for silence).
+    fn audio(ms: usize, amplitude: f64) -> Vec<i16> {
+        (0..ms * 24).map(|i| (amplitude * (i as f64 * 440.0 * std::f64::consts::TAU / 24_000.0).sin()) as i16).collect()
+    }
+
+    fn push(input: &mut Input, samples: &[i16], signals: &mut Vec<Signal>) {
+        for frame in samples.chunks(480) {
+            input.push(frame, 24_000, signals);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spoken_turn_is_detected_committed_and_transcribed() {
+        let (mut input, mut stt) = input(Some(Turn::default()));
+        let mut signals = Vec::new();
+        push(&mut input, &audio(1_000, 0.0), &mut signals);
+        assert!(signals.is_empty(), "silence is no speech: {signals:?}");
+        push(&mut input, &audio(1_500, 8_000.0), &mut signals);
+        let [Signal::SpeechStarted { item_id, audio_start_ms }] = signals.as_slice() else { panic!("{signals:?}") };
+        let item_id = item_id.clone();
+        // Speech began a second in; the reported start includes the prefix padding (300 ms).
+        assert!((650..=1_000).contains(audio_start_ms), "{audio_start_ms}");
+        signals.clear();
+        push(&mut input, &audio(1_000, 0.0), &mut signals);
+        let [Signal::SpeechStopped { item_id: stopped, audio_end_ms, committed }] = signals.as_slice() else { panic!("{signals:?}") };
+        assert_eq!((stopped, &committed.item_id), (&item_id, &item_id));
+        assert!((2_400..=2_600).contains(audio_end_ms), "{audio_end_ms}");
+        // The utterance holds the speech (1.5 s), its prefix padding (0.3 s) and the silence window
+        // that ended it (0.5 s), not the whole second of silence before it.
+        assert!((2_100..=2_400).contains(&committed.audio_ms), "{}", committed.audio_ms);
+        assert!(input.awaiting_transcripts());
+        assert!(input.next_deadline().is_some());
+        // Partials become deltas that only ever extend what was sent; then the final.
+        let mut said = String::new();
+        let (done, result) = loop {
+            match stt.recv().await.expect("the STT task reports") {
+                SttMsg::Partial { item_id, transcript } => said.push_str(&input.partial(&item_id, &transcript).unwrap_or_default()),
+                SttMsg::Final { item_id, result } => break (item_id, result),
+            }
+        };
+        assert!("book a table".starts_with(&said), "{said:?}");
+        let transcript = result.expect("transcribed");
+        let turn = input.final_transcript(done, Ok(transcript.clone())).expect("awaited");
+        assert_eq!(transcript.text, "book a table");
+        assert!(turn.turn.is_some(), "the end of speech is known");
+        assert!(!input.awaiting_transcripts());
+        assert!((3_498..=3_500).contains(&input.input_ms()), "{}", input.input_ms());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_turn_detection_the_client_commits_and_clears() {
+        let (mut input, _stt) = input(None);
+        assert_eq!(input.commit(), None, "nothing to commit yet");
+        let mut signals = Vec::new();
+        push(&mut input, &audio(300, 8_000.0), &mut signals);
+        assert!(signals.is_empty(), "no detector, no signals");
+        input.clear();
+        assert_eq!(input.commit(), None, "cleared audio is gone");
+        push(&mut input, &audio(300, 8_000.0), &mut signals);
+        let committed = input.commit().expect("audio to commit");
+        assert_eq!(committed.audio_ms, 300);
+        // A transcript that never comes fails at its deadline.
+        tokio::time::advance(Duration::from_secs(3_600)).await;
+        assert_eq!(input.expire(Instant::now()), vec![committed.item_id]);
+        assert!(!input.awaiting_transcripts());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn audio_at_another_rate_restarts_the_resampler() {
+        let (mut input, _stt) = input(None);
+        let mut signals = Vec::new();
+        input.push(&[0; 160], 8_000, &mut signals);
+        input.push(&[0; 480], 24_000, &mut signals);
+        // 20 ms each: the timeline counts STT-rate samples whatever the input rate (less the
+        // resampler's filter delay, under a millisecond each).
+        assert!((38..=40).contains(&input.input_ms()), "{}", input.input_ms());
+    }
+}
