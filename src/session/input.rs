@@ -235,7 +235,7 @@ impl Input {
 
     /// Ends the turn now (the client's commit); `None` when no audio came since the last turn.
     pub fn commit(&mut self) -> Option<Committed> {
-        if !self.utterance.as_ref().is_some_and(|u| u.samples > 0) {
+        if self.utterance.as_ref().is_none_or(|u| u.samples == 0) {
             return None;
         }
         self.speech_end = Some(Instant::now());

@@ -665,7 +665,7 @@ fn response_object(summary: ResponseSummary) -> Response {
         amount_usd: m.amount.display_usd_full().trim_start_matches('$').to_string(),
     });
     let l = summary.latencies;
-    let voxgate = (summary.model.is_some() || meter.is_some()).then(|| VoxgateResponseInfo {
+    let voxgate = (summary.model.is_some() || meter.is_some()).then_some(VoxgateResponseInfo {
         model: summary.model,
         latency_ms: StageLatencies { stt: l.stt, llm_ttft: l.llm_ttft, tts_ttfb: l.tts_ttfb, voice_to_voice: l.voice_to_voice },
         meter,
