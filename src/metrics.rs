@@ -31,7 +31,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "voxgate_errors_total",
         Kind::Counter,
-        "Errors reported to a client or that refused work, by kind (ledger_unavailable, too_many_sessions, session_limit, rate_limited, bad_client_event, session_error, client_not_reading, stt_failed, llm_failed, tts_failed).",
+        "Errors reported to a client or that refused work, by kind (ledger_unavailable, too_many_sessions, session_limit, rate_limited, bad_client_event, client_not_reading, stt_failed, llm_failed, tts_failed).",
     ),
     ("voxgate_audio_frames_dropped_total", Kind::Counter, "Audio frames dropped because a stage's queue was full, by stage (input, stt)."),
     (

@@ -24,6 +24,7 @@ use super::response::{ResponseJob, ResponseMsg, Speech};
 use super::settings::Settings;
 use super::turn::{chat_request, Active};
 use super::{RateLimited, SessionStart, VoiceEngines};
+use crate::audio::AudioFormat;
 use crate::metering::ledger::SessionMeter;
 
 /// Runs one session until the client leaves, `cancel` fires, or the transport stops reading.
@@ -294,6 +295,9 @@ impl Actor {
                     self.error(SessionError::new(ErrorKind::NoActiveResponse, "there is no active response to cancel"), reply_to);
                 }
             }
+            Command::Sync { done } => {
+                let _ = done.send(());
+            }
             Command::ClearOutput => {
                 if self.playback.is_some() {
                     self.interrupt(CancelReason::ClientCancelled);
@@ -550,7 +554,8 @@ impl Actor {
         };
         self.tasks.spawn(job.run());
         self.emit(Event::ResponseStarted { response_id: id.clone(), audio, metadata: overrides.metadata.clone() });
-        self.active = Some(Active::new(id, self.seq, cancel, &overrides, audio, self.last_turn.take()));
+        let format = self.settings.output_format;
+        self.active = Some(Active::new(id, self.seq, cancel, &overrides, audio, format, self.last_turn.take()));
     }
 
     fn on_response(&mut self, seq: u64, msg: ResponseMsg) {
@@ -656,7 +661,7 @@ impl Actor {
         }
         let Some(active) = self.active.as_ref() else { return };
         let Some(m) = active.message.as_ref() else { return };
-        self.playback = Some(Playback::new(active.id.clone(), m.item_id.clone()));
+        self.playback = Some(Playback::new(active.id.clone(), m.item_id.clone(), active.output_format));
     }
 
     /// When the actor must next wake: outbound audio, the end of playback, or a transcript deadline.
@@ -676,9 +681,9 @@ impl Actor {
         releases.clear();
         let responding = self.playback.as_ref().is_some_and(|p| self.responding_to(&p.response_id));
         let finished = self.playback.as_mut().is_some_and(|p| p.tick(Instant::now(), lead, responding, &mut releases));
-        if let Some((response_id, item_id)) = self.playback.as_ref().map(|p| (p.response_id.clone(), p.item_id.clone())) {
+        if let Some((response_id, item_id, format)) = self.playback.as_ref().map(|p| (p.response_id.clone(), p.item_id.clone(), p.format)) {
             for release in releases.drain(..) {
-                self.release(release, &response_id, &item_id);
+                self.release(release, &response_id, &item_id, format);
             }
         }
         self.releases = releases;
@@ -692,7 +697,7 @@ impl Actor {
         self.maybe_finish();
     }
 
-    fn release(&mut self, release: Release, response_id: &str, item_id: &str) {
+    fn release(&mut self, release: Release, response_id: &str, item_id: &str, format: AudioFormat) {
         let (response_id, item_id) = (response_id.to_string(), item_id.to_string());
         match release {
             Release::Started => {
@@ -712,10 +717,7 @@ impl Actor {
                 }
                 self.emit(Event::SpokenText { response_id, item_id, delta: text });
             }
-            Release::Audio(samples) => {
-                let rate_hz = self.settings.output_format.rate_hz();
-                self.emit(Event::Audio { response_id, item_id, samples, rate_hz });
-            }
+            Release::Audio(samples) => self.emit(Event::Audio { response_id, item_id, samples, format }),
         }
     }
 

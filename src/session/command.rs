@@ -62,6 +62,11 @@ pub enum Command {
     },
     /// Stop the audio the caller has not heard yet (and the response producing it).
     ClearOutput,
+    /// Answered on `done` once every command before it has been handled (and its events sent): a
+    /// transport that answers some client input itself puts its answer in order this way.
+    Sync {
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// One response's departures from the session's settings.

@@ -3,6 +3,7 @@
 //! PCM audio, typed errors); a transport maps them onto its wire format, with its own event ids,
 //! indexes and encodings.
 
+use crate::audio::AudioFormat;
 use crate::llm::types::Usage;
 use crate::metering::Amount;
 use crate::stt::Transcript;
@@ -120,13 +121,14 @@ pub enum Event {
         item_id: String,
         delta: String,
     },
-    /// Audio of an answer: mono PCM at `rate_hz` (the rate of the session's output format), paced
-    /// at real time.
+    /// Audio of an answer: mono PCM, paced at real time, at the rate of `format`: the output format
+    /// in force when its response started, which the transport encodes it in (a change of format
+    /// takes effect from the next response).
     Audio {
         response_id: String,
         item_id: String,
         samples: Vec<i16>,
-        rate_hz: u32,
+        format: AudioFormat,
     },
     AudioStarted {
         response_id: String,
@@ -249,8 +251,6 @@ pub enum ErrorKind {
     ItemNotFound,
     /// A tool output for a call the model never made.
     UnknownCallId,
-    /// Content a session does not take (audio inside an added item).
-    UnsupportedContent,
     ResponseAlreadyActive,
     NoActiveResponse,
     /// The key's per-minute limit (`requests` or `tokens`) refused a model call.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::audio::AudioFormat;
+
 /// The most audio one outbound audio event carries. Once a frame is due (within `output_lead_ms` of
 /// being heard), the frames right after it join it up to this much, so a caller may hold up to
 /// `output_lead_ms` + this much ahead; a 20 ms engine frame per message would triple the messages
@@ -20,6 +22,8 @@ pub const MAX_QUEUED_AUDIO_MS: f64 = 2_000.0;
 pub struct Playback {
     pub response_id: String,
     pub item_id: String,
+    /// The output format when the response started: its audio is at this format's rate.
+    pub format: AudioFormat,
     queue: VecDeque<Out>,
     queued_ms: f64,
     started: Option<Instant>,
@@ -63,10 +67,11 @@ pub struct Cut {
 }
 
 impl Playback {
-    pub fn new(response_id: String, item_id: String) -> Playback {
+    pub fn new(response_id: String, item_id: String, format: AudioFormat) -> Playback {
         Playback {
             response_id,
             item_id,
+            format,
             queue: VecDeque::new(),
             queued_ms: 0.0,
             started: None,
@@ -238,7 +243,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn audio_is_paced_and_joined_into_deltas_of_at_most_60_ms() {
         let lead = Duration::from_millis(100);
-        let mut p = Playback::new("resp_1".into(), "item_1".into());
+        let mut p = Playback::new("resp_1".into(), "item_1".into(), AudioFormat::REALTIME_PCM);
         p.speak("Hello there. ".into());
         frames(&mut p, 20); // 400 ms
         p.complete = true;
@@ -275,7 +280,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cut_reports_what_the_caller_heard_by_the_clock() {
         let lead = Duration::from_millis(100);
-        let mut p = Playback::new("resp_1".into(), "item_1".into());
+        let mut p = Playback::new("resp_1".into(), "item_1".into(), AudioFormat::REALTIME_PCM);
         p.speak("one two three four ".into());
         frames(&mut p, 50); // 1 s for the chunk
         let mut out = Vec::new();

@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 
 use tokio::time::Instant;
+
+use crate::audio::AudioFormat;
 use tokio_util::sync::CancellationToken;
 
 use super::command::ResponseOverrides;
@@ -23,6 +25,8 @@ pub struct Active {
     pub seq: u64,
     pub cancel: CancellationToken,
     pub audio: bool,
+    /// The output format when the response started; its audio is made at this format's rate.
+    pub output_format: AudioFormat,
     pub in_conversation: bool,
     pub metadata: Option<serde_json::Value>,
     /// Output items in order (message and function calls).
@@ -68,6 +72,7 @@ impl Active {
         cancel: CancellationToken,
         overrides: &ResponseOverrides,
         audio: bool,
+        output_format: AudioFormat,
         turn: Option<TurnTimes>,
     ) -> Active {
         Active {
@@ -75,6 +80,7 @@ impl Active {
             seq,
             cancel,
             audio,
+            output_format,
             in_conversation: !overrides.out_of_band,
             metadata: overrides.metadata.clone(),
             output: Vec::new(),
@@ -304,7 +310,15 @@ mod tests {
 
     #[test]
     fn tool_calls_collect_their_arguments_and_keep_their_place() {
-        let mut active = Active::new("resp_1".into(), 1, CancellationToken::new(), &ResponseOverrides::default(), false, None);
+        let mut active = Active::new(
+            "resp_1".into(),
+            1,
+            CancellationToken::new(),
+            &ResponseOverrides::default(),
+            false,
+            AudioFormat::REALTIME_PCM,
+            None,
+        );
         assert!(active.open_message().is_some());
         assert!(active.open_message().is_none(), "one message per response");
         active.start_call(0, "call_a".into(), "weather".into());

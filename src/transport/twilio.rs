@@ -589,7 +589,7 @@ mod tests {
     use crate::session::conversation::ItemStatus;
 
     fn audio(item_id: &str, samples: usize) -> Event {
-        Event::Audio { response_id: "resp_1".into(), item_id: item_id.into(), samples: vec![1000; samples], rate_hz: 8_000 }
+        Event::Audio { response_id: "resp_1".into(), item_id: item_id.into(), samples: vec![1000; samples], format: AudioFormat::Pcmu }
     }
 
     fn spoken_done(item_id: &str) -> Event {

@@ -420,6 +420,12 @@ async fn bad_input_gets_error_events_and_the_session_goes_on() {
     // A binary frame is refused the same way.
     ws.send(Message::binary(vec![0u8; 16])).await.unwrap();
     assert_eq!(next(&mut ws).await["type"], "error");
+    // Sent back to back, an unreadable event's error keeps its place after the events of the one
+    // before it (the socket answers it, the session the other).
+    send(&mut ws, json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "first"}]}})).await;
+    ws.send(Message::text("{not json")).await.unwrap();
+    let order: Vec<Value> = [next(&mut ws).await, next(&mut ws).await, next(&mut ws).await].into();
+    assert_eq!(types(&order), ["conversation.item.added", "conversation.item.done", "error"], "{order:?}");
 
     // response.create while one is active.
     send(&mut ws, json!({"type": "conversation.item.create", "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}})).await;

@@ -6,15 +6,14 @@
 //! `VOXGATE_RECORD=1` writes the recordings instead of comparing. Every run also leaves what it saw in
 //! `$CARGO_TARGET_TMPDIR/wire_recording/`, to diff whole sequences after a mismatch.
 
-
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::support::{start_voxgate, vendors, Recorder, FAKE_ECHO};
 use base64::Engine as _;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use crate::support::{start_voxgate, vendors, Recorder, FAKE_ECHO};
 use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

@@ -309,19 +309,12 @@ pub fn item_to_wire(item: &Item) -> WireItem {
 // Session events to server events
 // -------------------------------------------------------------------------------------------------
 
-/// The Realtime view of one session's events: what a response's items are called by index, and the
-/// audio format the client listens in.
+/// The Realtime view of one session's events: what a response's items are called by index.
+#[derive(Default)]
 pub struct Projection {
     /// Each response in progress: its output items' ids, by output index.
     outputs: HashMap<String, Vec<String>>,
-    output_format: AudioFormat,
     audio_bytes: Vec<u8>,
-}
-
-impl Default for Projection {
-    fn default() -> Self {
-        Projection { outputs: HashMap::new(), output_format: AudioFormat::REALTIME_PCM, audio_bytes: Vec::new() }
-    }
 }
 
 impl Projection {
@@ -334,7 +327,6 @@ impl Projection {
         let event_id = new_event_id;
         match event {
             Event::Settings { session_id, settings, created } => {
-                self.output_format = settings.output_format;
                 let session = session_object(&session_id, &settings);
                 emit(if created {
                     ServerEvent::SessionCreated { event_id: event_id(), session }
@@ -517,10 +509,10 @@ impl Projection {
                     delta,
                 });
             }
-            Event::Audio { response_id, item_id, samples, .. } => {
+            Event::Audio { response_id, item_id, samples, format } => {
                 let output_index = self.output_index(&response_id, &item_id);
                 self.audio_bytes.clear();
-                encode_from_pcm(self.output_format, &samples, &mut self.audio_bytes);
+                encode_from_pcm(format, &samples, &mut self.audio_bytes);
                 let delta = base64::engine::general_purpose::STANDARD.encode(&self.audio_bytes);
                 emit(ServerEvent::ResponseOutputAudioDelta {
                     event_id: event_id(),
@@ -695,7 +687,6 @@ pub fn realtime_error(error: SessionError) -> RealtimeError {
                 ErrorKind::InputEmpty => "input_audio_buffer_commit_empty",
                 ErrorKind::ItemNotFound => "item_not_found",
                 ErrorKind::UnknownCallId => "unknown_call_id",
-                ErrorKind::UnsupportedContent => "unsupported_content",
                 ErrorKind::ResponseAlreadyActive => "conversation_already_has_active_response",
                 ErrorKind::NoActiveResponse => "response_cancel_not_active",
                 ErrorKind::RateLimited { .. } => "rate_limit_exceeded",
@@ -868,7 +859,12 @@ mod tests {
                 conversation: Some(Joined { previous_item_id: Some("item_user".into()) }),
             },
             Event::SpokenText { response_id: "resp_1".into(), item_id: "item_msg".into(), delta: "Hi.".into() },
-            Event::Audio { response_id: "resp_1".into(), item_id: "item_msg".into(), samples: vec![0, 1000, -1000], rate_hz: 8_000 },
+            Event::Audio {
+                response_id: "resp_1".into(),
+                item_id: "item_msg".into(),
+                samples: vec![0, 1000, -1000],
+                format: AudioFormat::Pcmu,
+            },
             Event::OutputItemDone { response_id: "resp_1".into(), item: message("item_msg", ItemStatus::Incomplete, "Hi.") },
         ];
         out.clear();
@@ -922,9 +918,10 @@ mod tests {
         assert_eq!(voxgate.meter.as_ref().unwrap().amount_usd, "0.003750000000");
         // Audio after the response is done (still playing) keeps its item but no longer has an index.
         out.clear();
-        p.events(Event::Audio { response_id: "resp_1".into(), item_id: "item_msg".into(), samples: vec![0], rate_hz: 8_000 }, |e| {
-            out.push(e)
-        });
+        p.events(
+            Event::Audio { response_id: "resp_1".into(), item_id: "item_msg".into(), samples: vec![0], format: AudioFormat::Pcmu },
+            |e| out.push(e),
+        );
         let ServerEvent::ResponseOutputAudioDelta { output_index, .. } = &out[0] else { panic!() };
         assert_eq!(*output_index, 0);
     }

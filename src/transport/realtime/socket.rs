@@ -16,7 +16,7 @@ use super::mapper::{command, Projection};
 use super::{parse_client_event, RealtimeError, ServerEvent};
 use crate::audio::AudioFormat;
 use crate::metering::ledger::SessionMeter;
-use crate::session::{run_session, CloseReason, Command, Outbound, SessionStart, VoiceEngines};
+use crate::session::{run_session, CloseReason, Command, Inbound, Outbound, SessionStart, VoiceEngines};
 use crate::transport::{push_audio, INBOUND_CAPACITY};
 
 /// Errors about client events the reader could not turn into commands, waiting for the writer.
@@ -84,18 +84,10 @@ where
         let metrics = || &reader_engines.metrics;
         // How the client's audio is encoded: the session's input format, as the session accepted it.
         let mut input_format = AudioFormat::REALTIME_PCM;
-        let reject = |error: RealtimeError| {
-            metrics().inc("voxgate_errors_total", &[("kind", "bad_client_event")]);
-            // A client that floods bad events and never reads loses some of their errors.
-            let _ = rejected_tx.try_send(Box::new(error));
-        };
         while let Some(message) = stream.next().await {
             let text = match message {
-                Ok(Message::Text(text)) => text,
-                Ok(Message::Binary(_)) => {
-                    reject(invalid("invalid_event", "binary frames are not supported: send each event as JSON text"));
-                    continue;
-                }
+                Ok(Message::Text(text)) => Some(text),
+                Ok(Message::Binary(_)) => None,
                 Ok(Message::Close(_)) => return,
                 Ok(_) => continue,
                 Err(e) => {
@@ -103,17 +95,28 @@ where
                     return;
                 }
             };
-            if text.len() > max_event_bytes {
-                reject(invalid(
+            let read = match text {
+                None => Err(invalid("invalid_event", "binary frames are not supported: send each event as JSON text")),
+                Some(text) if text.len() > max_event_bytes => Err(invalid(
                     "event_too_large",
                     &format!("event of {} bytes is over the limit of {max_event_bytes} bytes: send audio in smaller appends", text.len()),
-                ));
-                continue;
-            }
-            let mut inbound = match parse_client_event(&text).map_err(|e| e.to_realtime_error()).and_then(|e| command(e, input_format)) {
+                )),
+                Some(text) => parse_client_event(&text).map_err(|e| e.to_realtime_error()).and_then(|e| command(e, input_format)),
+            };
+            let mut inbound = match read {
                 Ok(inbound) => inbound,
                 Err(error) => {
-                    reject(error);
+                    metrics().inc("voxgate_errors_total", &[("kind", "bad_client_event")]);
+                    // The error goes out after the events of every command before it: the session
+                    // answers `Sync` once it has handled them, and the writer sends the session's
+                    // events first.
+                    let (done, handled) = tokio::sync::oneshot::channel();
+                    if in_tx.send(Inbound::from(Command::Sync { done })).await.is_err() || handled.await.is_err() {
+                        return;
+                    }
+                    if rejected_tx.send(Box::new(error)).await.is_err() {
+                        return;
+                    }
                     continue;
                 }
             };
