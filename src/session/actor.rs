@@ -15,9 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::command::{Command, Inbound, ResponseOverrides};
 use super::conversation::{new_response_id, Content, Conversation, Item, ItemStatus, Role, Spoken};
-use super::event::{
-    CancelReason, CloseReason, ErrorKind, Event, Joined, MeterReading, Outbound, ResponseStatus, ResponseSummary, SessionError, Setting,
-};
+use super::event::{CancelReason, CloseReason, ErrorKind, Event, Joined, MeterReading, Outbound, ResponseStatus, SessionError, Setting};
 use super::input::{Committed, Input, Signal, SttMsg, TurnTimes};
 use super::playback::{heard_text, Playback, Release, MAX_QUEUED_AUDIO_MS};
 use super::response::{ResponseJob, ResponseMsg, Speech};
@@ -569,17 +567,14 @@ impl Actor {
         }
         match msg {
             ResponseMsg::Model { model, ttft_ms } => {
-                active.model = Some(model);
-                active.ttft_ms = Some(ttft_ms);
+                active.served_by(model, ttft_ms);
                 self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "llm_ttft")], ttft_ms / 1000.0);
             }
             ResponseMsg::Text(text) => {
                 self.ensure_message();
                 let Some(active) = self.active.as_mut() else { return };
-                let Some(m) = active.message.as_mut() else { return };
-                m.text.push_str(&text);
-                if !active.audio {
-                    let (response_id, item_id) = (active.id.clone(), m.item_id.clone());
+                if let Some(item_id) = active.write(&text) {
+                    let response_id = active.id.clone();
                     self.emit(Event::TextDelta { response_id, item_id, delta: text });
                 }
             }
@@ -594,10 +589,9 @@ impl Actor {
                     self.emit(Event::ToolCallDelta { response_id, item_id, call_id, delta: arguments });
                 }
             }
-            ResponseMsg::Finish(reason) => active.finish = Some(reason),
+            ResponseMsg::Finish(reason) => active.finished(reason),
             ResponseMsg::Usage(usage) => {
-                active.usage = Some(usage);
-                let prices = active.model.as_ref().and_then(|m| self.engines.gateway.models().get(m));
+                let prices = active.used(usage).and_then(|m| self.engines.gateway.models().get(m));
                 let cost = prices.map_or(0, |p| crate::llm::usage::cost_picousd(&usage, p));
                 if let Some(meter) = self.meter.as_mut() {
                     meter.add_usage(
@@ -625,17 +619,17 @@ impl Actor {
                 }
             }
             ResponseMsg::TtsFirstAudio { ttfb_ms } => {
-                active.tts_ttfb_ms = Some(ttfb_ms);
+                active.tts_first_audio(ttfb_ms);
                 self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "tts_ttfb")], ttfb_ms / 1000.0);
             }
             ResponseMsg::Failed { code, message } => {
                 warn!(session_id = %self.start.session_id, code, %message, "response failed");
-                active.failed = Some((code, message));
+                active.fail(code, message);
             }
             ResponseMsg::Done => {
-                active.llm_done = true;
+                active.model_done();
                 if let Some(p) = self.playback.as_mut() {
-                    p.complete = true;
+                    p.finish();
                 }
             }
         }
@@ -660,8 +654,8 @@ impl Actor {
             return;
         }
         let Some(active) = self.active.as_ref() else { return };
-        let Some(m) = active.message.as_ref() else { return };
-        self.playback = Some(Playback::new(active.id.clone(), m.item_id.clone(), active.output_format));
+        let Some(item_id) = active.message_id() else { return };
+        self.playback = Some(Playback::new(active.id.clone(), item_id.to_string(), active.output_format));
     }
 
     /// When the actor must next wake: outbound audio, the end of playback, or a transcript deadline.
@@ -703,8 +697,7 @@ impl Actor {
             Release::Started => {
                 if let Some(active) = self.active.as_mut() {
                     let now = Instant::now();
-                    active.first_audio_at = Some(now);
-                    if let Some(turn) = active.turn {
+                    if let Some(turn) = active.audio_started(now) {
                         let v2v = now.duration_since(turn.speech_end).as_secs_f64();
                         self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "voice_to_voice")], v2v);
                     }
@@ -712,8 +705,8 @@ impl Actor {
                 self.emit(Event::AudioStarted { response_id });
             }
             Release::Text(text) => {
-                if let Some(m) = self.active.as_mut().and_then(|a| a.message.as_mut()) {
-                    m.spoken.push_str(&text);
+                if let Some(active) = self.active.as_mut() {
+                    active.spoke(&text);
                 }
                 self.emit(Event::SpokenText { response_id, item_id, delta: text });
             }
@@ -724,7 +717,7 @@ impl Actor {
     /// Ends the active response once the model is done and all its audio has been sent.
     fn maybe_finish(&mut self) {
         let Some(active) = self.active.as_ref() else { return };
-        if !active.llm_done {
+        if !active.is_model_done() {
             return;
         }
         let drained = self.playback.as_ref().is_none_or(|p| p.response_id != active.id || p.is_drained());
@@ -747,8 +740,8 @@ impl Actor {
             if cut.unheard {
                 self.emit(Event::AudioCleared { response_id: response_id.clone() });
             }
-            if let Some(m) = self.active.as_mut().and_then(|a| a.message.as_mut()).filter(|m| m.item_id == item_id) {
-                m.spoken = cut.heard_text.clone();
+            if let Some(active) = self.active.as_mut() {
+                active.heard(&item_id, &cut.heard_text);
             }
             self.set_transcript(&item_id, cut.heard_text);
             if let Some(entry) = self.conversation.get_mut(&item_id) {
@@ -769,29 +762,28 @@ impl Actor {
     fn finish_response(&mut self, status: ResponseStatus) {
         let Some(mut active) = self.active.take() else { return };
         let completed = status == ResponseStatus::Completed;
-        let item_status = if completed { ItemStatus::Completed } else { ItemStatus::Incomplete };
         let response_id = active.id.clone();
-        let playback_item = self.playback.as_ref().map(|p| (p.item_id.clone(), p.timeline().to_vec(), p.sent_ms()));
-        // The assistant message.
-        if let (Some(item), Some(m)) = (active.final_message(item_status), active.message.take()) {
-            active.output[m.output_index] = item.clone();
+        let finished = active.finish_items(if completed { ItemStatus::Completed } else { ItemStatus::Incomplete });
+        // The assistant message, already in the conversation when the response is in it.
+        if let Some(item) = finished.message {
             self.emit(Event::OutputItemDone { response_id: response_id.clone(), item: item.clone() });
+            let item_id = item.id().unwrap_or_default().to_string();
+            let playback = self.playback.as_ref().filter(|p| p.item_id == item_id).map(|p| (p.timeline().to_vec(), p.sent_ms()));
             if active.in_conversation {
-                if let Some(entry) = self.conversation.get_mut(&m.item_id) {
+                if let Some(entry) = self.conversation.get_mut(&item_id) {
                     entry.item = item.clone();
-                    if let Some((_, timeline, total_ms)) = playback_item.as_ref().filter(|(pid, ..)| *pid == m.item_id) {
+                    if let Some((timeline, total_ms)) = playback {
                         if entry.spoken.is_none() {
-                            entry.spoken = Some(Spoken { timeline: timeline.clone(), total_ms: *total_ms, sent_ms: *total_ms });
+                            entry.spoken = Some(Spoken { timeline, total_ms, sent_ms: total_ms });
                         }
                     }
-                    let previous_item_id = self.previous_of(&m.item_id);
+                    let previous_item_id = self.previous_of(&item_id);
                     self.emit(Event::ItemDone { item, previous_item_id });
                 }
             }
         }
         // Function calls: complete ones join the conversation; a cancelled response's calls do not.
-        for (output_index, item) in active.final_calls(item_status) {
-            active.output[output_index] = item.clone();
+        for item in finished.calls {
             self.emit(Event::OutputItemDone { response_id: response_id.clone(), item: item.clone() });
             if active.in_conversation && completed {
                 if let Ok((item, previous_item_id)) = self.conversation.insert(item, None, None) {
@@ -804,21 +796,9 @@ impl Actor {
             let (billed_seconds, amount) = m.so_far(wall_ms());
             MeterReading { billed_seconds, amount }
         });
-        let latencies = active.latencies();
-        let summary = ResponseSummary {
-            id: response_id.clone(),
-            status,
-            output: std::mem::take(&mut active.output),
-            audio: active.audio,
-            usage: active.usage,
-            metadata: active.metadata.take(),
-            model: active.model.take(),
-            latencies,
-            meter,
-        };
-        self.emit(Event::ResponseDone(Box::new(summary)));
+        self.emit(Event::ResponseDone(Box::new(active.summary(status, meter))));
         if let Some(p) = self.playback.as_mut().filter(|p| p.response_id == response_id) {
-            p.complete = true;
+            p.finish();
         }
         self.report_rate_limits();
     }
@@ -868,7 +848,7 @@ fn wall_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::event::{CancelReason, Latencies};
+    use crate::session::event::{CancelReason, Latencies, ResponseSummary};
 
     #[test]
     fn error_events_map_to_a_closed_set_of_metric_kinds() {

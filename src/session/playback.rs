@@ -31,7 +31,7 @@ pub struct Playback {
     /// Where each spoken chunk starts in the item's audio, for truncation to what was heard.
     timeline: Vec<(f64, String)>,
     /// The response has finished queueing; playback ends once the queue is empty and played.
-    pub complete: bool,
+    complete: bool,
 }
 
 enum Out {
@@ -79,6 +79,11 @@ impl Playback {
             timeline: Vec::new(),
             complete: false,
         }
+    }
+
+    /// Its response has queued all it will: playback ends once the queue is sent and heard.
+    pub fn finish(&mut self) {
+        self.complete = true;
     }
 
     /// Audio queued and not yet sent, in ms.
@@ -246,7 +251,7 @@ mod tests {
         let mut p = Playback::new("resp_1".into(), "item_1".into(), AudioFormat::REALTIME_PCM);
         p.speak("Hello there. ".into());
         frames(&mut p, 20); // 400 ms
-        p.complete = true;
+        p.finish();
         let mut out = Vec::new();
         let t0 = Instant::now();
         assert!(!p.tick(t0, lead, false, &mut out));

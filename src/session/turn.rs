@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::ResponseOverrides;
 use super::conversation::{new_item_id, Content, Conversation, FunctionCallItem, Item, ItemStatus, MessageItem, Role};
-use super::event::{Latencies, ResponseStatus};
+use super::event::{Latencies, MeterReading, ResponseStatus, ResponseSummary};
 use super::input::TurnTimes;
 use super::settings::{Settings, Tool, ToolChoice};
 use crate::llm::types::{
@@ -28,33 +28,41 @@ pub struct Active {
     /// The output format when the response started; its audio is made at this format's rate.
     pub output_format: AudioFormat,
     pub in_conversation: bool,
-    pub metadata: Option<serde_json::Value>,
+    metadata: Option<serde_json::Value>,
     /// Output items in order (message and function calls).
-    pub output: Vec<Item>,
-    pub message: Option<MessageState>,
+    output: Vec<Item>,
+    message: Option<MessageState>,
     calls: BTreeMap<u32, CallState>,
-    pub model: Option<String>,
-    pub ttft_ms: Option<f64>,
-    pub tts_ttfb_ms: Option<f64>,
-    pub first_audio_at: Option<Instant>,
-    pub finish: Option<FinishReason>,
-    pub usage: Option<Usage>,
-    pub failed: Option<(&'static str, String)>,
+    model: Option<String>,
+    ttft_ms: Option<f64>,
+    tts_ttfb_ms: Option<f64>,
+    first_audio_at: Option<Instant>,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    failed: Option<(&'static str, String)>,
     /// The response task reported `Done`.
-    pub llm_done: bool,
+    llm_done: bool,
     /// The user turn it answers.
-    pub turn: Option<TurnTimes>,
+    turn: Option<TurnTimes>,
 }
 
 /// The assistant message of a response.
-pub struct MessageState {
-    pub item_id: String,
+struct MessageState {
+    item_id: String,
     /// Its place in the response's output.
-    pub output_index: usize,
+    output_index: usize,
     /// Everything the model wrote.
-    pub text: String,
+    text: String,
     /// What has been released as spoken text so far.
-    pub spoken: String,
+    spoken: String,
+}
+
+/// A response's items, final, as it ends.
+pub struct Finished {
+    /// The assistant message, if the model wrote any.
+    pub message: Option<Item>,
+    /// Its tool calls, in the order the model made them.
+    pub calls: Vec<Item>,
 }
 
 struct CallState {
@@ -118,6 +126,72 @@ impl Active {
         Some(item)
     }
 
+    /// The model that serves the response, and its time to first token.
+    pub fn served_by(&mut self, model: String, ttft_ms: f64) {
+        self.model = Some(model);
+        self.ttft_ms = Some(ttft_ms);
+    }
+
+    /// More of the model's text; the message's item id when the text is shown as written (a
+    /// response without audio), `None` when it will be spoken or there is no message.
+    pub fn write(&mut self, text: &str) -> Option<String> {
+        let m = self.message.as_mut()?;
+        m.text.push_str(text);
+        (!self.audio).then(|| m.item_id.clone())
+    }
+
+    /// The message's item id, once it is open.
+    pub fn message_id(&self) -> Option<&str> {
+        self.message.as_ref().map(|m| m.item_id.as_str())
+    }
+
+    /// A chunk's text started playing.
+    pub fn spoke(&mut self, text: &str) {
+        if let Some(m) = self.message.as_mut() {
+            m.spoken.push_str(text);
+        }
+    }
+
+    /// Playback of `item_id` was cut: what the caller heard of it is all that was said.
+    pub fn heard(&mut self, item_id: &str, text: &str) {
+        if let Some(m) = self.message.as_mut().filter(|m| m.item_id == item_id) {
+            m.spoken = text.to_string();
+        }
+    }
+
+    /// The model's usage; returns the model that served, to price it.
+    pub fn used(&mut self, usage: Usage) -> Option<&str> {
+        self.usage = Some(usage);
+        self.model.as_deref()
+    }
+
+    pub fn finished(&mut self, reason: FinishReason) {
+        self.finish = Some(reason);
+    }
+
+    pub fn tts_first_audio(&mut self, ttfb_ms: f64) {
+        self.tts_ttfb_ms = Some(ttfb_ms);
+    }
+
+    pub fn fail(&mut self, code: &'static str, message: String) {
+        self.failed = Some((code, message));
+    }
+
+    /// The response task has sent everything.
+    pub fn model_done(&mut self) {
+        self.llm_done = true;
+    }
+
+    pub fn is_model_done(&self) -> bool {
+        self.llm_done
+    }
+
+    /// Its first audio went out at `now`; the user turn it answers, for the voice-to-voice time.
+    pub fn audio_started(&mut self, now: Instant) -> Option<TurnTimes> {
+        self.first_audio_at = Some(now);
+        self.turn
+    }
+
     /// The model started tool call `index`: its item.
     pub fn start_call(&mut self, index: u32, call_id: String, name: String) -> Item {
         let item_id = new_item_id();
@@ -151,8 +225,38 @@ impl Active {
         }
     }
 
+    /// Ends the response's items with `status`: each takes its final form in the output.
+    pub fn finish_items(&mut self, status: ItemStatus) -> Finished {
+        let message = self.final_message(status);
+        if let (Some(item), Some(m)) = (&message, self.message.take()) {
+            self.output[m.output_index] = item.clone();
+        }
+        let mut calls = Vec::new();
+        for (output_index, item) in self.final_calls(status) {
+            self.output[output_index] = item.clone();
+            calls.push(item);
+        }
+        Finished { message, calls }
+    }
+
+    /// The summary `response.done` reports.
+    pub fn summary(self, status: ResponseStatus, meter: Option<MeterReading>) -> ResponseSummary {
+        let latencies = self.latencies();
+        ResponseSummary {
+            id: self.id,
+            status,
+            output: self.output,
+            audio: self.audio,
+            usage: self.usage,
+            metadata: self.metadata,
+            model: self.model,
+            latencies,
+            meter,
+        }
+    }
+
     /// The message's final item: what was spoken (audio) or written (text), with `status`.
-    pub fn final_message(&self, status: ItemStatus) -> Option<Item> {
+    fn final_message(&self, status: ItemStatus) -> Option<Item> {
         let m = self.message.as_ref()?;
         let content = if self.audio {
             Content::OutputAudio { transcript: Some(m.spoken.clone()) }
@@ -169,7 +273,7 @@ impl Active {
 
     /// The final items of its tool calls, in the order the model made them, with their place in
     /// the output.
-    pub fn final_calls(&mut self, status: ItemStatus) -> Vec<(usize, Item)> {
+    fn final_calls(&mut self, status: ItemStatus) -> Vec<(usize, Item)> {
         std::mem::take(&mut self.calls)
             .into_values()
             .map(|call| {
@@ -186,7 +290,7 @@ impl Active {
     }
 
     /// Stage latencies of the response.
-    pub fn latencies(&self) -> Latencies {
+    fn latencies(&self) -> Latencies {
         let voice_to_voice = match (self.turn, self.first_audio_at) {
             (Some(turn), Some(first)) => Some(first.duration_since(turn.speech_end).as_secs_f64() * 1000.0),
             _ => None,
@@ -325,15 +429,20 @@ mod tests {
         assert!(active.call_arguments(0, "{\"city\":").is_some());
         assert!(active.call_arguments(0, "\"Paris\"}").is_some());
         assert!(active.call_arguments(7, "{}").is_none());
-        let calls = active.final_calls(ItemStatus::Completed);
-        assert_eq!(calls.len(), 1);
-        let (index, Item::FunctionCall(call)) = &calls[0] else { panic!("{calls:?}") };
-        assert_eq!(*index, 1);
-        assert_eq!(call.arguments, "{\"city\":\"Paris\"}");
+        assert_eq!(active.write("Sunny."), active.message_id().map(str::to_string), "text is shown as written");
         assert_eq!(active.outcome(), ResponseStatus::Completed);
-        active.finish = Some(FinishReason::Length);
+        active.finished(FinishReason::Length);
         assert_eq!(active.outcome(), ResponseStatus::Incomplete);
-        active.failed = Some(("tts_failed", "no voice".into()));
+        active.fail("tts_failed", "no voice".into());
         assert_eq!(active.outcome(), ResponseStatus::Failed { code: "tts_failed".into(), message: "no voice".into() });
+        let finished = active.finish_items(ItemStatus::Completed);
+        assert_eq!(finished.calls.len(), 1);
+        let Item::FunctionCall(call) = &finished.calls[0] else { panic!("{:?}", finished.calls) };
+        assert_eq!(call.arguments, "{\"city\":\"Paris\"}");
+        let Some(Item::Message(m)) = &finished.message else { panic!("no message") };
+        assert_eq!(m.content, vec![Content::OutputText { text: "Sunny.".into() }]);
+        // The summary lists the items in the order they were made: the message, then the call.
+        let summary = active.summary(ResponseStatus::Completed, None);
+        assert!(matches!(&summary.output[..], [Item::Message(_), Item::FunctionCall(_)]), "{:?}", summary.output);
     }
 }
