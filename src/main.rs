@@ -104,6 +104,11 @@ enum BenchCommand {
         /// Media Streams: μ-law 8 kHz, marks echoed as the answer plays; turns on the client's clock only).
         #[arg(long, default_value = "realtime")]
         transport: voxgate::bench::pipeline::Transport,
+        /// A mono 16-bit WAV (any rate) each session speaks; repeat for several, spoken one after
+        /// another (default: fixtures/audio/table_booking.wav). A sidecar beside it (`NAME.json`)
+        /// scripts the fake STT; without one the fake hears the fixture's transcript.
+        #[arg(long = "wav", value_name = "PATH")]
+        wavs: Vec<PathBuf>,
     },
     /// The embedded speech engines alone on the fixtures: STT real-time factor and commit-to-final
     /// latency, TTS time to first audio and real-time factor.
@@ -197,9 +202,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded, transport } } => {
-            let options =
-                voxgate::bench::PipelineOptions { sessions, seconds, idle, precise_engine_timers: !tokio_timers, embedded, transport };
+        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded, transport, wavs } } => {
+            let options = voxgate::bench::PipelineOptions {
+                sessions,
+                seconds,
+                idle,
+                precise_engine_timers: !tokio_timers,
+                embedded,
+                transport,
+                wavs,
+            };
             let report = voxgate::bench::pipeline(options).await?;
             println!("{report}");
             Ok(())

@@ -3,18 +3,25 @@
 //!
 //! voxgate runs as a child process (so its CPU and memory are its own) with the fake provider, the
 //! scripted fake STT and the fake TTS. N clients in this process talk to it over real WebSockets on
-//! loopback as a phone line would: a fixture utterance, then silence, in 20 ms `audio/pcm` appends
-//! paced at real time, never stopping; after each answer has played, the utterance again. Each
-//! turn's overhead is the time from the end of user speech to the first agent audio minus the
-//! silence window and the configured engine times, measured twice: on the server's clock
+//! loopback as a phone line would: an utterance (the `table_booking` fixture, or the mono WAVs given
+//! with `--wav`, one after another), then silence, in 20 ms `audio/pcm` appends paced at real time,
+//! never stopping; after each answer has played, the next utterance. Each turn's overhead is the
+//! time from the end of user speech to the first agent audio minus the silence window and the
+//! configured engine times, measured twice: on the server's clock
 //! (`response.voxgate.latency_ms.voice_to_voice`) and on the client's. Everything shares the same
 //! cores, so the figures include contention with the load generator: an upper bound.
 //!
+//! First audio as a microphone client sees it is measured apart from the server: from sending the
+//! frame that carries the utterance's last voiced sample, found in the audio itself by
+//! [`last_voiced_sample`], to receiving the first answer audio. It includes the silence window and
+//! whatever quiet tail of the speech the server's VAD does not count as voiced; with `--embedded` it
+//! is the report's first row.
+//!
 //! `--transport twilio` runs the same load over Twilio Media Streams (`/v1/phone/twilio`): the same
-//! fixture as μ-law 8 kHz in 20 ms `media` frames, each `mark` echoed once the audio before it has
-//! played, as a carrier does. Twilio reports no turns, so only the client's clock measures them: the
-//! frame that completes the silence window is found by running the server's input path (μ-law,
-//! 8 → 16 kHz, the energy VAD) over the fixture here, and an answer is over once its audio has
+//! utterances as μ-law 8 kHz in 20 ms `media` frames, each `mark` echoed once the audio before it
+//! has played, as a carrier does. Twilio reports no turns, so only the client's clock measures them:
+//! the frame that completes the silence window is found by running the server's input path (μ-law,
+//! 8 → 16 kHz, the energy VAD) over each utterance here, and an answer is over once its audio has
 //! played and nothing more came for [`ANSWER_END_GRACE`].
 
 use std::borrow::Cow;
@@ -35,8 +42,16 @@ use crate::audio::{ulaw_decode, ulaw_encode, Resampler, G711_RATE_HZ};
 use crate::stt::vad::{EnergyVad, VadEvent, VadSettings};
 use crate::stt::STT_RATE_HZ;
 
-/// The utterance every client speaks (its sidecar scripts the fake STT).
+/// The utterance every client speaks without `--wav` (its sidecar scripts the fake STT).
 const FIXTURE: &str = "fixtures/audio/table_booking";
+/// [`last_voiced_sample`]'s rule: the audio's level in windows this long...
+const VOICED_WINDOW_MS: u64 = 10;
+/// ...is voiced within this many dB of the loudest window...
+const VOICED_BELOW_PEAK_DB: f64 = 40.0;
+/// ...and at least this many dB above the noise floor...
+const VOICED_ABOVE_FLOOR_DB: f64 = 12.0;
+/// ...taken as this quantile of the windows' levels (the quiet before, between and after words).
+const NOISE_FLOOR_QUANTILE: f64 = 0.1;
 /// Fake engine times, as configured in the child's `voxgate.toml`.
 const STT_LATENCY_MS: u64 = 150;
 const LLM_TTFT_MS: u64 = 200;
@@ -102,7 +117,7 @@ impl Transport {
 }
 
 /// What to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PipelineOptions {
     /// Sessions streaming audio (0: skip the load run).
     pub sessions: usize,
@@ -118,6 +133,8 @@ pub struct PipelineOptions {
     /// instead of the fakes: the figures are then whole turn latencies, engines included.
     pub embedded: bool,
     pub transport: Transport,
+    /// Mono WAVs every session speaks, one after another (empty: the `table_booking` fixture).
+    pub wavs: Vec<PathBuf>,
 }
 
 /// Engine times the fakes are configured with: what a turn spends outside the pipeline.
@@ -272,14 +289,26 @@ fn resampler_holdback_16k() -> u64 {
     (frames * FRAME_SAMPLES * STT_RATE_HZ as usize / RATE_HZ as usize).saturating_sub(out.len()) as u64
 }
 
-/// The fixture as ready-to-send input frames, and one of silence: whole `input_audio_buffer.append`
-/// events for Realtime; for Twilio the base64 μ-law payloads, which each call puts in its own
-/// numbered `media` frames.
+/// The utterances as ready-to-send input frames, and one frame of silence: whole
+/// `input_audio_buffer.append` events for Realtime; for Twilio the base64 μ-law payloads, which each
+/// call puts in its own numbered `media` frames.
 struct Frames {
-    speech: Vec<Utf8Bytes>,
+    utterances: Vec<Utterance>,
     silence: Utf8Bytes,
-    /// Twilio: the frame of an utterance, counted from its first, that completes the server's silence window.
+}
+
+/// One WAV, as the frames that carry it.
+struct Utterance {
+    /// The file's name, for the report.
+    name: String,
+    speech: Vec<Utf8Bytes>,
+    /// Twilio: the frame, counted from the utterance's first, that completes the server's silence window.
     window_frame: Option<u64>,
+    /// The frame, counted from the utterance's first, that carries its last voiced sample ([`last_voiced_sample`]).
+    last_voiced_frame: usize,
+    /// Where that sample is, and the utterance's length, in ms.
+    last_voiced_ms: f64,
+    duration_ms: f64,
 }
 
 fn append_event(samples: &[i16]) -> Utf8Bytes {
@@ -293,25 +322,68 @@ fn ulaw_payload(samples: &[i16]) -> Utf8Bytes {
     Utf8Bytes::from(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
-fn load_frames(wav: &Path, transport: Transport) -> anyhow::Result<Frames> {
-    let mut reader = hound::WavReader::open(wav).map_err(|e| anyhow::anyhow!("{}: {e}", wav.display()))?;
-    let rate = reader.spec().sample_rate;
-    let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>()?;
-    let mut pcm = Vec::new();
-    let mut r = Resampler::new(rate, transport.rate_hz())?;
-    r.process(&samples, &mut pcm);
-    r.flush(&mut pcm);
+/// The index of the last voiced sample of an utterance, from the audio alone (so any WAV works, with
+/// or without a sidecar): its level is taken over [`VOICED_WINDOW_MS`] windows from its start; a
+/// window is voiced when its mean power is within [`VOICED_BELOW_PEAK_DB`] of the loudest window's
+/// and at least [`VOICED_ABOVE_FLOOR_DB`] above the noise floor, the [`NOISE_FLOOR_QUANTILE`]
+/// quantile of the windows' powers; the last voiced sample is the last of the last voiced window.
+/// On the fixtures this lands within 10 ms of the sidecars' last word end (where the word's audio
+/// falls below about -50 dBFS), the noisy one included, where the floor rule keeps the noise out.
+/// A recording with almost no quiet in it (less than a tenth) would have its floor at speech level.
+/// `None`: digital silence.
+pub fn last_voiced_sample(pcm: &[i16], rate_hz: u32) -> Option<usize> {
+    let window = ((u64::from(rate_hz) * VOICED_WINDOW_MS / 1000) as usize).max(1);
+    let powers: Vec<f64> =
+        pcm.chunks(window).map(|w| w.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>() / w.len() as f64).collect();
+    let mut sorted = powers.clone();
+    sorted.sort_by(f64::total_cmp);
+    let peak = sorted.last().copied().filter(|&p| p > 0.0)?;
+    let floor = percentile(&sorted, NOISE_FLOOR_QUANTILE);
+    let db = |d: f64| 10f64.powf(d / 10.0);
+    let voiced_min = (peak / db(VOICED_BELOW_PEAK_DB)).max(floor * db(VOICED_ABOVE_FLOOR_DB));
+    let last = powers.iter().rposition(|&p| p >= voiced_min)?;
+    Some(((last + 1) * window).min(pcm.len()) - 1)
+}
+
+fn load_frames(wavs: &[PathBuf], transport: Transport) -> anyhow::Result<Frames> {
     let frame_samples = (u64::from(transport.rate_hz()) * FRAME_MS / 1000) as usize;
-    pcm.resize(pcm.len().div_ceil(frame_samples) * frame_samples, 0);
     let encode: fn(&[i16]) -> Utf8Bytes = match transport {
         Transport::Realtime => append_event,
         Transport::Twilio => ulaw_payload,
     };
+    let utterances = wavs.iter().map(|wav| load_utterance(wav, transport, encode)).collect::<anyhow::Result<_>>()?;
+    Ok(Frames { utterances, silence: encode(&vec![0; frame_samples]) })
+}
+
+fn load_utterance(wav: &Path, transport: Transport, encode: fn(&[i16]) -> Utf8Bytes) -> anyhow::Result<Utterance> {
+    let fail = |why: String| anyhow::anyhow!("{}: {why}", wav.display());
+    let mut reader = hound::WavReader::open(wav).map_err(|e| fail(e.to_string()))?;
+    let spec = reader.spec();
+    if spec.channels != 1 || spec.bits_per_sample != 16 || spec.sample_format != hound::SampleFormat::Int {
+        return Err(fail(format!("{} channels of {}-bit audio: the bench speaks mono 16-bit PCM", spec.channels, spec.bits_per_sample)));
+    }
+    let samples: Vec<i16> = reader.samples::<i16>().collect::<Result<_, _>>().map_err(|e| fail(e.to_string()))?;
+    let rate_hz = transport.rate_hz();
+    let mut pcm = Vec::new();
+    let mut r = Resampler::new(spec.sample_rate, rate_hz)?;
+    r.process(&samples, &mut pcm);
+    r.flush(&mut pcm);
+    let frame_samples = (u64::from(rate_hz) * FRAME_MS / 1000) as usize;
+    pcm.resize(pcm.len().div_ceil(frame_samples) * frame_samples, 0);
+    let last_voiced = last_voiced_sample(&pcm, rate_hz).ok_or_else(|| fail("no voiced sample in it".into()))?;
     let window_frame = match transport {
         Transport::Realtime => None,
-        Transport::Twilio => Some(window_completing_frame(&pcm).ok_or_else(|| anyhow::anyhow!("{}: no turn ends in it", wav.display()))?),
+        Transport::Twilio => Some(window_completing_frame(&pcm).ok_or_else(|| fail("no turn ends in it".into()))?),
     };
-    Ok(Frames { speech: pcm.chunks(frame_samples).map(encode).collect(), silence: encode(&vec![0; frame_samples]), window_frame })
+    let ms = |samples: usize| samples as f64 * 1000.0 / f64::from(rate_hz);
+    Ok(Utterance {
+        name: wav.file_name().map_or_else(|| wav.display().to_string(), |n| n.to_string_lossy().into_owned()),
+        speech: pcm.chunks(frame_samples).map(encode).collect(),
+        window_frame,
+        last_voiced_frame: last_voiced / frame_samples,
+        last_voiced_ms: ms(last_voiced + 1),
+        duration_ms: samples.len() as f64 * 1000.0 / f64::from(spec.sample_rate),
+    })
 }
 
 /// The 20 ms frame of an utterance of 8 kHz audio sent as μ-law, counted from its first, on whose
@@ -353,10 +425,15 @@ type Row<'a> = (&'a str, &'a dyn Fn(&Turn) -> Option<f64>);
 /// One turn's figures.
 #[derive(Debug, Default, Clone, Copy)]
 struct Turn {
+    /// Which of [`Frames::utterances`] was spoken.
+    utterance: usize,
     /// The server's figure (Realtime only).
     voice_to_voice_ms: Option<f64>,
     /// From sending the frame that completed the silence window to receiving the first audio.
     client_ms: Option<f64>,
+    /// From sending the frame that carries the utterance's last voiced sample to receiving the first
+    /// audio: first audio as a microphone client sees it.
+    mic_ms: Option<f64>,
     stt_ms: Option<f64>,
     llm_ttft_ms: Option<f64>,
     tts_ttfb_ms: Option<f64>,
@@ -565,9 +642,13 @@ struct MarkName {
 /// Per-session state of the turn being measured.
 #[derive(Default)]
 struct TurnState {
+    /// Which of [`Frames::utterances`] is spoken.
+    utterance: usize,
     /// Twilio: the number of the frame that will complete the silence window.
     window_frame: Option<u64>,
     window_sent: Option<Instant>,
+    /// When the frame that carries the utterance's last voiced sample was sent.
+    last_voiced_sent: Option<Instant>,
     first_audio: Option<Instant>,
     playout: Playout,
 }
@@ -576,6 +657,18 @@ impl TurnState {
     /// From sending the frame that completed the silence window to receiving the first audio.
     fn client_ms(&self) -> Option<f64> {
         self.window_sent.zip(self.first_audio).map(|(s, f)| f.duration_since(s).as_secs_f64() * 1000.0)
+    }
+
+    /// From sending the frame that carries the last voiced sample to receiving the first audio;
+    /// `None` when audio came first (an answer to part of the utterance).
+    fn mic_ms(&self) -> Option<f64> {
+        let (sent, first) = self.last_voiced_sent.zip(self.first_audio)?;
+        first.checked_duration_since(sent).map(|d| d.as_secs_f64() * 1000.0)
+    }
+
+    /// The figures the client measured, for a turn to be recorded.
+    fn turn(&self) -> Turn {
+        Turn { utterance: self.utterance, client_ms: self.client_ms(), mic_ms: self.mic_ms(), ..Turn::default() }
     }
 }
 
@@ -630,7 +723,10 @@ async fn run_client(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
     let mut next_frame: u64 = 0;
     let mut sent: VecDeque<Instant> = VecDeque::with_capacity(SENT_FRAMES_KEPT);
+    // The frame of the utterance to send next, and how many utterances have begun (the next is
+    // `frames.utterances[begun % len]`).
     let mut speaking: Option<usize> = Some(0);
+    let mut begun: usize = 0;
     let mut utterance_ended: Option<Instant> = None;
     let mut turn = TurnState::default();
     let ms_since = |t: Instant| t.duration_since(epoch).as_secs_f64() * 1000.0;
@@ -676,14 +772,20 @@ async fn run_client(
                 }
                 let frame = match speaking {
                     Some(i) => {
-                        speaking = (i + 1 < frames.speech.len()).then_some(i + 1);
+                        if i == 0 {
+                            turn.utterance = begun % frames.utterances.len();
+                            begun += 1;
+                            turn.window_frame = frames.utterances[turn.utterance].window_frame.map(|w| next_frame + w);
+                        }
+                        let utterance = &frames.utterances[turn.utterance];
+                        speaking = (i + 1 < utterance.speech.len()).then_some(i + 1);
                         if speaking.is_none() {
                             utterance_ended = Some(now);
                         }
-                        if i == 0 {
-                            turn.window_frame = frames.window_frame.map(|w| next_frame + w);
+                        if i == utterance.last_voiced_frame {
+                            turn.last_voiced_sent = Some(now);
                         }
-                        &frames.speech[i]
+                        &utterance.speech[i]
                     }
                     None => {
                         // An answer still playing is no timeout, however long it is.
@@ -740,7 +842,7 @@ async fn run_client(
                         turn.first_audio = Some(now);
                         if matches!(line, Line::Twilio(_)) {
                             // Twilio reports no turns: the first audio is all the client can measure.
-                            report.turns.push(Turn { client_ms: turn.client_ms(), ..Turn::default() });
+                            report.turns.push(turn.turn());
                         }
                         continue;
                     }
@@ -793,10 +895,10 @@ async fn run_client(
                         if let Some(voice_to_voice_ms) = latency.voice_to_voice {
                             report.turns.push(Turn {
                                 voice_to_voice_ms: Some(voice_to_voice_ms),
-                                client_ms: turn.client_ms(),
                                 stt_ms: latency.stt,
                                 llm_ttft_ms: latency.llm_ttft,
                                 tts_ttfb_ms: latency.tts_ttfb,
+                                ..turn.turn()
                             });
                         }
                         if turn.first_audio.is_none() {
@@ -840,14 +942,15 @@ struct Child {
 }
 
 impl Child {
-    async fn start(max_sessions: usize, precise: bool, embedded: bool) -> anyhow::Result<Child> {
+    /// `script`: the sidecars that script the fake STT, one per utterance spoken.
+    async fn start(max_sessions: usize, precise: bool, embedded: bool, script: &[PathBuf]) -> anyhow::Result<Child> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
         };
         let dir = std::env::temp_dir().join(format!("voxgate-bench-pipeline-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
-        let sidecar = fixture_path("json");
+        let script = script.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
         let config_path = dir.join("voxgate.toml");
         let config = if embedded {
             // The defaults of `voxgate serve` with no config: embedded STT, LLM (route `default`) and TTS.
@@ -859,7 +962,7 @@ impl Child {
                  [[models]]\nid = \"bench-voice\"\nprovider = \"fake\"\nupstream = \"slow-{LLM_TTFT_MS}{precise_llm}\"\n\
                  input_usd_per_mtok = 0.4\noutput_usd_per_mtok = 1.6\n\
                  [routes.bench]\nmodels = [\"bench-voice\"]\n\
-                 [stt]\nengine = \"fake\"\nscript = [{sidecar:?}]\nlatency_ms = {STT_LATENCY_MS}\nprecise_timing = {precise}\n\
+                 [stt]\nengine = \"fake\"\nscript = [{script}]\nlatency_ms = {STT_LATENCY_MS}\nprecise_timing = {precise}\n\
                  [tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\nprecise_timing = {precise}\n\
                  [realtime]\nmax_sessions = {max_sessions}\n",
                 precise_llm = if precise { "+precise" } else { "" },
@@ -909,9 +1012,13 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
         // SmolLM2 talks for a minute unless the session caps its answer, which a Twilio call cannot.
         anyhow::bail!("--embedded runs over --transport realtime only: a Twilio call cannot set max_output_tokens");
     }
-    let frames = Arc::new(load_frames(&fixture_path("wav"), options.transport)?);
+    let wavs = if options.wavs.is_empty() { vec![fixture_path("wav")] } else { options.wavs.clone() };
+    let frames = Arc::new(load_frames(&wavs, options.transport)?);
+    // The fake STT hears each WAV's sidecar, or the fixture's for a WAV without one.
+    let script: Vec<PathBuf> =
+        wavs.iter().map(|w| Some(w.with_extension("json")).filter(|s| s.is_file()).unwrap_or_else(|| fixture_path("json"))).collect();
     let holdback_16k = resampler_holdback_16k();
-    let child = Child::start(options.sessions.max(options.idle) + 16, options.precise_engine_timers, options.embedded).await?;
+    let child = Child::start(options.sessions.max(options.idle) + 16, options.precise_engine_timers, options.embedded, &script).await?;
     let dial = Arc::new(Dial {
         transport: options.transport,
         url: child.ws_url(options.transport),
@@ -946,7 +1053,7 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
         idle(&child, &dial, options.idle, &mut out).await?;
     }
     if options.sessions > 0 {
-        load(&child, &dial, frames, holdback_16k, options, cores, &mut out).await?;
+        load(&child, &dial, frames, holdback_16k, &options, cores, &mut out).await?;
     }
     let peak = peak_rss_mb(child.pid).map_or("unknown".to_string(), |mb| format!("{mb:.1} MB"));
     let _ = writeln!(out, "\nvoxgate peak resident memory (VmHWM): {peak}");
@@ -1004,7 +1111,7 @@ async fn load(
     dial: &Arc<Dial>,
     frames: Arc<Frames>,
     holdback_16k: u64,
-    options: PipelineOptions,
+    options: &PipelineOptions,
     cores: usize,
     out: &mut String,
 ) -> anyhow::Result<()> {
@@ -1083,17 +1190,33 @@ async fn load(
             if options.precise_engine_timers { "a precise timer thread" } else { "tokio's 1 ms timer" },
         );
     }
+    let spoken: Vec<String> = frames
+        .utterances
+        .iter()
+        .map(|u| format!("`{}` ({:.0} ms, last voiced sample at {:.0} ms)", u.name, u.duration_ms, u.last_voiced_ms))
+        .collect();
+    let _ = writeln!(
+        out,
+        "Each session speaks, one after another: {}. The last voiced sample, found in the audio: the end of the last \
+         {VOICED_WINDOW_MS} ms window within {VOICED_BELOW_PEAK_DB} dB of the loudest and {VOICED_ABOVE_FLOOR_DB} dB above the \
+         noise floor (the {NOISE_FLOOR_QUANTILE} quantile of the windows).\n",
+        spoken.join(", ")
+    );
     let _ = writeln!(out, "| per turn, ms | turns | p50 | p95 | p99 | max |");
     let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
     let column = |f: &dyn Fn(&Turn) -> Option<f64>| quantile_cells(turns.iter().filter_map(f).collect());
-    let embedded_rows: [Row; 5] = [
+    let mic_row: Row = ("client: last voiced frame sent → first audio received", &|t| t.mic_ms);
+    let embedded_rows: [Row; 6] = [
+        ("**last voiced frame sent → first audio received, client clock** (first agent audio as a microphone client sees it)", &|t| {
+            t.mic_ms
+        }),
         ("**end of user speech → first agent audio, server clock** (voice_to_voice, silence window included)", &|t| t.voice_to_voice_ms),
         ("client: window-completing frame sent → first audio received", &|t| t.client_ms),
         ("STT: turn committed → final transcript (stt − silence)", &|t| t.stt_ms.map(|s| s - engines.silence_ms)),
         ("LLM: time to first token", &|t| t.llm_ttft_ms),
         ("TTS: time to first audio", &|t| t.tts_ttfb_ms),
     ];
-    let fake_rows: [Row; 7] = [
+    let fake_rows: [Row; 8] = [
         ("**overhead, server clock** (voice_to_voice − silence − engines)", &|t| {
             t.voice_to_voice_ms.map(|v| engines.server_overhead_ms(v))
         }),
@@ -1105,9 +1228,10 @@ async fn load(
         ("of which TTS stage (tts_ttfb − TTFB)", &|t| t.tts_ttfb_ms.map(|s| s - engines.tts_ttfb_ms)),
         ("voice_to_voice as reported", &|t| t.voice_to_voice_ms),
         ("client: window-completing frame sent → first audio received", &|t| t.client_ms),
+        mic_row,
     ];
     // Twilio reports no turns: only the client's clock measures them.
-    let client_rows = [fake_rows[1], fake_rows[6]];
+    let client_rows = [fake_rows[1], fake_rows[6], mic_row];
     let rows: &[Row] = match (options.embedded, options.transport) {
         (true, _) => &embedded_rows,
         (false, Transport::Realtime) => &fake_rows,
@@ -1115,6 +1239,19 @@ async fn load(
     };
     for (name, f) in rows {
         let _ = writeln!(out, "| {name} | {}", column(f));
+    }
+    if frames.utterances.len() > 1 {
+        let _ = writeln!(out, "\n| per turn, ms, by utterance | turns | p50 | p95 | p99 | max |");
+        let _ = writeln!(out, "| --- | ---: | ---: | ---: | ---: | ---: |");
+        let by_utterance: &[Row] = match options.transport {
+            Transport::Realtime => &[mic_row, ("voice_to_voice as reported", &|t| t.voice_to_voice_ms)],
+            Transport::Twilio => &[mic_row],
+        };
+        for (i, utterance) in frames.utterances.iter().enumerate() {
+            for (name, f) in by_utterance {
+                let _ = writeln!(out, "| `{}`: {name} | {}", utterance.name, column(&|t| f(t).filter(|_| t.utterance == i)));
+            }
+        }
     }
 
     let dropped_cell = dropped.map_or("unknown".into(), |d| format!("{d:.0}"));
@@ -1300,17 +1437,59 @@ mod tests {
 
     #[test]
     fn the_window_completes_half_a_second_after_the_fixtures_speech_on_every_turn() {
-        let frames = load_frames(&fixture_path("wav"), Transport::Twilio).unwrap();
-        let window = frames.window_frame.unwrap();
+        let frames = load_frames(&[fixture_path("wav")], Transport::Twilio).unwrap();
+        let utterance = &frames.utterances[0];
+        let window = utterance.window_frame.unwrap();
         // The sidecar's last word ends at 5 786 ms: the window ends 500 ms later, in frame 314.
         assert!((312..=316).contains(&window), "{window}");
         // Whatever silence came before the utterance, the same frame of it completes the window.
         let base64 = base64::engine::general_purpose::STANDARD;
-        let pcm: Vec<i16> = frames.speech.iter().flat_map(|p| base64.decode(p.as_str()).unwrap()).map(ulaw_decode).collect();
+        let pcm: Vec<i16> = utterance.speech.iter().flat_map(|p| base64.decode(p.as_str()).unwrap()).map(ulaw_decode).collect();
         for silent_frames in [0usize, 1, 7, 250] {
             let after_silence = [vec![0; silent_frames * 160], pcm.clone()].concat();
             assert_eq!(window_completing_frame(&after_silence), Some(window + silent_frames as u64), "{silent_frames}");
         }
+    }
+
+    #[test]
+    fn the_last_voiced_sample_is_where_the_sidecars_last_word_ends() {
+        let dir = fixture_path("wav").parent().unwrap().to_path_buf();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let wav = entry.unwrap().path();
+            if wav.extension().is_none_or(|e| e != "wav") {
+                continue;
+            }
+            let Ok(sidecar) = crate::stt::fake::Sidecar::load(&wav.with_extension("json")) else { continue };
+            let Some(last_word_end_ms) = sidecar.utterances.iter().flat_map(|u| &u.words).map(|w| w.end_ms).next_back() else {
+                continue;
+            };
+            let frames = load_frames(std::slice::from_ref(&wav), Transport::Realtime).unwrap();
+            let u = &frames.utterances[0];
+            // Noise included (`noisy_taxi`): the floor rule keeps it out.
+            assert!((u.last_voiced_ms - last_word_end_ms as f64).abs() <= 15.0, "{}: {} ms", u.name, u.last_voiced_ms);
+            assert_eq!(u.last_voiced_frame, (u.last_voiced_ms as u64 - 1) as usize / FRAME_MS as usize, "{}", u.name);
+            checked += 1;
+        }
+        assert!(checked >= 10, "{checked}");
+    }
+
+    #[test]
+    fn the_last_voiced_sample_counts_a_quiet_tail_and_not_a_noise_floor() {
+        let rate_hz = 24_000;
+        let tone = |ms: usize, amplitude: f64| -> Vec<i16> { (0..ms * 24).map(|i| (amplitude * (i as f64 * 0.2).sin()) as i16).collect() };
+        // 300 ms of silence, 500 ms at about -12 dBFS, 50 ms 35 dB quieter, then silence.
+        let pcm = [tone(300, 0.0), tone(500, 8000.0), tone(50, 8000.0 / 56.0), tone(400, 0.0)].concat();
+        assert_eq!(last_voiced_sample(&pcm, rate_hz), Some(850 * 24 - 1));
+        // 45 dB quieter is no longer voiced.
+        let pcm = [tone(300, 0.0), tone(500, 8000.0), tone(50, 8000.0 / 178.0), tone(400, 0.0)].concat();
+        assert_eq!(last_voiced_sample(&pcm, rate_hz), Some(800 * 24 - 1));
+        // Under steady noise 30 dB below the speech, the speech ends where it ends, not at the noise's end.
+        let noise = |ms: usize| tone(ms, 8000.0 / 32.0);
+        let pcm = [noise(300), tone(500, 8000.0), noise(400)].concat();
+        assert_eq!(last_voiced_sample(&pcm, rate_hz), Some(800 * 24 - 1));
+        assert_eq!(last_voiced_sample(&[0; 4800], rate_hz), None);
+        assert_eq!(last_voiced_sample(&[], rate_hz), None);
     }
 
     #[test]

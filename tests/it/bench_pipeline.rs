@@ -42,6 +42,8 @@ fn bench_pipeline_answers_every_session_over_realtime_and_twilio() {
 
         let overhead = row(&report, "**overhead, client clock**");
         assert!(overhead[1].parse::<u64>().expect("a turn count") >= 1, "{transport}: {overhead:?}");
+        let mic = row(&report, "client: last voiced frame sent → first audio received");
+        assert!(mic[1].parse::<u64>().expect("a turn count") >= 1, "{transport}: {mic:?}");
         let audio = first_row_under(&report, "input frames sent");
         assert_eq!(audio[1], "0", "{transport}: input frames dropped, {audio:?}");
         assert!(audio[2].parse::<u64>().expect("an output count") > 0, "{transport}: {audio:?}");
@@ -49,4 +51,28 @@ fn bench_pipeline_answers_every_session_over_realtime_and_twilio() {
         let server_rows = report.lines().filter(|l| l.starts_with("| **overhead, server clock**")).count();
         assert_eq!(server_rows, usize::from(transport == "realtime"), "{transport}: {report}");
     }
+}
+
+#[test]
+fn bench_pipeline_speaks_a_wav_that_has_no_sidecar() {
+    // The fixture's audio under another name, with no transcript beside it: the last voiced sample is
+    // found in the audio, and the fake STT hears the fixture's transcript.
+    let dir = std::env::temp_dir().join(format!("voxgate-bench-wav-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wav = dir.join("unheard.wav");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/audio/table_booking.wav"), &wav).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["bench", "pipeline", "--sessions", "1", "--seconds", "6"])
+        .arg("--wav")
+        .arg(&wav)
+        .env("VOXGATE_LOG", "warn")
+        .output()
+        .expect("voxgate runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    // The sidecar's last word ends at 5 786 ms; the audio's last voiced 10 ms window ends at 5 790.
+    assert!(report.contains("`unheard.wav` (6486 ms, last voiced sample at 5790 ms)"), "{report}");
+    let mic = row(&report, "client: last voiced frame sent → first audio received");
+    assert!(mic[1].parse::<u64>().expect("a turn count") >= 1, "{mic:?}");
 }
