@@ -26,18 +26,10 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 
 async fn setup() -> (String, Recorder, std::sync::Arc<voxgate::http::AppState>) {
     let (vendor_url, recorder) = vendors::openai::start().await;
+    let vendor = support::vendor_long(&vendor_url);
     let config = format!(
         r#"
-[providers.vendor]
-kind = "openai"
-base_url = "{vendor_url}"
-[[models]]
-id = "vendor-long"
-provider = "vendor"
-upstream = "long"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[routes.phone]
+{vendor}[routes.phone]
 models = ["vendor-long"]
 [stt]
 engine = "fake"

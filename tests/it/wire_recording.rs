@@ -851,18 +851,10 @@ impl Phone {
 }
 
 fn phone_config(vendor_url: &str) -> String {
+    let vendor = crate::support::vendor_long(vendor_url);
     config(&format!(
         r#"
-[providers.vendor]
-kind = "openai"
-base_url = "{vendor_url}"
-[[models]]
-id = "vendor-long"
-provider = "vendor"
-upstream = "long"
-input_usd_per_mtok = 1.0
-output_usd_per_mtok = 2.0
-[routes.phone-long]
+{vendor}[routes.phone-long]
 models = ["vendor-long"]
 "#
     ))

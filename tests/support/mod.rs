@@ -181,6 +181,23 @@ input_usd_per_mtok = 1.0
 output_usd_per_mtok = 2.0
 "#;
 
+/// The fake OpenAI vendor at `vendor_url` as provider `vendor`, with model `vendor-long` (its
+/// `long` answer: enough speech to be cut off).
+pub fn vendor_long(vendor_url: &str) -> String {
+    format!(
+        r#"[providers.vendor]
+kind = "openai"
+base_url = "{vendor_url}"
+[[models]]
+id = "vendor-long"
+provider = "vendor"
+upstream = "long"
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+"#
+    )
+}
+
 /// Start voxgate itself on a fresh loopback port with `config` (TOML, `listen` is overridden).
 /// Returns the base URL (`http://127.0.0.1:PORT`) and the shared state.
 pub async fn start_voxgate(config: &str, env: &[(&str, &str)]) -> (String, std::sync::Arc<voxgate::http::AppState>) {
