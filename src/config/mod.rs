@@ -177,8 +177,9 @@ impl Config {
         let catalog = RawCatalog { providers: user.providers, models: user.models, routes: user.routes };
         let GatewayConfig { settings: gateway, providers, models, routes } =
             GatewayConfig::from_raw(&user.gateway, &catalog, env, &models_dir).map_err(ConfigError::Invalid)?;
-        let stt = SttConfig::from_raw(&user.stt).map_err(ConfigError::Invalid)?;
-        let tts = TtsConfig::from_raw(&user.tts).map_err(ConfigError::Invalid)?;
+        // `[providers]` also holds the speech vendors `[stt]` and `[tts]` name.
+        let stt = SttConfig::from_raw(&user.stt, &providers).map_err(ConfigError::Invalid)?;
+        let tts = TtsConfig::from_raw(&user.tts, &providers).map_err(ConfigError::Invalid)?;
         let realtime = RealtimeSettings::from_raw(&user.realtime)?;
         let metering = MeteringSettings::from_raw(&user.metering, env).map_err(ConfigError::Invalid)?;
 
@@ -283,6 +284,24 @@ ttft_ms_max = 1200
         assert!(!err.contains("sk-literal-123") && err.contains("line 3"), "{err}");
         let err = Config::from_toml("[routes.r]\nmodels = [\"ghost\"]\n", &no_env).unwrap_err().to_string();
         assert!(err.contains("ghost"), "{err}");
+    }
+
+    #[test]
+    fn speech_vendors_switch_on_by_their_key_and_are_not_llm_providers() {
+        let env = |k: &str| (k == "DEEPGRAM_API_KEY" || k == "CARTESIA_API_KEY").then(|| "dg-test".to_string());
+        let c = Config::from_raw(RawConfig::default(), &env).unwrap();
+        assert_eq!(c.providers["deepgram"].kind, crate::llm::config::ProviderKind::Deepgram);
+        assert!(c.providers["deepgram"].diarize, "diarization is on by default");
+        assert!(c.providers.contains_key("cartesia") && !c.providers.contains_key("assemblyai"));
+        let gateway = crate::llm::router::Gateway::new(&c).unwrap();
+        assert!(gateway.provider("deepgram").is_none(), "the gateway serves no chat from a speech vendor");
+        // A model on a speech vendor is a clear error; a wss:// base URL is fine for one.
+        let text = "[providers.dg]\nkind = \"deepgram\"\nbase_url = \"wss://dg.example\"\ndiarize = false\n\
+                    [[models]]\nid = \"m\"\nprovider = \"dg\"\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n";
+        let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("speech provider"), "{err}");
+        let err = Config::from_toml("[providers.o]\nkind = \"openai\"\nbase_url = \"wss://x\"\n", &no_env).unwrap_err().to_string();
+        assert!(err.contains("http:// or https://"), "{err}");
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct RawCatalog {
     pub routes: BTreeMap<String, RawRoute>,
 }
 
+/// What a `[providers.NAME]` entry is. LLM kinds serve the gateway; speech kinds serve `[stt]` and
+/// `[tts]` (`openai` serves all three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
@@ -51,17 +53,40 @@ pub enum ProviderKind {
     Gemini,
     Embedded,
     Fake,
+    Assemblyai,
+    Deepgram,
+    Elevenlabs,
+    Cartesia,
 }
 
 impl ProviderKind {
-    /// The vendor SDK's base URL for a provider reached over HTTP; `None` for one in process.
+    /// The vendor SDK's base URL for a provider reached over the network; `None` for one in process.
     pub fn default_base_url(self) -> Option<&'static str> {
         match self {
             ProviderKind::Openai => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
             ProviderKind::Gemini => Some("https://generativelanguage.googleapis.com"),
+            ProviderKind::Assemblyai => Some("wss://streaming.assemblyai.com"),
+            ProviderKind::Deepgram => Some("https://api.deepgram.com"),
+            ProviderKind::Elevenlabs => Some("https://api.elevenlabs.io"),
+            ProviderKind::Cartesia => Some("https://api.cartesia.ai"),
             ProviderKind::Embedded | ProviderKind::Fake => None,
         }
+    }
+
+    /// Whether the gateway can send chat completions to it.
+    pub fn serves_llm(self) -> bool {
+        matches!(self, ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Gemini | ProviderKind::Embedded | ProviderKind::Fake)
+    }
+
+    /// Whether `[stt] engines` can name it.
+    pub fn serves_stt(self) -> bool {
+        matches!(self, ProviderKind::Assemblyai | ProviderKind::Deepgram | ProviderKind::Openai)
+    }
+
+    /// Whether `[tts] engines` can name it.
+    pub fn serves_tts(self) -> bool {
+        matches!(self, ProviderKind::Openai | ProviderKind::Elevenlabs | ProviderKind::Cartesia | ProviderKind::Deepgram)
     }
 }
 
@@ -76,6 +101,8 @@ pub struct RawProvider {
     pub model_path: Option<PathBuf>,
     /// Per-attempt connect timeout (default 5000).
     pub connect_timeout_ms: Option<u64>,
+    /// Speech-to-text: ask the vendor to tell speakers apart (default true where it can).
+    pub diarize: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,6 +156,8 @@ pub struct ProviderConfig {
     /// Always set for an embedded provider (validation fills in the fetched SmolLM2).
     pub model_path: Option<PathBuf>,
     pub connect_timeout_ms: u64,
+    /// Speech-to-text vendors: diarization on (the default) or off.
+    pub diarize: bool,
 }
 
 /// A price in micro-dollars per million tokens: exact for any price with up to six decimals.
@@ -193,6 +222,9 @@ impl GatewayConfig {
             }
         }
         for m in &user.models {
+            if providers.get(&m.provider).is_some_and(|p: &ProviderConfig| !p.kind.serves_llm()) {
+                return Err(format!("model {:?} names provider {:?}, which is a speech provider, not an LLM one", m.id, m.provider));
+            }
             if !providers.contains_key(&m.provider) {
                 return Err(format!(
                     "model {:?} names provider {:?}, which is not configured (add [providers.{}] or set its key variable)",
@@ -256,8 +288,10 @@ fn provider_config(id: &str, p: &RawProvider, env: &dyn Fn(&str) -> Option<Strin
     };
     let default_base = p.kind.default_base_url();
     let base_url = p.base_url.clone().unwrap_or_else(|| default_base.unwrap_or("").to_string());
-    if default_base.is_some() && !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(format!("providers.{id}.base_url = {base_url:?} must start with http:// or https://"));
+    // Speech vendors reach WebSockets too: the adapter derives the scheme each endpoint needs.
+    let schemes: &[&str] = if p.kind.serves_llm() { &["http://", "https://"] } else { &["http://", "https://", "ws://", "wss://"] };
+    if default_base.is_some() && !schemes.iter().any(|s| base_url.starts_with(s)) {
+        return Err(format!("providers.{id}.base_url = {base_url:?} must start with {}", schemes.join(" or ")));
     }
     let model_path = p.model_path.clone().or_else(|| (p.kind == ProviderKind::Embedded).then(|| crate::models::llm_model_path(models_dir)));
     if p.connect_timeout_ms == Some(0) {
@@ -270,6 +304,7 @@ fn provider_config(id: &str, p: &RawProvider, env: &dyn Fn(&str) -> Option<Strin
         api_key,
         model_path,
         connect_timeout_ms: p.connect_timeout_ms.unwrap_or(5_000),
+        diarize: p.diarize.unwrap_or(true),
     })
 }
 

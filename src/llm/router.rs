@@ -136,7 +136,8 @@ impl Gateway {
     pub fn new(config: impl Into<GatewayConfig>) -> Result<Gateway, GatewayError> {
         let GatewayConfig { settings, providers: provider_configs, models, routes } = config.into();
         let mut providers = HashMap::new();
-        for (id, p) in &provider_configs {
+        // Speech-only vendors are `[stt]`/`[tts]` engines, not the gateway's.
+        for (id, p) in provider_configs.iter().filter(|(_, p)| p.kind.serves_llm()) {
             let connect_timeout = Duration::from_millis(p.connect_timeout_ms);
             let pool_idle_timeout = Duration::from_secs(90);
             let client = reqwest::Client::builder()
@@ -153,6 +154,7 @@ impl Gateway {
                 // Validation gives every embedded provider its model path.
                 ProviderKind::Embedded => Provider::Embedded(providers::embedded::Embedded::new(p.model_path.clone().unwrap_or_default())),
                 ProviderKind::Fake => Provider::Fake(providers::fake::Fake::new()),
+                ProviderKind::Assemblyai | ProviderKind::Deepgram | ProviderKind::Elevenlabs | ProviderKind::Cartesia => continue,
             };
             let breaker = Breaker::new(settings.breaker_failures, Duration::from_millis(settings.breaker_cooldown_ms));
             providers.insert(id.clone(), Arc::new(ProviderSlot { id: id.clone(), provider, breaker }));

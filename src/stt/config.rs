@@ -3,7 +3,11 @@
 
 use std::path::PathBuf;
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+
+use crate::llm::config::ProviderConfig;
 
 /// `[stt]`: the speech-to-text engine voice sessions use.
 #[derive(Debug, Default, Deserialize)]
@@ -50,7 +54,8 @@ pub enum SttConfig {
 
 impl SttConfig {
     /// Validates `[stt]`; an error is a message for the config's `Invalid` error.
-    pub fn from_raw(raw: &RawStt) -> Result<SttConfig, String> {
+    pub fn from_raw(raw: &RawStt, providers: &BTreeMap<String, ProviderConfig>) -> Result<SttConfig, String> {
+        let _ = providers; // the engines list names them (issue 14)
         Ok(match raw.engine.as_deref().unwrap_or("default") {
             "none" => SttConfig::None,
             e @ ("embedded" | "default") => SttConfig::Embedded {

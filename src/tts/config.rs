@@ -1,7 +1,11 @@
 //! `[tts]`: the text-to-speech engine voice sessions use, as written in the config file
 //! ([`RawTts`]) and validated ([`TtsConfig`]); [`super::build`] makes the engine from it.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
+
+use crate::llm::config::ProviderConfig;
 
 /// `[tts]`: the text-to-speech engine voice sessions use.
 #[derive(Debug, Default, Deserialize)]
@@ -44,7 +48,8 @@ pub enum TtsConfig {
 
 impl TtsConfig {
     /// Validates `[tts]`; an error is a message for the config's `Invalid` error.
-    pub fn from_raw(raw: &RawTts) -> Result<TtsConfig, String> {
+    pub fn from_raw(raw: &RawTts, providers: &BTreeMap<String, ProviderConfig>) -> Result<TtsConfig, String> {
+        let _ = providers; // the engines list names them (issue 14)
         Ok(match raw.engine.as_deref().unwrap_or("default") {
             "none" => TtsConfig::None,
             e @ ("embedded" | "default") => TtsConfig::Embedded { explicit: e == "embedded", workers: raw.workers.unwrap_or(1).max(1) },
