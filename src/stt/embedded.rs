@@ -769,7 +769,7 @@ fn clean(pieces: Vec<Piece>) -> Transcript {
     }
     let text = kept.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(" ");
     let confidence = words.iter().map(|w| w.confidence).sum::<f32>() / words.len() as f32;
-    Transcript { text: text.trim().to_owned(), words, speaker: None, confidence }
+    Transcript { text: text.trim().to_owned(), words, speaker: None, confidence, engine: None }
 }
 
 #[cfg(test)]

@@ -352,6 +352,7 @@ impl Projection {
                 delta,
                 words: Some(words(&transcript)),
                 speaker: transcript.speaker,
+                engine: transcript.engine,
             }),
             Event::TranscriptFinal { item_id, transcript } => {
                 let seconds = transcript.words.last().map_or(0.0, |w| w.end_ms as f64 / 1000.0);
@@ -363,6 +364,7 @@ impl Projection {
                     transcript: transcript.text,
                     usage: TranscriptionUsage::Duration { seconds },
                     speaker: transcript.speaker,
+                    engine: transcript.engine,
                 })
             }
             Event::TranscriptFailed { item_id, code, message } => emit(ServerEvent::InputAudioTranscriptionFailed {
