@@ -442,6 +442,7 @@ impl Actor {
                     Ok(t) => {
                         if let Some(entry) = self.conversation.get_mut(&item_id) {
                             entry.speaker = t.speaker.clone();
+                            entry.words = t.words.clone();
                             if let Item::Message(m) = &mut entry.item {
                                 for part in &mut m.content {
                                     if let Content::InputAudio { transcript } = part {

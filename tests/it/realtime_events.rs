@@ -462,6 +462,7 @@ fn served_session() -> (Session, Value) {
         tools: Some(vec![]),
         tool_choice: Some(ToolChoice::Mode(ToolChoiceMode::Auto)),
         max_output_tokens: Some(MaxOutputTokens::Inf),
+        voxgate: None,
     };
     let json = json!({
         "type": "realtime",
