@@ -160,7 +160,7 @@ impl SpeechToText for VendorStt {
         self.call().transcribe(utterance, partials)
     }
 
-    fn for_call(&self) -> Option<Arc<dyn SpeechToText>> {
+    fn for_call(&self, _first: Option<&str>) -> Option<Arc<dyn SpeechToText>> {
         Some(self.call())
     }
 }

@@ -291,3 +291,27 @@ async fn a_broken_vendor_is_skipped_by_later_calls_until_its_breaker_lets_a_prob
     one_turn(&mut ws).await;
     assert_eq!(dg.connections().len(), 4);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_picks_an_engine_of_the_list_by_its_transcription_model() {
+    let dg = speech_stt::start(Flavour::Deepgram, booking_script()).await;
+    let backup = speech_stt::start(Flavour::AssemblyAi, booking_script()).await;
+    let base = with_backup("dg", &dg, &backup, "").await;
+    // The first engine by default; the session reports it.
+    let mut ws = connect(&base).await;
+    let update = |model: &str| json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"transcription": {"model": model}}}}});
+    ws.send(Message::text(update("whisper-1").to_string())).await.unwrap();
+    let updated = next(&mut ws).await;
+    assert_eq!(updated["session"]["audio"]["input"]["transcription"]["model"], "whisper-1", "{updated}");
+    let (_, completed) = one_turn(&mut ws).await;
+    assert_eq!(completed["engine"], "dg", "a name the list does not know changes nothing");
+    // Named: that engine serves the rest of the call, the others stay its fallbacks.
+    ws.send(Message::text(update("backup").to_string())).await.unwrap();
+    next(&mut ws).await;
+    let (_, completed) = one_turn(&mut ws).await;
+    assert_eq!(completed["engine"], "backup");
+    assert_eq!(completed["transcript"], "book a table for two", "the backup's first line");
+    assert_eq!((dg.connections().len(), backup.connections().len()), (1, 1));
+    // The call's Deepgram socket was let go when the client chose another engine.
+    assert!(support::eventually(|| dg.connections()[0].closed_politely).await);
+}
