@@ -333,15 +333,7 @@ impl Actor {
         self.input.push(samples, rate_hz, &mut signals);
         for signal in signals.drain(..) {
             match signal {
-                Signal::SpeechStarted { item_id, audio_start_ms } => {
-                    self.emit(Event::SpeechStarted { item_id, audio_start_ms });
-                    // Barge-in: the caller talks over the agent.
-                    let interrupt = self.settings.turn.is_some_and(|t| t.interrupt_response);
-                    if interrupt && (self.active.is_some() || self.playback.is_some()) {
-                        self.engines.metrics.inc("voxgate_barge_ins_total", &[]);
-                        self.interrupt(CancelReason::TurnDetected);
-                    }
-                }
+                Signal::SpeechStarted { item_id, audio_start_ms } => self.speech_started(item_id, audio_start_ms),
                 Signal::SpeechStopped { item_id, audio_end_ms, committed } => {
                     self.emit(Event::SpeechStopped { item_id, audio_end_ms });
                     self.on_committed(committed);
@@ -349,6 +341,16 @@ impl Actor {
             }
         }
         self.signals = signals;
+    }
+
+    fn speech_started(&mut self, item_id: String, audio_start_ms: u64) {
+        self.emit(Event::SpeechStarted { item_id, audio_start_ms });
+        // Barge-in: the caller talks over the agent.
+        let interrupt = self.settings.turn.is_some_and(|t| t.interrupt_response);
+        if interrupt && (self.active.is_some() || self.playback.is_some()) {
+            self.engines.metrics.inc("voxgate_barge_ins_total", &[]);
+            self.interrupt(CancelReason::TurnDetected);
+        }
     }
 
     /// An utterance committed: its item joins the conversation and its transcript is on the way.
@@ -437,11 +439,22 @@ impl Actor {
     fn on_stt(&mut self, msg: SttMsg) {
         match msg {
             SttMsg::Partial { item_id, transcript } => {
+                if let Some(audio_start_ms) = self.input.vendor_speech_started(&item_id, &transcript) {
+                    self.speech_started(item_id.clone(), audio_start_ms);
+                }
                 if let Some(delta) = self.input.partial(&item_id, &transcript) {
                     self.emit(Event::TranscriptPartial { item_id, delta, transcript });
                 }
             }
             SttMsg::Final { item_id, result } => {
+                // The vendor ended the caller's turn: the utterance is committed now.
+                if let Some((committed, audio_end_ms, started)) = self.input.end_vendor_turn(&item_id, &result) {
+                    if let Some(audio_start_ms) = started {
+                        self.speech_started(item_id.clone(), audio_start_ms);
+                    }
+                    self.emit(Event::SpeechStopped { item_id: item_id.clone(), audio_end_ms });
+                    self.on_committed(committed);
+                }
                 let Some(done) = self.input.final_transcript(item_id, result) else { return };
                 self.last_turn = done.turn;
                 let item_id = done.item_id;

@@ -265,6 +265,7 @@ pub enum Setting {
     Model,
     OutputModalities,
     TurnThreshold,
+    TurnType,
     /// The audio of an audio command.
     Audio,
     /// An added item's id, call id or content.

@@ -18,7 +18,7 @@ use super::settings::Turn;
 use super::VoiceEngines;
 use crate::audio::Resampler;
 use crate::stt::vad::{EnergyVad, VadEvent, PAUSE_MS};
-use crate::stt::{SpeechToText, SttError, Transcript, Utterance, STT_RATE_HZ};
+use crate::stt::{CallOptions, SpeechToText, SttError, Transcript, Utterance, STT_RATE_HZ};
 
 /// Frames queued for an STT engine before new ones are dropped (and counted).
 const STT_QUEUE_FRAMES: usize = 1024;
@@ -80,6 +80,8 @@ struct OpenUtterance {
     /// Tells the STT engine where the speaker paused (see [`Utterance::pause`]).
     pause: watch::Sender<Option<u64>>,
     samples: u64,
+    /// When the vendor ends turns: where its first words say the speech began, once they came.
+    speech_heard: bool,
 }
 
 pub struct Input {
@@ -88,7 +90,7 @@ pub struct Input {
     /// list); dropped with the call, which closes what it holds.
     stt: Option<Arc<dyn SpeechToText>>,
     /// The engine the client asked for by name, if any.
-    stt_choice: Option<String>,
+    call: CallOptions,
     session_id: String,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -125,11 +127,11 @@ impl Input {
         turn: Option<Turn>,
         rate_hz: u32,
     ) -> Input {
-        let stt = engines.stt.as_ref().map(|s| s.for_call(None).unwrap_or_else(|| s.clone()));
+        let stt = engines.stt.as_ref().map(|s| s.for_call(&CallOptions::default()).unwrap_or_else(|| s.clone()));
         let mut input = Input {
             engines,
             stt,
-            stt_choice: None,
+            call: CallOptions::default(),
             session_id,
             cancel,
             tasks,
@@ -158,7 +160,10 @@ impl Input {
         self.turn = turn;
         self.rate_hz = rate_hz;
         self.resampler = if rate_hz == STT_RATE_HZ { None } else { Resampler::new(rate_hz, STT_RATE_HZ).ok() };
-        self.vad = turn.map(|t| EnergyVad::new(t.vad, STT_RATE_HZ).report_pauses(PAUSE_MS));
+        // When the vendor ends turns, everything the caller sends streams to it, as with manual
+        // commits: no detector of ours.
+        self.vad = turn.filter(|t| !t.by_vendor).map(|t| EnergyVad::new(t.vad, STT_RATE_HZ).report_pauses(PAUSE_MS));
+        self.set_call(CallOptions { vendor_turns: turn.is_some_and(|t| t.by_vendor), ..self.call.clone() });
         // A new detector counts from zero; its times are shifted onto the session's input timeline.
         self.vad_offset_ms = self.input_ms();
         self.recent.clear();
@@ -168,11 +173,15 @@ impl Input {
     /// the others; a new name drops the call's engine and what it holds (a vendor socket) after
     /// the utterances in flight.
     pub fn choose_stt(&mut self, first: Option<&str>) {
-        if first == self.stt_choice.as_deref() {
+        self.set_call(CallOptions { first: first.map(str::to_string), ..self.call.clone() });
+    }
+
+    fn set_call(&mut self, call: CallOptions) {
+        if call == self.call {
             return;
         }
-        self.stt_choice = first.map(str::to_string);
-        self.stt = self.engines.stt.as_ref().map(|s| s.for_call(first).unwrap_or_else(|| s.clone()));
+        self.stt = self.engines.stt.as_ref().map(|s| s.for_call(&call).unwrap_or_else(|| s.clone()));
+        self.call = call;
     }
 
     /// Turn detection settings that do not restart the detector (what a detected turn does).
@@ -287,9 +296,15 @@ impl Input {
         }
         if let Some(u) = self.utterance.as_mut() {
             u.samples += samples.len() as u64;
-            if u.audio.try_send(samples.to_vec()).is_err() {
-                self.engines.metrics.inc("voxgate_audio_frames_dropped_total", &[("stage", "stt")]);
-                debug!(session_id = %self.session_id, "STT queue full; input frame dropped");
+            match u.audio.try_send(samples.to_vec()) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.engines.metrics.inc("voxgate_audio_frames_dropped_total", &[("stage", "stt")]);
+                    debug!(session_id = %self.session_id, "STT queue full; input frame dropped");
+                }
+                // The vendor ended the turn and its transcript is on the way to the session,
+                // which then opens the next utterance.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
             return;
         }
@@ -340,7 +355,14 @@ impl Input {
                 }
             }
         });
-        let mut u = OpenUtterance { item_id: item_id.clone(), cancel: utterance_cancel, audio: audio_tx, pause: pause_tx, samples: 0 };
+        let mut u = OpenUtterance {
+            item_id: item_id.clone(),
+            cancel: utterance_cancel,
+            audio: audio_tx,
+            pause: pause_tx,
+            samples: 0,
+            speech_heard: false,
+        };
         if !prefix.is_empty() {
             u.samples = prefix.len() as u64;
             let _ = u.audio.try_send(prefix.to_vec());
@@ -356,6 +378,30 @@ impl Input {
         let deadline = Instant::now() + Duration::from_millis(self.engines.settings.stt_timeout_ms);
         self.pending.insert(u.item_id.clone(), (deadline, u.cancel.clone()));
         Some(Committed { item_id: u.item_id, audio_ms: u.samples * 1000 / STT_RATE_HZ as u64 })
+    }
+
+    /// When the vendor ends turns: the start of the caller's speech, the first time words arrive
+    /// for the open utterance (the session then says speech started, and barges in).
+    pub fn vendor_speech_started(&mut self, item_id: &str, transcript: &Transcript) -> Option<u64> {
+        let u = self.utterance.as_mut().filter(|u| u.item_id == item_id && self.call.vendor_turns && !u.speech_heard)?;
+        let start = transcript.words.first()?.start_ms;
+        u.speech_heard = true;
+        Some(start)
+    }
+
+    /// When the vendor ends turns, its final transcript for the open utterance ends the turn:
+    /// the utterance is committed as the session's detector would commit it. Returns it, where
+    /// the speech ended, and where it began if no words said so before.
+    pub fn end_vendor_turn(&mut self, item_id: &str, result: &Result<Transcript, SttError>) -> Option<(Committed, u64, Option<u64>)> {
+        let u = self.utterance.as_ref().filter(|u| u.item_id == item_id && self.call.vendor_turns)?;
+        let words = result.as_ref().map(|t| t.words.as_slice()).unwrap_or_default();
+        let started = (!u.speech_heard).then(|| words.first().map_or(self.input_ms(), |w| w.start_ms));
+        let audio_end_ms = words.last().map_or(self.input_ms(), |w| w.end_ms);
+        // The speech really ended at its last word, this long ago in audio time.
+        let lag = Duration::from_millis(self.input_ms().saturating_sub(audio_end_ms));
+        self.speech_end = Some(Instant::now().checked_sub(lag).unwrap_or_else(Instant::now));
+        let committed = self.commit_open()?;
+        Some((committed, audio_end_ms, started))
     }
 
     /// Whether transcripts are still awaited (a response waits for them).

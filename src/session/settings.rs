@@ -44,11 +44,13 @@ pub struct Turn {
     pub create_response: bool,
     /// Barge-in: the caller's speech stops the answer in flight.
     pub interrupt_response: bool,
+    /// The speech-to-text vendor's end of turn ends the caller's turn, not the session's detector.
+    pub by_vendor: bool,
 }
 
 impl Default for Turn {
     fn default() -> Self {
-        Turn { vad: VadSettings::default(), create_response: true, interrupt_response: true }
+        Turn { vad: VadSettings::default(), create_response: true, interrupt_response: true, by_vendor: false }
     }
 }
 
@@ -123,6 +125,8 @@ pub struct TurnUpdate {
     pub silence_duration_ms: Option<u32>,
     pub create_response: Option<bool>,
     pub interrupt_response: Option<bool>,
+    /// `Some(true)`: the vendor ends turns; `Some(false)`: the session's detector does.
+    pub by_vendor: Option<bool>,
 }
 
 impl Settings {
@@ -193,10 +197,19 @@ impl Settings {
                 if let Some(ms) = t.silence_duration_ms {
                     vad.silence_duration_ms = ms.clamp(10, 10_000);
                 }
+                let by_vendor = t.by_vendor.unwrap_or(base.by_vendor);
+                if by_vendor && !engines.stt.as_ref().is_some_and(|s| s.ends_turns()) {
+                    return refuse(
+                        ErrorKind::InvalidValue,
+                        "turn detection by the vendor needs speech-to-text engines that end turns (Deepgram, AssemblyAI: every engine of [stt] engines); use server_vad".into(),
+                        Setting::TurnType,
+                    );
+                }
                 next.turn = Some(Turn {
                     vad,
                     create_response: t.create_response.unwrap_or(base.create_response),
                     interrupt_response: t.interrupt_response.unwrap_or(base.interrupt_response),
+                    by_vendor,
                 });
             }
         }
@@ -227,6 +240,7 @@ impl Settings {
 
     /// Whether the input pipeline (resampler, VAD) must start afresh after a change to `next`.
     pub fn input_changed(&self, next: &Settings) -> bool {
-        next.input_format != self.input_format || next.turn.map(|t| t.vad) != self.turn.map(|t| t.vad)
+        let detector = |s: &Settings| s.turn.map(|t| (t.vad, t.by_vendor));
+        next.input_format != self.input_format || detector(next) != detector(self)
     }
 }

@@ -101,8 +101,10 @@ impl SttConfig {
             };
             let engine = match providers.get(name) {
                 Some(p) if p.kind.serves_stt() => SttConfig::Vendor(VendorConfig { provider: p.clone(), model, limits }),
+                // The built-in engines' names win over the LLM providers of the same name (the
+                // catalog always has an `embedded` one).
+                _ if model.is_none() && matches!(name, "embedded" | "fake") => Self::builtin(raw, name)?,
                 Some(p) => return Err(format!("stt.engines names {name:?}, a {:?} provider, which does no speech-to-text", p.kind)),
-                None if model.is_none() && matches!(name, "embedded" | "fake") => Self::builtin(raw, name)?,
                 None if matches!(name, "assemblyai" | "deepgram" | "openai") => {
                     let var = format!("{}_API_KEY", name.to_uppercase());
                     return Err(format!("stt.engines names {name:?}, which is off: set {var} or add [providers.{name}]"));
@@ -139,5 +141,48 @@ impl SttConfig {
             },
             other => return Err(format!("stt.engine = {other:?} is not an engine; use \"embedded\", \"fake\" or \"none\"")),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn stt(text: &str, env: &[(&str, &str)]) -> Result<SttConfig, String> {
+        let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        Config::from_toml(text, &lookup).map(|c| c.stt).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_engines_list_names_vendors_with_models_and_the_built_in_engines() {
+        let text = "[stt]\nengines = [\"deepgram:nova-2\", \"assemblyai\", \"embedded\"]\nstall_ms_max = 900\n";
+        let env = [("DEEPGRAM_API_KEY", "dg"), ("ASSEMBLYAI_API_KEY", "aai")];
+        let SttConfig::Chain(chain) = stt(text, &env).unwrap() else { panic!("a chain") };
+        let labels: Vec<&str> = chain.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, ["deepgram:nova-2", "assemblyai", "embedded"]);
+        let SttConfig::Vendor(dg) = &chain[0].1 else { panic!("{:?}", chain[0]) };
+        assert_eq!((dg.provider.id.as_str(), dg.model.as_deref()), ("deepgram", Some("nova-2")));
+        assert_eq!(dg.limits.stall, Duration::from_millis(900));
+        assert_eq!(dg.limits.connect, Limits::default().connect);
+        // `embedded` is the built-in Whisper, not the catalog's embedded LLM provider.
+        assert!(matches!(chain[2].1, SttConfig::Embedded { explicit: true, .. }), "{:?}", chain[2]);
+        // One entry is that engine alone.
+        assert!(matches!(stt("[stt]\nengines = [\"deepgram\"]\n", &env).unwrap(), SttConfig::Vendor(_)));
+    }
+
+    #[test]
+    fn a_bad_list_is_a_clear_error() {
+        for (text, env, says) in [
+            ("[stt]\nengines = [\"deepgram\"]\n", &[][..], "DEEPGRAM_API_KEY"),
+            ("[stt]\nengines = [\"anthropic\"]\n", &[("ANTHROPIC_API_KEY", "k")][..], "does no speech-to-text"),
+            ("[stt]\nengines = [\"ghost\"]\n", &[][..], "neither a [providers] speech vendor"),
+            ("[stt]\nengines = []\n", &[][..], "empty"),
+            ("[stt]\nengine = \"fake\"\nengines = [\"fake\"]\n", &[][..], "not both"),
+            ("[stt]\nengines = [\"fake\"]\nstall_ms_max = 0\n", &[][..], "stall_ms_max = 0"),
+        ] {
+            let err = stt(text, env).unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{BoxFuture, SpeechToText, SttError, Transcript, Utterance};
+use super::{BoxFuture, CallOptions, SpeechToText, SttError, Transcript, Utterance};
 use crate::llm::breaker::Breaker;
 use crate::metrics::Metrics;
 
@@ -42,8 +42,9 @@ impl FallbackStt {
         FallbackStt { name, slots: slots.into(), metrics }
     }
 
-    /// A call over the list; `first` (an entry or an engine name) moves that engine to the front.
-    fn call(&self, first: Option<&str>) -> FallbackCall {
+    /// A call over the list; `call.first` (an entry or an engine name) moves that engine to the front.
+    fn call(&self, call: &CallOptions) -> FallbackCall {
+        let first = call.first.as_deref();
         let engines = self.slots.iter().map(|_| None).collect();
         let mut order: Vec<usize> = (0..self.slots.len()).collect();
         if let Some(i) = first.and_then(|name| self.slots.iter().position(|s| s.label == name || s.engine.knows(name))) {
@@ -51,7 +52,7 @@ impl FallbackStt {
             order.insert(0, i);
         }
         let name = self.slots[order[0]].engine.name().to_string();
-        let state = Mutex::new(CallState { engines, order, at: 0 });
+        let state = Mutex::new(CallState { engines, order, at: 0, options: call.clone() });
         FallbackCall { inner: Arc::new(CallInner { name, slots: self.slots.clone(), metrics: self.metrics.clone(), state }) }
     }
 }
@@ -62,11 +63,16 @@ impl SpeechToText for FallbackStt {
     }
 
     fn transcribe(&self, utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
-        self.call(None).transcribe(utterance, partials)
+        self.call(&CallOptions::default()).transcribe(utterance, partials)
     }
 
-    fn for_call(&self, first: Option<&str>) -> Option<Arc<dyn SpeechToText>> {
-        Some(Arc::new(self.call(first)))
+    fn for_call(&self, call: &CallOptions) -> Option<Arc<dyn SpeechToText>> {
+        Some(Arc::new(self.call(call)))
+    }
+
+    fn ends_turns(&self) -> bool {
+        // A fallback that cannot end turns would leave the caller's turn open forever.
+        self.slots.iter().all(|s| s.engine.ends_turns())
     }
 
     fn knows(&self, name: &str) -> bool {
@@ -95,6 +101,7 @@ struct CallState {
     order: Vec<usize>,
     /// The place in `order` of the engine serving the call.
     at: usize,
+    options: CallOptions,
 }
 
 /// One call's view of the list.
@@ -115,7 +122,8 @@ impl CallInner {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let i = state.order[at];
         let slot = &self.slots[i];
-        let engine = state.engines[i].get_or_insert_with(|| slot.engine.for_call(None).unwrap_or_else(|| slot.engine.clone())).clone();
+        let options = CallOptions { first: None, ..state.options.clone() };
+        let engine = state.engines[i].get_or_insert_with(|| slot.engine.for_call(&options).unwrap_or_else(|| slot.engine.clone())).clone();
         (engine, slot)
     }
 

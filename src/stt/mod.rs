@@ -68,6 +68,15 @@ pub struct Utterance {
     pub pause: Option<watch::Receiver<Option<u64>>>,
 }
 
+/// What a call asks of its engine ([`SpeechToText::for_call`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The engine of a fallback list the call asked for by name, if any.
+    pub first: Option<String>,
+    /// The vendor ends the caller's turns.
+    pub vendor_turns: bool,
+}
+
 /// Why an engine could not transcribe.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SttError {
@@ -110,10 +119,17 @@ pub trait SpeechToText: Send + Sync + 'static {
 
     /// The engine one call uses for all its utterances, when it keeps state for the call (a
     /// vendor's socket, which engine of a fallback list serves); `None`: the shared engine serves
-    /// every call. `first`: the engine of a fallback list the call asked for by name, if any.
-    fn for_call(&self, first: Option<&str>) -> Option<Arc<dyn SpeechToText>> {
-        let _ = first;
+    /// every call.
+    fn for_call(&self, call: &CallOptions) -> Option<Arc<dyn SpeechToText>> {
+        let _ = call;
         None
+    }
+
+    /// Whether the engine can end the caller's turns itself (a vendor's end of turn): a call
+    /// that asks for it ([`CallOptions::vendor_turns`]) gets an utterance's final transcript
+    /// while its audio is still open, when the vendor says the turn ended.
+    fn ends_turns(&self) -> bool {
+        false
     }
 
     /// Whether `name` picks an engine of this one (a fallback list's entry, or the engine itself).

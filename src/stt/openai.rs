@@ -131,6 +131,11 @@ impl Protocol for OpenAiStt {
         None
     }
 
+    fn ends_turns(&self) -> bool {
+        // Its turn detection is off: the session commits.
+        false
+    }
+
     fn speaks_while_listening(&self) -> bool {
         // gpt-4o-transcribe and gpt-4o-mini-transcribe send their deltas after the commit.
         false

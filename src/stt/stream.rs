@@ -131,6 +131,12 @@ pub trait Protocol: Send + 'static {
     fn speaks_while_listening(&self) -> bool {
         true
     }
+
+    /// Whether the vendor says when the caller's turn ended (AssemblyAI `end_of_turn`, Deepgram
+    /// `speech_final`), so it can decide turns for the session.
+    fn ends_turns(&self) -> bool {
+        true
+    }
 }
 
 /// Makes one call's protocol.
@@ -149,9 +155,10 @@ impl VendorStt {
         VendorStt { name: name.into(), make, limits, metrics }
     }
 
-    fn call(&self) -> Arc<VendorCall> {
+    fn call(&self, vendor_turns: bool) -> Arc<VendorCall> {
         let (tx, rx) = mpsc::channel(CALL_QUEUE_FRAMES);
-        let connection = Connection::new(self.name.clone(), (self.make)(), self.limits, self.metrics.clone());
+        let mut connection = Connection::new(self.name.clone(), (self.make)(), self.limits, self.metrics.clone());
+        connection.vendor_turns = vendor_turns;
         tokio::spawn(connection.run(rx));
         Arc::new(VendorCall { name: self.name.clone(), tx })
     }
@@ -164,11 +171,15 @@ impl SpeechToText for VendorStt {
 
     /// An utterance outside a call gets a socket of its own, closed when it is transcribed.
     fn transcribe(&self, utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
-        self.call().transcribe(utterance, partials)
+        self.call(false).transcribe(utterance, partials)
     }
 
-    fn for_call(&self, _first: Option<&str>) -> Option<Arc<dyn SpeechToText>> {
-        Some(self.call())
+    fn for_call(&self, call: &super::CallOptions) -> Option<Arc<dyn SpeechToText>> {
+        Some(self.call(call.vendor_turns))
+    }
+
+    fn ends_turns(&self) -> bool {
+        (self.make)().ends_turns()
     }
 }
 
@@ -303,6 +314,8 @@ struct Connection {
     sent: u64,
     pending: Vec<i16>,
     finishes: u64,
+    /// The vendor's end of turn ends an utterance the session has not ended.
+    vendor_turns: bool,
     last_sent: Instant,
     last_heard: Instant,
     malformed: u32,
@@ -322,6 +335,7 @@ impl Connection {
             sent: 0,
             pending: Vec::new(),
             finishes: 0,
+            vendor_turns: false,
             last_sent: now,
             last_heard: now,
             malformed: 0,
@@ -559,7 +573,10 @@ impl Connection {
             span.interim = converted;
             span.turn_closed = false;
         }
-        let done = span.ended.is_some() && is_final && (end_of_turn || answer.is_some());
+        // An end of turn ends the utterance once the session has ended it too, or at once when the
+        // vendor decides turns.
+        let done =
+            (span.ended.is_some() || (self.vendor_turns && !span.finals.is_empty())) && is_final && (end_of_turn || answer.is_some());
         if done {
             let transcript = span.transcript(&self.name);
             let span = self.spans.remove(index).expect("the span is there");

@@ -181,7 +181,7 @@ fn vendor_final_words(flavour: Flavour, sent: &[Value]) -> Vec<(u64, u64)> {
                     out.push((ms(&w["start"]), ms(&w["end"])));
                 }
             }
-            Flavour::AssemblyAi if m["type"] == "Turn" && m["end_of_turn"] == true => {
+            Flavour::AssemblyAi if m["type"] == "Turn" && m["end_of_turn"] == true && !m["words"].as_array().unwrap().is_empty() => {
                 out = m["words"].as_array().unwrap().iter().map(|w| (w["start"].as_u64().unwrap(), w["end"].as_u64().unwrap())).collect();
             }
             _ => {}
@@ -360,4 +360,66 @@ async fn a_vendor_that_answers_only_when_asked_is_not_stalled_by_a_long_utteranc
     let events = until(&mut ws, "conversation.item.input_audio_transcription.completed").await;
     assert_eq!(events.last().unwrap()["transcript"], "book a table for two");
     assert!(events.iter().all(|e| e["type"] != "conversation.item.input_audio_transcription.failed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_vendor_can_decide_the_callers_turns() {
+    for flavour in [Flavour::Deepgram, Flavour::AssemblyAi] {
+        let vendor = speech_stt::start(flavour, booking_script()).await;
+        let base = voxgate(&provider("v", flavour, &vendor), "engines = [\"v\"]").await;
+        let mut ws = connect(&base).await;
+        let update =
+            json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "vendor"}}}}});
+        ws.send(Message::text(update.to_string())).await.unwrap();
+        let updated = next(&mut ws).await;
+        assert_eq!(updated["session"]["audio"]["input"]["turn_detection"]["type"], "vendor", "{updated}");
+        speak_paced(&mut ws, 500).await;
+        let events = until(&mut ws, "response.done").await;
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        let at = |t: &str| kinds.iter().position(|k| *k == t).unwrap_or_else(|| panic!("{flavour:?}: no {t} in {kinds:?}"));
+        // The Realtime events a client knows, in their usual order: the vendor's words started
+        // the speech, its end of turn stopped it, committed it and answered it.
+        assert!(at("input_audio_buffer.speech_started") < at("input_audio_buffer.speech_stopped"), "{kinds:?}");
+        assert!(at("input_audio_buffer.speech_stopped") < at("input_audio_buffer.committed"), "{kinds:?}");
+        assert!(at("conversation.item.input_audio_transcription.completed") < at("response.created"), "{kinds:?}");
+        let started = &events[at("input_audio_buffer.speech_started")];
+        let stopped = &events[at("input_audio_buffer.speech_stopped")];
+        let completed = &events[at("conversation.item.input_audio_transcription.completed")];
+        assert_eq!(completed["transcript"], "book a table for two", "{flavour:?}");
+        let words = completed["words"].as_array().unwrap();
+        assert_eq!(started["audio_start_ms"], words[0]["start_ms"], "{flavour:?}");
+        assert_eq!(stopped["audio_end_ms"], words[4]["end_ms"], "{flavour:?}");
+        assert!((490..=530).contains(&started["audio_start_ms"].as_u64().unwrap()), "{started}");
+        assert_eq!(events.last().unwrap()["response"]["status"], "completed");
+        // The session never asked the vendor to finish: the vendor ended the turn.
+        let finishes = vendor.connections()[0].count("Finalize") + vendor.connections()[0].count("ForceEndpoint");
+        assert_eq!(finishes, 0, "{flavour:?}");
+        // A second turn on the same socket.
+        speak_paced(&mut ws, 300).await;
+        let events = until(&mut ws, "conversation.item.input_audio_transcription.completed").await;
+        assert_eq!(events.last().unwrap()["transcript"], "at seven", "{flavour:?}");
+        assert_eq!(vendor.connections().len(), 1);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn turn_detection_by_a_vendor_that_cannot_end_turns_is_refused() {
+    let oa = speech_stt::start(Flavour::OpenAi, booking_script()).await;
+    let dg = speech_stt::start(Flavour::Deepgram, booking_script()).await;
+    let providers = format!("{}{}", provider("oa", Flavour::OpenAi, &oa), provider("dg", Flavour::Deepgram, &dg));
+    // OpenAI's turn detection is off (the session commits), and a list whose fallback is the
+    // scripted fake would leave a turn open forever if the vendor failed.
+    for stt in ["engines = [\"oa\"]", "engines = [\"dg\", \"fake\"]"] {
+        let base = voxgate(&providers, stt).await;
+        let mut ws = connect(&base).await;
+        let update =
+            json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": {"type": "vendor"}}}}});
+        ws.send(Message::text(update.to_string())).await.unwrap();
+        let error = next(&mut ws).await;
+        assert_eq!(error["type"], "error", "{stt}: {error}");
+        assert_eq!(error["error"]["param"], "session.audio.input.turn_detection.type", "{stt}: {error}");
+        // Nothing changed: server_vad still ends turns.
+        let (_, completed) = one_turn(&mut ws).await;
+        assert!(completed["transcript"].as_str().is_some());
+    }
 }

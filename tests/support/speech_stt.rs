@@ -339,6 +339,13 @@ fn hear(shared: &Shared, index: usize, hearing: &mut Hearing, samples: &[i16], r
             hearing.voiced = None;
             hearing.line += 1;
             hearing.finals_sent = 0;
+        } else if shared.flavour == Flavour::AssemblyAi && !loud && at_ms >= to + 400 {
+            // AssemblyAI's turn detection: the speaker is done after 400 ms of silence.
+            out.push(assemblyai_turn(hearing.turn_order, &words, words.len(), true));
+            hearing.turn_order += 1;
+            hearing.voiced = None;
+            hearing.line += 1;
+            hearing.frozen.clear();
         }
     }
     out

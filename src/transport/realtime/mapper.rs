@@ -13,7 +13,7 @@ use super::{
     ItemStatus as WireStatus, MaxOutputTokens, MessageItem as WireMessage, MeterInfo, Modality, OutputTokenDetails, RateLimit,
     RealtimeError, Response, ResponseConversation, ResponseParams, ResponsePart, ResponseStatus as WireResponseStatus, Role as WireRole,
     ServerEvent, ServerVad, Session, SessionAudio, SessionType, StageLatencies, StatusDetails, StatusError, StatusReason,
-    ToolChoice as WireToolChoice, ToolChoiceMode, TranscriptionUsage, TurnDetection, Usage as WireUsage, Voice as WireVoice,
+    ToolChoice as WireToolChoice, ToolChoiceMode, TranscriptionUsage, TurnDetection, Usage as WireUsage, VendorTurns, Voice as WireVoice,
     VoxgateResponseInfo, VoxgateSession, Word,
 };
 use crate::audio::{decode_to_pcm, encode_from_pcm, AudioFormat};
@@ -125,6 +125,13 @@ pub fn settings_update(session: Session) -> Result<SettingsUpdate, Refusal> {
                     silence_duration_ms: v.silence_duration_ms,
                     create_response: v.create_response,
                     interrupt_response: v.interrupt_response,
+                    by_vendor: Some(false),
+                })),
+                Some(Some(TurnDetection::Vendor(v))) => Some(Some(TurnUpdate {
+                    create_response: v.create_response,
+                    interrupt_response: v.interrupt_response,
+                    by_vendor: Some(true),
+                    ..TurnUpdate::default()
                 })),
             };
             update.transcription =
@@ -608,6 +615,12 @@ fn words(t: &Transcript) -> Vec<Word> {
 /// The `Session` object of `session.created` / `session.updated`.
 pub fn session_object(session_id: &str, s: &Settings) -> Session {
     let turn_detection = Some(s.turn.map(|t| {
+        if t.by_vendor {
+            return TurnDetection::Vendor(VendorTurns {
+                create_response: Some(t.create_response),
+                interrupt_response: Some(t.interrupt_response),
+            });
+        }
         TurnDetection::ServerVad(ServerVad {
             threshold: Some(t.vad.threshold as f64),
             prefix_padding_ms: Some(t.vad.prefix_padding_ms),
@@ -748,6 +761,7 @@ fn param_path(setting: Setting) -> &'static str {
         Setting::Model => "session.model",
         Setting::OutputModalities => "session.output_modalities",
         Setting::TurnThreshold => "session.audio.input.turn_detection.threshold",
+        Setting::TurnType => "session.audio.input.turn_detection.type",
         Setting::Audio => "audio",
         Setting::ItemId => "item_id",
         Setting::ItemCallId => "item.call_id",
@@ -812,7 +826,7 @@ mod tests {
         assert_eq!(update.model.as_deref(), Some("voice"));
         assert_eq!(update.audio_out, Some(false));
         assert_eq!(update.input_format, Some(AudioFormat::Pcmu));
-        assert_eq!(update.turn, Some(Some(TurnUpdate { threshold: Some(0.7), ..TurnUpdate::default() })));
+        assert_eq!(update.turn, Some(Some(TurnUpdate { threshold: Some(0.7), by_vendor: Some(false), ..TurnUpdate::default() })));
         assert_eq!(update.voice, Some(Voice::Id("v_1".into())));
         assert_eq!(update.tool_choice, Some(ToolChoice::Function("weather".into())));
         assert_eq!(update.max_output_tokens, Some(None));

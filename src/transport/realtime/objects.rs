@@ -215,6 +215,17 @@ pub enum TurnDetection {
     ServerVad(ServerVad),
     /// Accepted so a client asking for it gets a clear answer from the session; not modelled further.
     SemanticVad(SemanticVad),
+    /// Extension: the speech-to-text vendor ends the caller's turns (docs/speech.md).
+    Vendor(VendorTurns),
+}
+
+/// `{"type": "vendor", …}`: the hosted speech-to-text vendor's end of turn ends the caller's turn.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VendorTurns {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_response: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupt_response: Option<bool>,
 }
 
 /// `{"type": "server_vad", …}`: voice activity detection with fixed thresholds.
