@@ -122,6 +122,15 @@ impl SpeechUsage {
     }
 }
 
+/// A group's speech of one stage and engine, summed over its sessions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpeechTotal {
+    pub stage: Stage,
+    pub engine: String,
+    pub quantity: u64,
+    pub cost_picousd: u64,
+}
+
 /// Sum of the lines of one stage, in picodollars.
 pub fn stage_cost_picousd(lines: &[SpeechLine], stage: Stage) -> u64 {
     lines.iter().filter(|l| l.stage == stage).fold(0u64, |sum, l| sum.saturating_add(l.cost_picousd))
