@@ -149,3 +149,49 @@ async fn a_calls_record_and_usage_show_speech_and_token_costs_and_the_margin() {
     assert!(csv.lines().next().unwrap().ends_with(",session_vendor_cost_usd,session_margin_usd"), "{csv}");
     assert!(csv.lines().nth(1).unwrap().ends_with(&format!(",{},{}", usd(vendor_cost), usd(charge - vendor_cost))), "{csv}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn audio_is_charged_to_the_engine_that_served_it_at_the_catalogs_list_price() {
+    // Deepgram is cut mid-utterance and the AssemblyAI backup transcribes the whole of it: the audio
+    // is the backup's, at the catalog's Universal-Streaming price ($0.0025 a minute: its default
+    // model), and nothing is charged to Deepgram, whose test model ("cut") has no price.
+    let dg = speech_stt::start(Flavour::Deepgram, booking_script()).await;
+    let backup = speech_stt::start(Flavour::AssemblyAi, booking_script()).await;
+    let config = format!(
+        "{FAKE_ECHO}[providers.dg]\nkind = \"deepgram\"\nbase_url = \"{}\"\napi_key = \"dg-key\"\n\
+         [providers.backup]\nkind = \"assemblyai\"\nbase_url = \"{}\"\napi_key = \"aai-key\"\n\
+         [routes.voice]\nmodels = [\"echo\"]\n[stt]\nengines = [\"dg:cut\", \"backup\"]\n[tts]\nengine = \"fake\"\n",
+        dg.url, backup.url
+    );
+    let (base, state) = start_voxgate(&config, &[]).await;
+    let url = format!("{}/v1/realtime?model=voice", base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap();
+    let id = next(&mut ws).await["session"]["id"].as_str().unwrap().to_string();
+    speak(&mut ws).await;
+    let events = until(&mut ws, "response.done").await;
+    let completed = events.iter().find(|e| e["type"] == "conversation.item.input_audio_transcription.completed").unwrap();
+    assert_eq!(completed["engine"], "backup", "{completed}");
+    ws.close(None).await.unwrap();
+    drop(ws);
+    let mut r = None;
+    for _ in 0..200 {
+        r = state.ledger.session(&id).await.unwrap().filter(|r| r.ended_ms.is_some());
+        if r.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = r.expect("the session's record");
+    let stt: Vec<(&str, u64, Option<u64>, u64)> = r
+        .speech
+        .iter()
+        .filter(|l| l.stage == voxgate::metering::speech::Stage::Stt)
+        .map(|l| (l.engine.as_str(), l.quantity, l.price_microusd, l.cost_picousd))
+        .collect();
+    // 2,500 µUSD a minute is 1/24 µUSD a millisecond: 125 000/3 pUSD, rounded once.
+    let expected = (r.stt_audio_ms as u128 * 2_500 * 1_000_000 + 30_000) / 60_000;
+    assert_eq!(stt, [("backup", r.stt_audio_ms, Some(2_500), expected as u64)], "{r:?}");
+    assert_eq!(r.stt_cost_picousd, expected as u64);
+    // The fake voice is built in and unpriced here: its characters cost nothing.
+    assert_eq!((r.tts_cost_picousd, r.vendor_cost_picousd()), (0, r.stt_cost_picousd + r.token_cost_picousd));
+}
