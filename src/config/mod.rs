@@ -213,11 +213,13 @@ fn speech_prices(user: &[RawSpeechPrice], providers: &BTreeMap<String, ProviderC
     let mut walk = vec![stt];
     while let Some(engine) = walk.pop() {
         match engine {
-            SttConfig::Chain(engines) => walk.extend(engines.iter()),
+            SttConfig::Chain(engines) => walk.extend(engines.iter().map(|(_, engine)| engine)),
             SttConfig::Vendor(v) => vendors.push(v),
             SttConfig::None | SttConfig::Fake { .. } | SttConfig::Embedded { .. } => {}
         }
     }
+    // A provider listed twice with different models (`dg:nova-3`, `dg:nova-2`) runs under one name,
+    // so it gets one price: the first entry's (`vendors` is in reverse order, the last set wins).
     // Text-to-speech vendors: `[tts] engines` does not name any yet; when it does, each is priced the
     // same way with `Stage::Tts` (`list.vendor_price(Stage::Tts, id, kind, model)`).
     for v in vendors {

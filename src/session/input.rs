@@ -87,6 +87,8 @@ pub struct Input {
     /// The STT engine as this call uses it (its own socket to a vendor, its place in a fallback
     /// list); dropped with the call, which closes what it holds.
     stt: Option<Arc<dyn SpeechToText>>,
+    /// The engine the client asked for by name, if any.
+    stt_choice: Option<String>,
     session_id: String,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -123,10 +125,11 @@ impl Input {
         turn: Option<Turn>,
         rate_hz: u32,
     ) -> Input {
-        let stt = engines.stt.as_ref().map(|s| s.for_call().unwrap_or_else(|| s.clone()));
+        let stt = engines.stt.as_ref().map(|s| s.for_call(None).unwrap_or_else(|| s.clone()));
         let mut input = Input {
             engines,
             stt,
+            stt_choice: None,
             session_id,
             cancel,
             tasks,
@@ -159,6 +162,17 @@ impl Input {
         // A new detector counts from zero; its times are shifted onto the session's input timeline.
         self.vad_offset_ms = self.input_ms();
         self.recent.clear();
+    }
+
+    /// The call's STT engine, with the engine named `first` (a `[stt] engines` entry) in front of
+    /// the others; a new name drops the call's engine and what it holds (a vendor socket) after
+    /// the utterances in flight.
+    pub fn choose_stt(&mut self, first: Option<&str>) {
+        if first == self.stt_choice.as_deref() {
+            return;
+        }
+        self.stt_choice = first.map(str::to_string);
+        self.stt = self.engines.stt.as_ref().map(|s| s.for_call(first).unwrap_or_else(|| s.clone()));
     }
 
     /// Turn detection settings that do not restart the detector (what a detected turn does).

@@ -48,8 +48,9 @@ pub struct RawStt {
 #[derive(Debug, Clone)]
 pub enum SttConfig {
     None,
-    /// Engines in order, each the fallback of the one before (two or more).
-    Chain(Vec<SttConfig>),
+    /// Engines in order, each the fallback of the one before (two or more), with the entry that
+    /// names each (`dg:nova-3`, `embedded`).
+    Chain(Vec<(String, SttConfig)>),
     /// A hosted vendor that streams for the whole call.
     Vendor(VendorConfig),
     Fake {
@@ -112,11 +113,11 @@ impl SttConfig {
                     ))
                 }
             };
-            chain.push(engine);
+            chain.push((entry.clone(), engine));
         }
         match chain.len() {
             0 => Err("stt.engines is empty; leave it out for the default engine, or use engine = \"none\"".into()),
-            1 => Ok(chain.remove(0)),
+            1 => Ok(chain.remove(0).1),
             _ => Ok(SttConfig::Chain(chain)),
         }
     }

@@ -23,6 +23,8 @@ const QUEUE_FRAMES: usize = 1024;
 
 /// An engine of the list with its breaker.
 pub struct Slot {
+    /// The list's entry that names it (`dg:nova-3`, `embedded`).
+    pub label: String,
     pub engine: Arc<dyn SpeechToText>,
     pub breaker: Breaker,
 }
@@ -40,12 +42,17 @@ impl FallbackStt {
         FallbackStt { name, slots: slots.into(), metrics }
     }
 
-    fn call(&self) -> FallbackCall {
+    /// A call over the list; `first` (an entry or an engine name) moves that engine to the front.
+    fn call(&self, first: Option<&str>) -> FallbackCall {
         let engines = self.slots.iter().map(|_| None).collect();
-        let state = Mutex::new(CallState { engines, at: 0 });
-        FallbackCall {
-            inner: Arc::new(CallInner { name: self.name.clone(), slots: self.slots.clone(), metrics: self.metrics.clone(), state }),
+        let mut order: Vec<usize> = (0..self.slots.len()).collect();
+        if let Some(i) = first.and_then(|name| self.slots.iter().position(|s| s.label == name || s.engine.knows(name))) {
+            order.retain(|&j| j != i);
+            order.insert(0, i);
         }
+        let name = self.slots[order[0]].engine.name().to_string();
+        let state = Mutex::new(CallState { engines, order, at: 0 });
+        FallbackCall { inner: Arc::new(CallInner { name, slots: self.slots.clone(), metrics: self.metrics.clone(), state }) }
     }
 }
 
@@ -55,11 +62,15 @@ impl SpeechToText for FallbackStt {
     }
 
     fn transcribe(&self, utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
-        self.call().transcribe(utterance, partials)
+        self.call(None).transcribe(utterance, partials)
     }
 
-    fn for_call(&self) -> Option<Arc<dyn SpeechToText>> {
-        Some(Arc::new(self.call()))
+    fn for_call(&self, first: Option<&str>) -> Option<Arc<dyn SpeechToText>> {
+        Some(Arc::new(self.call(first)))
+    }
+
+    fn knows(&self, name: &str) -> bool {
+        self.slots.iter().any(|s| s.label == name || s.engine.knows(name))
     }
 
     fn warm_up(&self) -> BoxFuture<Result<(), SttError>> {
@@ -80,7 +91,9 @@ impl SpeechToText for FallbackStt {
 struct CallState {
     /// Each engine's handle for this call, made when first needed.
     engines: Vec<Option<Arc<dyn SpeechToText>>>,
-    /// The engine serving the call.
+    /// The engines in the order this call tries them.
+    order: Vec<usize>,
+    /// The place in `order` of the engine serving the call.
     at: usize,
 }
 
@@ -97,10 +110,13 @@ struct CallInner {
 }
 
 impl CallInner {
-    /// Engine `i` for this call.
-    fn engine(&self, i: usize) -> Arc<dyn SpeechToText> {
+    /// The engine at place `at` of this call's order, and its slot.
+    fn engine(&self, at: usize) -> (Arc<dyn SpeechToText>, &Slot) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.engines[i].get_or_insert_with(|| self.slots[i].engine.for_call().unwrap_or_else(|| self.slots[i].engine.clone())).clone()
+        let i = state.order[at];
+        let slot = &self.slots[i];
+        let engine = state.engines[i].get_or_insert_with(|| slot.engine.for_call(None).unwrap_or_else(|| slot.engine.clone())).clone();
+        (engine, slot)
     }
 
     fn at(&self) -> usize {
@@ -126,7 +142,7 @@ impl SpeechToText for FallbackCall {
             let mut last_error = None;
             let mut i = call.at();
             while i < call.slots.len() {
-                let slot = &call.slots[i];
+                let (engine, slot) = call.engine(i);
                 let last = i + 1 == call.slots.len();
                 // A broken engine is skipped, unless it is the last one left.
                 let permit = slot.breaker.try_acquire();
@@ -134,7 +150,6 @@ impl SpeechToText for FallbackCall {
                     i += 1;
                     continue;
                 }
-                let engine = call.engine(i);
                 let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
                 for frame in &heard {
                     let _ = tx.try_send(frame.clone());
@@ -176,7 +191,7 @@ impl SpeechToText for FallbackCall {
                     Err(e) => {
                         slot.breaker.record_failure();
                         if !last {
-                            let next = call.slots[i + 1].engine.name();
+                            let next = call.engine(i + 1).0.name().to_string();
                             tracing::warn!(engine = %engine.name(), next = %next, error = %e, "speech-to-text engine failed; the next one takes over");
                             call.metrics
                                 .inc("voxgate_speech_fallbacks_total", &[("stage", "stt"), ("from", engine.name()), ("reason", e.kind())]);

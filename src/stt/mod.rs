@@ -110,9 +110,15 @@ pub trait SpeechToText: Send + Sync + 'static {
 
     /// The engine one call uses for all its utterances, when it keeps state for the call (a
     /// vendor's socket, which engine of a fallback list serves); `None`: the shared engine serves
-    /// every call.
-    fn for_call(&self) -> Option<Arc<dyn SpeechToText>> {
+    /// every call. `first`: the engine of a fallback list the call asked for by name, if any.
+    fn for_call(&self, first: Option<&str>) -> Option<Arc<dyn SpeechToText>> {
+        let _ = first;
         None
+    }
+
+    /// Whether `name` picks an engine of this one (a fallback list's entry, or the engine itself).
+    fn knows(&self, name: &str) -> bool {
+        name == self.name()
     }
 }
 
@@ -184,10 +190,10 @@ pub fn build(config: &SttConfig, models_dir: &Path, metrics: &Arc<Metrics>) -> R
         SttConfig::Vendor(vendor) => Ok(Some(Arc::new(vendor_engine(vendor, metrics)))),
         SttConfig::Chain(engines) => {
             let mut slots = Vec::new();
-            for engine in engines {
+            for (label, engine) in engines {
                 // A built-in engine of the list that cannot run is an error, as any named engine is.
                 let Some(engine) = build(engine, models_dir, metrics)? else { continue };
-                slots.push(fallback::Slot { engine, breaker: Breaker::new(BREAKER_FAILURES, BREAKER_COOLDOWN) });
+                slots.push(fallback::Slot { label: label.clone(), engine, breaker: Breaker::new(BREAKER_FAILURES, BREAKER_COOLDOWN) });
             }
             Ok(Some(Arc::new(fallback::FallbackStt::new(slots, metrics.clone()))))
         }

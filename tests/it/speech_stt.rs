@@ -66,6 +66,19 @@ async fn speak(ws: &mut Ws, lead_ms: usize) {
     }
 }
 
+/// As [`speak`], at real time: a 20 ms frame every 20 ms, as a microphone sends them.
+async fn speak_paced(ws: &mut Ws, lead_ms: usize) {
+    let mut pcm = audio(lead_ms, false);
+    pcm.extend(audio(1_500, true));
+    pcm.extend(audio(1_000, false));
+    for chunk in pcm.chunks(480) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let event = json!({"type": "input_audio_buffer.append", "audio": B64.encode(bytes)});
+        ws.send(Message::text(event.to_string())).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The first speech start and the first completed transcript of a spoken turn.
 async fn one_turn(ws: &mut Ws) -> (Value, Value) {
     speak(ws, 500).await;
@@ -290,4 +303,61 @@ async fn a_broken_vendor_is_skipped_by_later_calls_until_its_breaker_lets_a_prob
     let mut ws = connect(&base).await;
     one_turn(&mut ws).await;
     assert_eq!(dg.connections().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_picks_an_engine_of_the_list_by_its_transcription_model() {
+    let dg = speech_stt::start(Flavour::Deepgram, booking_script()).await;
+    let backup = speech_stt::start(Flavour::AssemblyAi, booking_script()).await;
+    let base = with_backup("dg", &dg, &backup, "").await;
+    // The first engine by default; the session reports it.
+    let mut ws = connect(&base).await;
+    let update = |model: &str| json!({"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"transcription": {"model": model}}}}});
+    ws.send(Message::text(update("whisper-1").to_string())).await.unwrap();
+    let updated = next(&mut ws).await;
+    assert_eq!(updated["session"]["audio"]["input"]["transcription"]["model"], "whisper-1", "{updated}");
+    let (_, completed) = one_turn(&mut ws).await;
+    assert_eq!(completed["engine"], "dg", "a name the list does not know changes nothing");
+    // Named: that engine serves the rest of the call, the others stay its fallbacks.
+    ws.send(Message::text(update("backup").to_string())).await.unwrap();
+    next(&mut ws).await;
+    let (_, completed) = one_turn(&mut ws).await;
+    assert_eq!(completed["engine"], "backup");
+    assert_eq!(completed["transcript"], "book a table for two", "the backup's first line");
+    assert_eq!((dg.connections().len(), backup.connections().len()), (1, 1));
+    // The call's Deepgram socket was let go when the client chose another engine.
+    assert!(support::eventually(|| dg.connections()[0].closed_politely).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_the_vendor_already_ended_is_final_when_the_session_ends_it() {
+    // Deepgram's endpointing (300 ms) ends the turn before the session's silence window (500 ms)
+    // does, and its Finalize then has nothing to answer: the transcript must not wait for a
+    // quiet spell on top.
+    let dg = speech_stt::start(Flavour::Deepgram, booking_script()).await;
+    let base = voxgate(&provider("dg", Flavour::Deepgram, &dg), "engines = [\"dg\"]").await;
+    let mut ws = connect(&base).await;
+    speak_paced(&mut ws, 500).await;
+    let events = until(&mut ws, "conversation.item.input_audio_transcription.completed").await;
+    assert_eq!(events.last().unwrap()["transcript"], "book a table for two");
+    // The server's own measure, end of speech to final transcript on its (paused) clock: the
+    // silence window (500 ms) and nothing more; waiting for a quiet vendor would add a second.
+    let m = metrics(&base).await;
+    let within = |le: &str| m.contains(&format!("voxgate_turn_latency_seconds_bucket{{stage=\"stt\",le=\"{le}\"}} 1"));
+    assert!(within("0.5") && !within("0.25"), "{m}");
+    assert_eq!(dg.connections()[0].count("Finalize"), 1);
+    assert!(dg.connections()[0].sent.iter().all(|m| m["from_finalize"] != true), "the endpoint said it all");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vendor_that_answers_only_when_asked_is_not_stalled_by_a_long_utterance() {
+    // OpenAI's transcribe models say nothing until the commit: an utterance longer than
+    // stall_ms_max is not a stall.
+    let oa = speech_stt::start(Flavour::OpenAi, booking_script()).await;
+    let base = voxgate(&provider("oa", Flavour::OpenAi, &oa), "engines = [\"oa\"]\nstall_ms_max = 1000").await;
+    let mut ws = connect(&base).await;
+    speak_paced(&mut ws, 500).await;
+    let events = until(&mut ws, "conversation.item.input_audio_transcription.completed").await;
+    assert_eq!(events.last().unwrap()["transcript"], "book a table for two");
+    assert!(events.iter().all(|e| e["type"] != "conversation.item.input_audio_transcription.failed"));
 }
