@@ -252,7 +252,7 @@ impl PriceList {
             if !builtin && !is_vendor(e.stage, &e.engine) {
                 let builtins: Vec<&str> = e.stage.builtins().iter().map(|(n, _)| *n).collect();
                 return Err(format!(
-                    "speech entry with {} names engine {:?}, which is neither a configured [providers] vendor that does {} nor a built-in engine ({})",
+                    "speech entry with {} names engine {:?}, which is neither a configured [providers] vendor that does {} (add [providers.NAME] or set its key variable) nor a built-in engine ({})",
                     e.stage.price_field(),
                     e.engine,
                     match e.stage {
