@@ -16,7 +16,9 @@ use serde::Deserialize;
 use crate::llm::config::{
     GatewayConfig, GatewaySettings, ModelConfig, ProviderConfig, RawCatalog, RawGateway, RawModel, RawProvider, RawRoute, RouteConfig,
 };
+use crate::llm::config::{ProviderKind, RawSpeechPrice};
 use crate::metering::config::{MeteringSettings, RawMetering};
+use crate::metering::speech::{PriceList, SpeechPrices, Stage};
 use crate::stt::config::{RawStt, SttConfig};
 use crate::tts::config::{RawTts, TtsConfig};
 use keys::{KeyConfig, RawAuth};
@@ -50,6 +52,9 @@ pub struct RawConfig {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub routes: BTreeMap<String, RawRoute>,
+    /// `[[speech]]`: list prices of speech engines, laid over the catalog's (`docs/metering.md`).
+    #[serde(default)]
+    pub speech: Vec<RawSpeechPrice>,
     #[serde(default)]
     pub stt: RawStt,
     #[serde(default)]
@@ -95,6 +100,8 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     pub stt: SttConfig,
     pub tts: TtsConfig,
+    /// The list price of every speech engine a session may use, by the name it runs under.
+    pub speech_prices: SpeechPrices,
     pub realtime: RealtimeSettings,
     pub metering: MeteringSettings,
 }
@@ -174,16 +181,71 @@ impl Config {
             user.models_dir.clone().or_else(|| env("VOXGATE_MODELS_DIR").map(PathBuf::from)).unwrap_or_else(|| PathBuf::from("models"));
 
         let keys = keys::key_configs(&user.auth, env)?;
-        let catalog = RawCatalog { providers: user.providers, models: user.models, routes: user.routes };
+        let catalog = RawCatalog { providers: user.providers, models: user.models, routes: user.routes, speech: Vec::new() };
         let GatewayConfig { settings: gateway, providers, models, routes } =
             GatewayConfig::from_raw(&user.gateway, &catalog, env, &models_dir).map_err(ConfigError::Invalid)?;
         // `[providers]` also holds the speech vendors `[stt]` and `[tts]` name.
         let stt = SttConfig::from_raw(&user.stt, &providers).map_err(ConfigError::Invalid)?;
         let tts = TtsConfig::from_raw(&user.tts, &providers).map_err(ConfigError::Invalid)?;
+        let speech_prices = speech_prices(&user.speech, &providers, &stt).map_err(ConfigError::Invalid)?;
         let realtime = RealtimeSettings::from_raw(&user.realtime)?;
         let metering = MeteringSettings::from_raw(&user.metering, env).map_err(ConfigError::Invalid)?;
 
-        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, realtime, metering })
+        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, speech_prices, realtime, metering })
+    }
+}
+
+/// The price of each speech engine the config makes, by the name it runs under: the built-in
+/// catalog's `[[speech]]` with the user's laid over it. A vendor engine's price is that of its model
+/// (the adapter's default model when `[stt] engines` names none); a vendor model nobody prices is
+/// recorded without a price (cost 0), with a warning here.
+fn speech_prices(user: &[RawSpeechPrice], providers: &BTreeMap<String, ProviderConfig>, stt: &SttConfig) -> Result<SpeechPrices, String> {
+    let catalog: RawCatalog = toml::from_str(crate::llm::config::CATALOG_TOML).map_err(|e| format!("built-in catalog: {e}"))?;
+    let is_vendor = |stage: Stage, name: &str| {
+        providers.get(name).is_some_and(|p| match stage {
+            Stage::Stt => p.kind.serves_stt(),
+            Stage::Tts => p.kind.serves_tts(),
+        })
+    };
+    let list = PriceList::from_raw(&catalog.speech, user, &is_vendor)?;
+    let mut prices = SpeechPrices::with_builtins(&list);
+    let mut vendors = Vec::new();
+    let mut walk = vec![stt];
+    while let Some(engine) = walk.pop() {
+        match engine {
+            SttConfig::Chain(engines) => walk.extend(engines.iter().map(|(_, engine)| engine)),
+            SttConfig::Vendor(v) => vendors.push(v),
+            SttConfig::None | SttConfig::Fake { .. } | SttConfig::Embedded { .. } => {}
+        }
+    }
+    // A provider listed twice with different models (`dg:nova-3`, `dg:nova-2`) runs under one name,
+    // so it gets one price: the first entry's (`vendors` is in reverse order, the last set wins).
+    // Text-to-speech vendors: `[tts] engines` does not name any yet; when it does, each is priced the
+    // same way with `Stage::Tts` (`list.vendor_price(Stage::Tts, id, kind, model)`).
+    for v in vendors {
+        let kind = provider_kind_name(v.provider.kind);
+        let model = v.model.clone().unwrap_or_else(|| crate::stt::default_model(v.provider.kind).to_string());
+        let price = list.vendor_price(Stage::Stt, &v.provider.id, kind, &model);
+        if price.is_none() {
+            tracing::warn!(engine = %v.provider.id, %model, "no list price for this speech-to-text model: its cost is recorded as 0; add a [[speech]] entry with usd_per_audio_minute");
+        }
+        prices.set(Stage::Stt, &v.provider.id, price);
+    }
+    Ok(prices)
+}
+
+/// A provider kind as the catalog's `[[speech]]` entries name vendors.
+fn provider_kind_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Gemini => "gemini",
+        ProviderKind::Embedded => "embedded",
+        ProviderKind::Fake => "fake",
+        ProviderKind::Assemblyai => "assemblyai",
+        ProviderKind::Deepgram => "deepgram",
+        ProviderKind::Elevenlabs => "elevenlabs",
+        ProviderKind::Cartesia => "cartesia",
     }
 }
 
@@ -310,5 +372,56 @@ ttft_ms_max = 1200
         let c = Config::from_toml("[providers.x]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key = \"env:K\"\n", &env)
             .unwrap();
         assert!(!format!("{c:?}").contains("sk-very-secret"));
+    }
+
+    #[test]
+    fn speech_prices_come_from_the_catalog_and_the_users_entries() {
+        // Every built-in entry validates, and each vendor that does speech has at least one price.
+        let catalog: RawCatalog = toml::from_str(crate::llm::config::CATALOG_TOML).unwrap();
+        let list = PriceList::from_raw(&catalog.speech, &[], &|_, _| false).unwrap();
+        for vendor in ["deepgram", "assemblyai", "openai", "elevenlabs", "cartesia"] {
+            assert!(list.catalog_entries().any(|(_, v, _, _)| v == vendor), "no price for {vendor}");
+        }
+        // Default engines are built in: they cost nothing.
+        let c = Config::from_raw(RawConfig::default(), &no_env).unwrap();
+        assert_eq!(c.speech_prices.price(Stage::Stt, "whisper-tiny-en"), Some(0));
+        assert_eq!(c.speech_prices.price(Stage::Tts, "piper-en-us-joe-medium"), Some(0));
+        // A vendor engine takes its model's list price, the adapter's default model when none is named.
+        let text = "[providers.dg]\nkind = \"deepgram\"\n[providers.dg2]\nkind = \"deepgram\"\n\
+                    [providers.aai]\nkind = \"assemblyai\"\n[providers.o]\nkind = \"openai\"\n\
+                    [stt]\nengines = [\"dg\", \"dg2:nova-2\", \"aai\", \"o:gpt-4o-mini-transcribe\"]\n";
+        let c = Config::from_toml(text, &no_env).unwrap();
+        assert_eq!(c.speech_prices.price(Stage::Stt, "dg"), Some(7_700));
+        assert_eq!(c.speech_prices.price(Stage::Stt, "dg2"), Some(5_800));
+        assert_eq!(c.speech_prices.price(Stage::Stt, "aai"), Some(2_500));
+        assert_eq!(c.speech_prices.price(Stage::Stt, "o"), Some(3_000));
+        // The user's entries replace the list price, and may price a built-in engine.
+        let text = format!(
+            "{text}[[speech]]\nengine = \"dg\"\nmodel = \"nova-3\"\nusd_per_audio_minute = 0.0065\n\
+             [[speech]]\nengine = \"fake\"\nusd_per_kchar = 0.2\n"
+        );
+        let c = Config::from_toml(&text, &no_env).unwrap();
+        assert_eq!(c.speech_prices.price(Stage::Stt, "dg"), Some(6_500));
+        assert_eq!(c.speech_prices.price(Stage::Stt, "dg2"), Some(5_800));
+        assert_eq!(c.speech_prices.price(Stage::Tts, "fake"), Some(200_000));
+        assert_eq!(c.speech_prices.price(Stage::Stt, "fake"), Some(0));
+        // A model nobody prices is recorded without a price, not refused.
+        let c = Config::from_toml("[providers.dg]\nkind = \"deepgram\"\n[stt]\nengines = [\"dg:whatever\"]\n", &no_env).unwrap();
+        assert_eq!(c.speech_prices.price(Stage::Stt, "dg"), None);
+    }
+
+    #[test]
+    fn bad_speech_prices_are_config_errors() {
+        for (text, want) in [
+            ("[[speech]]\nengine = \"fake\"\nusd_per_kchar = -1\n", "usd_per_kchar = -1"),
+            ("[[speech]]\nengine = \"fake\"\n", "needs usd_per_audio_minute"),
+            ("[[speech]]\nengine = \"ghost\"\nusd_per_kchar = 0.1\n", "names engine \"ghost\""),
+            ("[[speech]]\nengine = \"fake\"\nusd_per_kchar = 0.1\nprice = 3\n", "unknown field"),
+            ("[providers.dg]\nkind = \"deepgram\"\n[[speech]]\nengine = \"dg\"\nusd_per_audio_minute = 0.00771234\n", "six decimals"),
+            ("[providers.x]\nkind = \"openai\"\n[[speech]]\nengine = \"x\"\nusd_per_audio_minute = 0.1\nusd_per_kchar = 0.1\n", "not both"),
+        ] {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 }

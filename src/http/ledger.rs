@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::{Caller, Shared};
 use crate::metering::billing::Amount;
-use crate::metering::ledger::{GroupBy, SessionQuery, SessionRecord, UsageQuery, UsageRow};
+use crate::metering::ledger::{margin_picousd, GroupBy, SessionQuery, SessionRecord, UsageQuery, UsageRow};
+use crate::metering::speech::{SpeechLine, SpeechTotal, Stage};
 
 /// The key whose records the caller may see; `None` for everything.
 fn scope(caller: &Caller) -> Option<String> {
@@ -87,11 +88,11 @@ pub async fn sessions(
         Err(e) => return unavailable(e),
     };
     if wants_csv(&headers) {
-        let mut csv = String::from("id,key,protocol,started_ms,ended_ms,billed_seconds,rate_usd_per_hour,amount_usd,close_reason,input_tokens,output_tokens,cached_tokens,token_cost_usd,stt_audio_seconds,tts_chars,turns\n");
+        let mut csv = String::from("id,key,protocol,started_ms,ended_ms,billed_seconds,rate_usd_per_hour,amount_usd,close_reason,input_tokens,output_tokens,cached_tokens,token_cost_usd,stt_audio_seconds,tts_chars,turns,llm_cost_usd,stt_cost_usd,tts_cost_usd,vendor_cost_usd,margin_usd\n");
         for r in &records {
             let v = session_json(r);
             csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 field(&v["id"]),
                 field(&v["key"]),
                 field(&v["protocol"]),
@@ -108,16 +109,28 @@ pub async fn sessions(
                 field(&v["stt_audio_seconds"]),
                 field(&v["tts_chars"]),
                 field(&v["turns"]),
+                field(&v["llm_cost_usd"]),
+                field(&v["stt_cost_usd"]),
+                field(&v["tts_cost_usd"]),
+                field(&v["vendor_cost_usd"]),
+                field(&v["margin_usd"]),
             ));
         }
         return ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], csv).into_response();
     }
     let total: Amount = records.iter().map(|r| r.amount).sum();
+    let sum = |f: fn(&SessionRecord) -> u64| records.iter().fold(0u64, |a, r| a.saturating_add(f(r)));
+    let vendor = sum(SessionRecord::vendor_cost_picousd);
     axum::Json(json!({
         "object": "list",
         "data": records.iter().map(session_json).collect::<Vec<_>>(),
         "total_billed_seconds": records.iter().map(|r| r.billed_seconds).sum::<u64>(),
         "total_amount_usd": total.display_usd_full().trim_start_matches('$'),
+        "total_llm_cost_usd": usd(sum(SessionRecord::llm_cost_picousd) as i128),
+        "total_stt_cost_usd": usd(sum(|r| r.stt_cost_picousd) as i128),
+        "total_tts_cost_usd": usd(sum(|r| r.tts_cost_picousd) as i128),
+        "total_vendor_cost_usd": usd(vendor as i128),
+        "total_margin_usd": usd(margin_picousd(total, vendor)),
     }))
     .into_response()
 }
@@ -153,7 +166,7 @@ pub async fn usage(caller: &Caller, state: &Shared, q: &HashMap<String, String>,
         }
     }
     if wants_csv(headers) {
-        let mut csv = String::from("group,sessions,billed_seconds,sessions_amount_usd,session_input_tokens,session_output_tokens,session_cached_tokens,session_token_cost_usd,requests,request_input_tokens,request_output_tokens,request_cached_tokens,request_cost_usd\n");
+        let mut csv = String::from("group,sessions,billed_seconds,sessions_amount_usd,session_input_tokens,session_output_tokens,session_cached_tokens,session_token_cost_usd,requests,request_input_tokens,request_output_tokens,request_cached_tokens,request_cost_usd,session_llm_cost_usd,session_stt_cost_usd,session_tts_cost_usd,session_vendor_cost_usd,session_margin_usd\n");
         for r in &rows {
             let v = usage_json(r);
             let keys = [
@@ -170,6 +183,11 @@ pub async fn usage(caller: &Caller, state: &Shared, q: &HashMap<String, String>,
                 "request_output_tokens",
                 "request_cached_tokens",
                 "request_cost_usd",
+                "session_llm_cost_usd",
+                "session_stt_cost_usd",
+                "session_tts_cost_usd",
+                "session_vendor_cost_usd",
+                "session_margin_usd",
             ];
             csv.push_str(&keys.iter().map(|k| field(&v[*k])).collect::<Vec<_>>().join(","));
             csv.push('\n');
@@ -206,6 +224,55 @@ fn session_json(r: &SessionRecord) -> Value {
         "stt_audio_seconds": r.stt_audio_ms as f64 / 1000.0,
         "tts_chars": r.tts_chars,
         "turns": r.turns,
+        "llm_cost_usd": usd(r.llm_cost_picousd() as i128),
+        "stt_cost_usd": usd(r.stt_cost_picousd as i128),
+        "tts_cost_usd": usd(r.tts_cost_picousd as i128),
+        "vendor_cost_usd": usd(r.vendor_cost_picousd() as i128),
+        "margin_usd": usd(r.margin_picousd()),
+        "speech": r.speech.iter().map(speech_line_json).collect::<Vec<_>>(),
+    })
+}
+
+/// Picodollars as an exact decimal string of dollars, twelve places, like `amount_usd`; negative
+/// when a margin is.
+fn usd(picousd: i128) -> String {
+    let sign = if picousd < 0 { "-" } else { "" };
+    let p = picousd.unsigned_abs();
+    format!("{sign}{}.{:012}", p / 1_000_000_000_000, p % 1_000_000_000_000)
+}
+
+/// µUSD as an exact decimal string of dollars, six places.
+fn usd_micro(microusd: u64) -> String {
+    format!("{}.{:06}", microusd / 1_000_000, microusd % 1_000_000)
+}
+
+fn unit(stage: Stage) -> (&'static str, &'static str) {
+    match stage {
+        Stage::Stt => ("audio_ms", "price_usd_per_audio_minute"),
+        Stage::Tts => ("chars", "price_usd_per_kchar"),
+    }
+}
+
+fn speech_line_json(l: &SpeechLine) -> Value {
+    let (unit, price_field) = unit(l.stage);
+    let mut v = json!({
+        "stage": l.stage.as_str(),
+        "engine": l.engine,
+        "quantity": l.quantity,
+        "unit": unit,
+        "cost_usd": usd(l.cost_picousd as i128),
+    });
+    v[price_field] = l.price_microusd.map_or(Value::Null, |p| Value::String(usd_micro(p)));
+    v
+}
+
+fn speech_total_json(t: &SpeechTotal) -> Value {
+    json!({
+        "stage": t.stage.as_str(),
+        "engine": t.engine,
+        "quantity": t.quantity,
+        "unit": unit(t.stage).0,
+        "cost_usd": usd(t.cost_picousd as i128),
     })
 }
 
@@ -224,6 +291,12 @@ fn usage_json(r: &UsageRow) -> Value {
         "request_output_tokens": r.request_output_tokens,
         "request_cached_tokens": r.request_cached_tokens,
         "request_cost_usd": r.request_cost_picousd as f64 / 1e12,
+        "session_llm_cost_usd": usd(r.session_token_cost_picousd as i128),
+        "session_stt_cost_usd": usd(r.session_stt_cost_picousd as i128),
+        "session_tts_cost_usd": usd(r.session_tts_cost_picousd as i128),
+        "session_vendor_cost_usd": usd(r.session_vendor_cost_picousd() as i128),
+        "session_margin_usd": usd(r.session_margin_picousd()),
+        "session_speech": r.session_speech.iter().map(speech_total_json).collect::<Vec<_>>(),
     })
 }
 
@@ -366,6 +439,20 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn money_is_written_as_exact_decimals() {
+        assert_eq!(usd(0), "0.000000000000");
+        assert_eq!(usd(1), "0.000000000001");
+        assert_eq!(usd(1_250_000_000), "0.001250000000");
+        assert_eq!(usd(-1_449_570_000), "-0.001449570000");
+        assert_eq!(usd(12_345_000_000_000_000), "12345.000000000000");
+        assert_eq!(usd_micro(7_700), "0.007700");
+        assert_eq!(usd_micro(1_500_000), "1.500000");
+        let line = SpeechLine { stage: Stage::Tts, engine: "x".into(), quantity: 3, price_microusd: None, cost_picousd: 0 };
+        let v = speech_line_json(&line);
+        assert_eq!((v["unit"].as_str(), v["price_usd_per_kchar"].is_null()), (Some("chars"), true), "{v}");
+    }
 
     #[test]
     fn times_parse_as_utc() {

@@ -41,6 +41,23 @@ pub struct RawCatalog {
     pub models: Vec<RawModel>,
     #[serde(default)]
     pub routes: BTreeMap<String, RawRoute>,
+    /// Speech vendors' list prices (validated by `metering::speech::PriceList`).
+    #[serde(default)]
+    pub speech: Vec<RawSpeechPrice>,
+}
+
+/// `[[speech]]`: the list price of a speech engine, per audio minute (speech-to-text) or per
+/// thousand characters (text-to-speech); exactly one of the two.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpeechPrice {
+    /// In the built-in catalog a vendor kind (`deepgram`, ...); in voxgate.toml a `[providers.NAME]`
+    /// speech vendor or a built-in engine (`embedded`, `espeak`, `fake`).
+    pub engine: String,
+    /// The vendor's model; left out, the entry prices every model of the engine not priced one by one.
+    pub model: Option<String>,
+    pub usd_per_audio_minute: Option<f64>,
+    pub usd_per_kchar: Option<f64>,
 }
 
 /// What a `[providers.NAME]` entry is. LLM kinds serve the gateway; speech kinds serve `[stt]` and

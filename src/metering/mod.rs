@@ -2,6 +2,7 @@
 //!
 //! - [`billing`]: pure arithmetic: per started second at a flat hourly rate, exact [`Amount`]s.
 //! - [`config`]: the `[metering]` section: ledger file, checkpoint interval, flat rate.
+//! - [`speech`]: speech vendors' list prices per engine, and what a session's speech costs.
 //! - [`ledger`]: one dedicated thread behind an async handle, storing in SQLite (WAL) through a
 //!   small `Store` trait; [`SessionMeter`] per live session, checkpoints, crash recovery, the
 //!   fallback file, queries.
@@ -11,6 +12,7 @@
 pub mod billing;
 pub mod config;
 pub mod ledger;
+pub mod speech;
 
 pub use billing::{amount, billed_seconds, Amount, DEFAULT_RATE_MICROUSD_PER_HOUR};
 pub use ledger::{

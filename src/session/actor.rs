@@ -39,7 +39,10 @@ pub async fn run_session(
     let (stt_tx, mut stt_rx) = mpsc::channel(64);
     let (resp_tx, mut resp_rx) = mpsc::channel(64);
     let mut actor = Actor::new(engines, start, outbound, cancel.clone(), stt_tx, resp_tx);
-    actor.meter = meter;
+    actor.meter = meter.map(|mut m| {
+        m.set_speech_prices(actor.engines.speech_prices.clone());
+        m
+    });
     let mut close_reason = "server_shutdown";
     actor.emit_settings(true);
     actor.report_rate_limits();
@@ -91,6 +94,10 @@ pub async fn run_session(
         }
     }
     actor.shutdown().await;
+    // Audio whose transcript never came back was still sent: the configured engine had it.
+    for item_id in actor.stt_unmetered.keys().cloned().collect::<Vec<_>>() {
+        actor.meter_stt(&item_id, None);
+    }
     if let Some(meter) = actor.meter.take() {
         let (seconds, _) = meter.so_far(wall_ms());
         actor.engines.metrics.add("voxgate_session_seconds_billed_total", &[], seconds as f64);
@@ -118,6 +125,9 @@ struct Actor {
     deferred: Option<(Option<String>, ResponseOverrides)>,
     /// Bills the session; counts its tokens, audio, characters and turns for the record.
     meter: Option<SessionMeter>,
+    /// Audio of committed utterances (item id → ms) not yet charged to the speech-to-text engine
+    /// that transcribed it: charged when the final transcript names it (or fails).
+    stt_unmetered: std::collections::HashMap<String, u64>,
     resp_tx: mpsc::Sender<(u64, ResponseMsg)>,
     seq: u64,
     active: Option<Active>,
@@ -160,6 +170,7 @@ impl Actor {
             last_turn: None,
             deferred: None,
             meter: None,
+            stt_unmetered: std::collections::HashMap::new(),
             resp_tx,
             seq: 0,
             active: None,
@@ -355,8 +366,8 @@ impl Actor {
 
     /// An utterance committed: its item joins the conversation and its transcript is on the way.
     fn on_committed(&mut self, committed: Committed) {
-        if let Some(meter) = self.meter.as_mut() {
-            meter.add_stt_audio_ms(committed.audio_ms);
+        if self.meter.is_some() {
+            self.stt_unmetered.insert(committed.item_id.clone(), committed.audio_ms);
         }
         let previous = self.conversation.last_id();
         self.emit(Event::InputCommitted { item_id: committed.item_id.clone(), previous_item_id: previous });
@@ -456,6 +467,8 @@ impl Actor {
                     self.on_committed(committed);
                 }
                 let Some(done) = self.input.final_transcript(item_id, result) else { return };
+                let engine = done.result.as_ref().ok().and_then(|t| t.engine.clone());
+                self.meter_stt(&done.item_id, engine.as_deref());
                 self.last_turn = done.turn;
                 let item_id = done.item_id;
                 let mut respond = false;
@@ -495,6 +508,25 @@ impl Actor {
         }
     }
 
+    /// Charges an utterance's audio to the speech-to-text engine that served it: the one its
+    /// transcript names, else the configured engine (a built-in engine names none).
+    fn meter_stt(&mut self, item_id: &str, engine: Option<&str>) {
+        let Some(ms) = self.stt_unmetered.remove(item_id) else { return };
+        let configured = self.engines.stt.as_ref().map_or("none", |s| s.name());
+        if let Some(meter) = self.meter.as_mut() {
+            meter.add_stt_audio_ms(engine.unwrap_or(configured), ms);
+        }
+    }
+
+    /// Charges `text` to the text-to-speech engine `engine`, every character as vendors count them
+    /// (spaces included). The seam for the engine that spoke each chunk: until the TTS engines report
+    /// it, every chunk is charged to the configured engine.
+    fn meter_tts(&mut self, engine: &str, text: &str) {
+        if let Some(meter) = self.meter.as_mut() {
+            meter.add_tts_chars(engine, text.chars().count() as u64);
+        }
+    }
+
     /// The id of the item before `item_id` in the conversation.
     fn previous_of(&self, item_id: &str) -> Option<String> {
         self.conversation.position(item_id).and_then(|i| i.checked_sub(1)).and_then(|i| self.conversation.id_at(i))
@@ -503,6 +535,7 @@ impl Actor {
     /// Transcripts past their deadline fail, so a stuck engine never stalls the call.
     fn expire_transcripts(&mut self) {
         for item_id in self.input.expire(Instant::now()) {
+            self.meter_stt(&item_id, None);
             let name = self.engines.stt.as_ref().map_or("none", |s| s.name()).to_string();
             warn!(session_id = %self.start.session_id, engine = %name, "transcript deadline passed");
             let message = format!("speech-to-text engine {name} gave no transcript within {} ms", self.engines.settings.stt_timeout_ms);
@@ -625,9 +658,8 @@ impl Actor {
                 }
             }
             ResponseMsg::Speak(text) => {
-                if let Some(meter) = self.meter.as_mut() {
-                    meter.add_tts_chars(text.chars().filter(|c| !c.is_whitespace()).count() as u64);
-                }
+                let engines = self.engines.clone();
+                self.meter_tts(engines.tts.as_ref().map_or("none", |t| t.name()), &text);
                 self.ensure_message();
                 self.ensure_playback();
                 if let Some(p) = self.playback.as_mut() {

@@ -105,6 +105,8 @@ pub struct VoiceEngines {
     pub settings: RealtimeSettings,
     /// The server's metrics (the gateway's own).
     pub metrics: Arc<Metrics>,
+    /// The speech engines' list prices, for each session's meter.
+    pub speech_prices: Arc<crate::metering::speech::SpeechPrices>,
 }
 
 impl VoiceEngines {
@@ -116,7 +118,8 @@ impl VoiceEngines {
         let metrics = gateway.accounts.metrics.clone();
         let stt = crate::stt::build(&config.stt, &config.models_dir, &metrics)?;
         let tts = crate::tts::build(&config.tts, &config.models_dir)?;
-        Ok(VoiceEngines { gateway, stt, tts, settings: config.realtime.clone(), metrics })
+        let speech_prices = Arc::new(config.speech_prices.clone());
+        Ok(VoiceEngines { gateway, stt, tts, settings: config.realtime.clone(), metrics, speech_prices })
     }
 
     /// Loads the embedded engines now instead of on the first call (the server does this at start).

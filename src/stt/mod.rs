@@ -160,6 +160,16 @@ impl SpeechToText for Lazy<dyn SpeechToText, SttError> {
 const BREAKER_FAILURES: u32 = 3;
 const BREAKER_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The model a vendor's adapter asks for when `[stt] engines` names none (`NAME` rather than
+/// `NAME:model`); the speech price list prices that model.
+pub fn default_model(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Assemblyai => assemblyai::DEFAULT_MODEL,
+        ProviderKind::Openai => openai::DEFAULT_MODEL,
+        _ => deepgram::DEFAULT_MODEL,
+    }
+}
+
 /// The streaming engine of a `[providers.NAME]` vendor.
 fn vendor_engine(vendor: &config::VendorConfig, metrics: &Arc<Metrics>) -> stream::VendorStt {
     let p = vendor.provider.clone();

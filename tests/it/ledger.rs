@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use voxgate::metering::ledger::Fault;
+use voxgate::metering::speech::{SpeechPrices, Stage};
 use voxgate::metering::{
     amount, Amount, Clock, GroupBy, Ledger, LedgerError, LedgerOptions, ManualClock, RequestRecord, SessionQuery, SessionStart, UsageQuery,
 };
@@ -48,6 +49,14 @@ fn request(id: &str, key: &str, model: &str, ts_ms: i64, cost_picousd: u64) -> R
     }
 }
 
+/// Deepgram at $0.0077 a minute, ElevenLabs at $0.05 per 1000 characters.
+fn prices() -> Arc<SpeechPrices> {
+    let mut p = SpeechPrices::default();
+    p.set(Stage::Stt, "dg", Some(7_700));
+    p.set(Stage::Tts, "eleven", Some(50_000));
+    Arc::new(p)
+}
+
 fn all() -> SessionQuery {
     SessionQuery { from_ms: i64::MIN, to_ms: i64::MAX, key_id: None }
 }
@@ -60,10 +69,13 @@ async fn open_meter_close_and_query() {
     assert_eq!(report, Default::default());
 
     let mut a = ledger.open_session(start("sess_a", "key1")).await.unwrap();
+    a.set_speech_prices(prices());
     a.add_usage(1000, 200, 300, 7_000_000);
     a.add_usage(10, 2, 3, 70_000);
-    a.add_stt_audio_ms(1500);
-    a.add_tts_chars(80);
+    a.add_stt_audio_ms("dg", 1000);
+    a.add_stt_audio_ms("dg", 500);
+    a.add_tts_chars("eleven", 75);
+    a.add_tts_chars("mystery", 5);
     a.add_turn();
     a.add_turn();
     clock.advance_ms(1_001);
@@ -89,6 +101,22 @@ async fn open_meter_close_and_query() {
     assert_eq!(r.close_reason.as_deref(), Some("closed"));
     assert_eq!((r.input_tokens, r.output_tokens, r.cached_tokens, r.token_cost_picousd), (1010, 202, 303, 7_070_000));
     assert_eq!((r.stt_audio_ms, r.tts_chars, r.turns), (1500, 80, 2));
+    // Speech at list price: 1.5 s at $0.0077/min is $0.0001925; 75 characters at $0.05 per 1000 is
+    // $0.00375; the unpriced engine is recorded without a price, at 0.
+    assert_eq!((r.stt_cost_picousd, r.tts_cost_picousd, r.llm_cost_picousd()), (192_500_000, 3_750_000_000, 7_070_000));
+    assert_eq!(r.vendor_cost_picousd(), 3_949_570_000);
+    // Charged $0.0025 for 2 s: the vendors cost more, and the margin says so.
+    assert_eq!(r.margin_picousd(), 2_500_000_000 - 3_949_570_000);
+    let lines: Vec<(Stage, &str, u64, Option<u64>, u64)> =
+        r.speech.iter().map(|l| (l.stage, l.engine.as_str(), l.quantity, l.price_microusd, l.cost_picousd)).collect();
+    assert_eq!(
+        lines,
+        [
+            (Stage::Stt, "dg", 1500, Some(7_700), 192_500_000),
+            (Stage::Tts, "eleven", 75, Some(50_000), 3_750_000_000),
+            (Stage::Tts, "mystery", 5, None, 0)
+        ]
+    );
     let rb = ledger.session("sess_b").await.unwrap().unwrap();
     assert_eq!(rb.billed_seconds, 62);
     assert!(ledger.session("nope").await.unwrap().is_none());
@@ -110,6 +138,14 @@ async fn open_meter_close_and_query() {
     assert_eq!((by_key[0].requests, by_key[0].request_cost_picousd), (1, 5_000));
     assert_eq!((by_key[1].sessions, by_key[1].billed_seconds, by_key[1].requests, by_key[1].request_cost_picousd), (1, 62, 2, 13_000));
     assert_eq!(by_key[0].session_token_cost_picousd, 7_070_000);
+    assert_eq!((by_key[0].session_stt_cost_picousd, by_key[0].session_tts_cost_picousd), (192_500_000, 3_750_000_000));
+    assert_eq!(by_key[0].session_vendor_cost_picousd(), 3_949_570_000);
+    assert_eq!(by_key[0].session_margin_picousd(), -1_449_570_000);
+    let engines: Vec<(Stage, &str, u64, u64)> =
+        by_key[0].session_speech.iter().map(|t| (t.stage, t.engine.as_str(), t.quantity, t.cost_picousd)).collect();
+    assert_eq!(engines, [(Stage::Stt, "dg", 1500, 192_500_000), (Stage::Tts, "eleven", 75, 3_750_000_000), (Stage::Tts, "mystery", 5, 0)]);
+    assert!(by_key[1].session_speech.is_empty(), "a session without speech has no lines");
+    assert_eq!(by_key[1].session_margin_picousd(), 62 * 1_250_000_000);
 
     let by_model = ledger.usage(q(GroupBy::Model)).await.unwrap();
     let groups: Vec<(&str, u64, u64)> = by_model.iter().map(|r| (r.group.as_str(), r.sessions, r.requests)).collect();
@@ -285,7 +321,7 @@ async fn a_full_ledger_refuses_new_sessions_and_loses_none() {
     let refused = loop {
         match ledger.open_session(start(&format!("s{:05}", live.len()), "key1")).await {
             Ok(mut m) => {
-                m.add_tts_chars(1);
+                m.add_tts_chars("fake", 1);
                 live.push(m)
             }
             Err(e) => break e,
@@ -348,4 +384,57 @@ async fn a_session_opened_late_is_billed_from_its_connections_opening_never_from
     assert_eq!((call.started_ms, call.ended_ms, call.billed_seconds), (T0, Some(T0 + 3_500), 4));
     let odd = ledger.session("sess_odd").await.unwrap().unwrap();
     assert_eq!((odd.started_ms, odd.ended_ms, odd.billed_seconds), (T0 + 2_500, Some(T0 + 3_500), 1));
+}
+
+#[tokio::test]
+async fn speech_costs_are_checkpointed_and_go_through_the_fallback_file() {
+    let d = temp_dir("speech-costs");
+    let clock = Arc::new(ManualClock::new(T0));
+    let (ledger, _) = open(&d, clock.clone()).await;
+    // A checkpoint writes the speech so far to the open row (what a crash would leave: see
+    // `store::recovered`, which keeps it).
+    let mut live = ledger.open_session(start("live", "key1")).await.unwrap();
+    live.set_speech_prices(prices());
+    live.add_stt_audio_ms("dg", 60_000);
+    clock.advance_ms(3_000);
+    ledger.checkpoint().await.unwrap();
+    let row = ledger.session("live").await.unwrap().unwrap();
+    assert_eq!((row.ended_ms, row.stt_cost_picousd, row.speech.len()), (None, 7_700_000_000, 1));
+    // A final record the ledger cannot take goes to the fallback file with its speech, and comes back.
+    let mut m = ledger.open_session(start("fell_back", "key1")).await.unwrap();
+    m.set_speech_prices(prices());
+    m.add_tts_chars("eleven", 2_000);
+    ledger.inject_fault(Fault::ReadOnly).await.unwrap();
+    m.close("closed").await;
+    live.close("closed").await;
+    assert_eq!(ledger.session("fell_back").await.unwrap().unwrap().tts_cost_picousd, 100_000_000_000);
+    ledger.shutdown().await;
+    assert!(std::fs::read_to_string(d.join("ledger.fallback.jsonl")).unwrap().contains("\"speech\""));
+
+    let (ledger, report) = open(&d, clock).await;
+    assert_eq!(report.imported_sessions, 2);
+    let fell_back = ledger.session("fell_back").await.unwrap().unwrap();
+    assert_eq!(
+        (fell_back.tts_cost_picousd, fell_back.speech[0].quantity, fell_back.speech[0].price_microusd),
+        (100_000_000_000, 2_000, Some(50_000))
+    );
+    let live = ledger.session("live").await.unwrap().unwrap();
+    assert_eq!((live.close_reason.as_deref(), live.stt_cost_picousd), (Some("closed"), 7_700_000_000));
+    ledger.shutdown().await;
+}
+
+#[tokio::test]
+async fn fallback_lines_written_before_speech_was_priced_are_still_imported() {
+    let d = temp_dir("old-fallback");
+    let clock = Arc::new(ManualClock::new(T0));
+    // A line as an older voxgate wrote it: no stt_cost_picousd, tts_cost_picousd or speech.
+    let old = r#"{"session":{"id":"old","key_id":"key1","protocol":"realtime","started_ms":1772409598000,"ended_ms":1772409601000,"checkpoint_ms":1772409601000,"billed_seconds":3,"rate_microusd_per_hour":4500000,"amount":13500000,"close_reason":"client_closed","input_tokens":5,"output_tokens":6,"cached_tokens":0,"token_cost_picousd":900,"stt_audio_ms":1200,"tts_chars":40,"turns":1}}"#;
+    std::fs::write(d.join("ledger.fallback.jsonl"), format!("{old}\n")).unwrap();
+    let (ledger, report) = open(&d, clock).await;
+    assert_eq!((report.imported_sessions, report.fallback_unreadable_lines), (1, 0));
+    let r = ledger.session("old").await.unwrap().unwrap();
+    assert_eq!((r.billed_seconds, r.stt_audio_ms, r.tts_chars, r.token_cost_picousd), (3, 1200, 40, 900));
+    assert_eq!((r.stt_cost_picousd, r.tts_cost_picousd, r.speech.len(), r.vendor_cost_picousd()), (0, 0, 0, 900));
+    assert_eq!(r.margin_picousd(), 3 * 1_250_000_000 - 900);
+    ledger.shutdown().await;
 }

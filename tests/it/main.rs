@@ -36,6 +36,7 @@ mod wire_recording;
 mod ledger;
 mod metering_clock;
 mod metering_http;
+mod speech_cost;
 
 // The embedded engines and the offline defaults (`voxgate models fetch` first).
 #[cfg(feature = "embedded-llm")]

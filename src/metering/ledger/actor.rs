@@ -17,6 +17,7 @@ use super::{
     REQUEST_BATCH_MAX, REQUEST_BATCH_WAIT,
 };
 use crate::metering::billing::{amount, billed_seconds};
+use crate::metering::speech::{stage_cost_picousd, Stage};
 use crate::metering::Clock;
 
 /// Starts the ledger thread. It opens the store and recovers (the receiver gets the report, or
@@ -78,6 +79,7 @@ impl OpenSession {
     fn record(&self, id: &str, end_ms: i64, close_reason: Option<String>) -> SessionRecord {
         let billed = billed_seconds(self.started_ms, end_ms);
         let c = &self.counters;
+        let speech = c.speech().lines();
         SessionRecord {
             id: id.to_string(),
             key_id: self.key_id.clone(),
@@ -96,6 +98,9 @@ impl OpenSession {
             stt_audio_ms: c.stt_audio_ms.load(Ordering::Relaxed),
             tts_chars: c.tts_chars.load(Ordering::Relaxed),
             turns: c.turns.load(Ordering::Relaxed),
+            stt_cost_picousd: stage_cost_picousd(&speech, Stage::Stt),
+            tts_cost_picousd: stage_cost_picousd(&speech, Stage::Tts),
+            speech,
         }
     }
 }
@@ -429,7 +434,7 @@ mod tests {
         let mut m = ledger.open_session(start("a")).await.unwrap();
         assert!(matches!(ledger.open_session(start("a")).await, Err(LedgerError::Duplicate(_))));
         m.add_turn();
-        m.add_tts_chars(42);
+        m.add_tts_chars("fake", 42);
         clock.advance_ms(2_500);
         drop(m);
         clock.advance_ms(10_000);

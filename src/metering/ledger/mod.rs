@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::billing::{amount, billed_seconds, Amount};
+use super::speech::{SpeechLine, SpeechPrices, SpeechTotal, SpeechUsage, Stage};
 use super::{Clock, SystemClock};
 
 /// Commands waiting for the ledger thread; senders wait (async) when it is full.
@@ -132,6 +133,41 @@ pub struct SessionRecord {
     pub stt_audio_ms: u64,
     pub tts_chars: u64,
     pub turns: u64,
+    /// What the speech-to-text audio cost at its engines' list prices (sum of the `stt` lines).
+    /// Absent from records written before speech was priced: 0.
+    #[serde(default)]
+    pub stt_cost_picousd: u64,
+    /// What the text-to-speech characters cost at their engines' list prices (the `tts` lines).
+    #[serde(default)]
+    pub tts_cost_picousd: u64,
+    /// Speech per stage and engine: quantity, list price and cost.
+    #[serde(default)]
+    pub speech: Vec<SpeechLine>,
+}
+
+impl SessionRecord {
+    /// The gateway tokens' list-price cost (the same as `token_cost_picousd`).
+    pub fn llm_cost_picousd(&self) -> u64 {
+        self.token_cost_picousd
+    }
+
+    /// What the session cost its operator at the vendors' list prices: LLM tokens, speech-to-text
+    /// and text-to-speech, in picodollars.
+    pub fn vendor_cost_picousd(&self) -> u64 {
+        self.token_cost_picousd.saturating_add(self.stt_cost_picousd).saturating_add(self.tts_cost_picousd)
+    }
+
+    /// The flat-rate charge less the vendor cost, in picodollars (negative when the vendors cost
+    /// more than the session was billed). The charge is [`Amount::picousd`], exact at any rate that
+    /// is a multiple of 9 µUSD/h (the default is) and otherwise within half a picodollar.
+    pub fn margin_picousd(&self) -> i128 {
+        margin_picousd(self.amount, self.vendor_cost_picousd())
+    }
+}
+
+/// `charge − vendor_cost` in picodollars.
+pub fn margin_picousd(charge: Amount, vendor_cost_picousd: u64) -> i128 {
+    i128::try_from(charge.picousd()).unwrap_or(i128::MAX) - vendor_cost_picousd as i128
 }
 
 /// One standalone gateway call, billed per token at list price.
@@ -194,6 +230,23 @@ pub struct UsageRow {
     pub request_output_tokens: u64,
     pub request_cached_tokens: u64,
     pub request_cost_picousd: u64,
+    /// The sessions' speech at list price, per stage (for information, as the tokens are).
+    pub session_stt_cost_picousd: u64,
+    pub session_tts_cost_picousd: u64,
+    /// The sessions' speech per stage and engine.
+    pub session_speech: Vec<SpeechTotal>,
+}
+
+impl UsageRow {
+    /// The sessions' vendor cost: tokens, speech-to-text and text-to-speech at list price.
+    pub fn session_vendor_cost_picousd(&self) -> u64 {
+        self.session_token_cost_picousd.saturating_add(self.session_stt_cost_picousd).saturating_add(self.session_tts_cost_picousd)
+    }
+
+    /// The sessions' flat-rate amount less their vendor cost, in picodollars.
+    pub fn session_margin_picousd(&self) -> i128 {
+        margin_picousd(self.sessions_amount, self.session_vendor_cost_picousd())
+    }
 }
 
 /// What [`Ledger::open`] repaired.
@@ -231,6 +284,9 @@ struct Counters {
     stt_audio_ms: AtomicU64,
     tts_chars: AtomicU64,
     turns: AtomicU64,
+    /// Speech per stage and engine: touched once per utterance and per spoken chunk by the session,
+    /// and at checkpoints by the ledger thread; never per audio frame.
+    speech: std::sync::Mutex<SpeechUsage>,
     /// When the meter was dropped without `close`, or `NOT_DROPPED`.
     dropped_at_ms: AtomicI64,
 }
@@ -247,8 +303,15 @@ impl Counters {
             stt_audio_ms: AtomicU64::new(0),
             tts_chars: AtomicU64::new(0),
             turns: AtomicU64::new(0),
+            speech: std::sync::Mutex::new(SpeechUsage::default()),
             dropped_at_ms: AtomicI64::new(NOT_DROPPED),
         }
+    }
+}
+
+impl Counters {
+    fn speech(&self) -> std::sync::MutexGuard<'_, SpeechUsage> {
+        self.speech.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -399,6 +462,7 @@ impl Ledger {
             started_ms,
             rate_microusd_per_hour: rate,
             counters,
+            speech_prices: Arc::new(SpeechPrices::default()),
             tx: self.tx.clone(),
             clock: self.clock.clone(),
             closed: false,
@@ -450,6 +514,8 @@ pub struct SessionMeter {
     started_ms: i64,
     rate_microusd_per_hour: u64,
     counters: Arc<Counters>,
+    /// The list price of each speech engine; an engine it does not know is recorded without a price.
+    speech_prices: Arc<SpeechPrices>,
     tx: mpsc::Sender<Command>,
     clock: Arc<dyn Clock>,
     closed: bool,
@@ -477,12 +543,24 @@ impl SessionMeter {
         bump(&self.counters.token_cost_picousd, cost_picousd);
     }
 
-    pub fn add_stt_audio_ms(&mut self, ms: u64) {
-        bump(&self.counters.stt_audio_ms, ms);
+    /// The speech engines' list prices this session's speech is priced at (none until set: every
+    /// engine is then recorded without a price).
+    pub fn set_speech_prices(&mut self, prices: Arc<SpeechPrices>) {
+        self.speech_prices = prices;
     }
 
-    pub fn add_tts_chars(&mut self, n: u64) {
+    /// `ms` of audio sent to the speech-to-text engine `engine` (the name it runs under).
+    pub fn add_stt_audio_ms(&mut self, engine: &str, ms: u64) {
+        bump(&self.counters.stt_audio_ms, ms);
+        let price = self.speech_prices.price(Stage::Stt, engine);
+        self.counters.speech().add(Stage::Stt, engine, ms, price);
+    }
+
+    /// `n` characters sent to the text-to-speech engine `engine`.
+    pub fn add_tts_chars(&mut self, engine: &str, n: u64) {
         bump(&self.counters.tts_chars, n);
+        let price = self.speech_prices.price(Stage::Tts, engine);
+        self.counters.speech().add(Stage::Tts, engine, n, price);
     }
 
     pub fn add_turn(&mut self) {

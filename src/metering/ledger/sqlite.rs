@@ -15,9 +15,11 @@ use super::{
     SESSION_MODEL_GROUP_PREFIX,
 };
 use crate::metering::billing::Amount;
+use crate::metering::speech::{SpeechLine, SpeechTotal, Stage};
 
 /// The schema, one migration per version; version N has applied the first N.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE sessions (
     id TEXT PRIMARY KEY,
     key_id TEXT NOT NULL,
@@ -54,7 +56,15 @@ CREATE TABLE requests (
 );
 CREATE INDEX requests_ts ON requests (ts_ms);
 CREATE INDEX requests_key_ts ON requests (key_id, ts_ms);
-"];
+",
+    r"
+-- 2: speech at its vendors' list prices. Rows written before it read as costing nothing.
+ALTER TABLE sessions ADD COLUMN stt_cost_picousd INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE sessions ADD COLUMN tts_cost_picousd INTEGER NOT NULL DEFAULT 0;
+-- JSON: [{stage, engine, quantity, price_microusd, cost_picousd}], one per stage and engine.
+ALTER TABLE sessions ADD COLUMN speech TEXT NOT NULL DEFAULT '[]';
+",
+];
 
 /// The ledger in one SQLite file.
 pub(super) struct SqliteStore {
@@ -153,7 +163,14 @@ fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
 
 const SESSION_COLUMNS: &str = "id, key_id, protocol, started_ms, ended_ms, checkpoint_ms, billed_seconds, rate_microusd_per_hour, \
      amount_microusd_seconds_per_hour, close_reason, input_tokens, output_tokens, cached_tokens, token_cost_picousd, stt_audio_ms, \
-     tts_chars, turns";
+     tts_chars, turns, stt_cost_picousd, tts_cost_picousd, speech";
+
+/// Placeholders for the parameters of [`SESSION_COLUMNS`].
+const SESSION_VALUES: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20";
+
+fn speech_json(lines: &[SpeechLine]) -> String {
+    serde_json::to_string(lines).unwrap_or_else(|_| "[]".to_string())
+}
 
 fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
     Ok(SessionRecord {
@@ -174,10 +191,17 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRecord> {
         stt_audio_ms: u(r.get(14)?),
         tts_chars: u(r.get(15)?),
         turns: u(r.get(16)?),
+        stt_cost_picousd: u(r.get(17)?),
+        tts_cost_picousd: u(r.get(18)?),
+        speech: {
+            let text: String = r.get(19)?;
+            serde_json::from_str(&text)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(19, rusqlite::types::Type::Text, Box::new(e)))?
+        },
     })
 }
 
-/// Runs a statement whose 17 parameters are [`SESSION_COLUMNS`], in order.
+/// Runs a statement whose 20 parameters are [`SESSION_COLUMNS`], in order.
 fn execute_session(st: &mut Statement<'_>, s: &SessionRecord) -> rusqlite::Result<usize> {
     st.execute(params![
         s.id,
@@ -197,6 +221,9 @@ fn execute_session(st: &mut Statement<'_>, s: &SessionRecord) -> rusqlite::Resul
         i(s.stt_audio_ms),
         i(s.tts_chars),
         i(s.turns),
+        i(s.stt_cost_picousd),
+        i(s.tts_cost_picousd),
+        speech_json(&s.speech),
     ])
 }
 
@@ -204,12 +231,13 @@ fn execute_session(st: &mut Statement<'_>, s: &SessionRecord) -> rusqlite::Resul
 /// closed: a final record is applied at most once.
 fn put_session(conn: &Connection, s: &SessionRecord) -> rusqlite::Result<usize> {
     let sql = format!(
-        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES ({SESSION_VALUES}) \
          ON CONFLICT (id) DO UPDATE SET ended_ms = excluded.ended_ms, checkpoint_ms = excluded.checkpoint_ms, \
          billed_seconds = excluded.billed_seconds, amount_microusd_seconds_per_hour = excluded.amount_microusd_seconds_per_hour, \
          close_reason = excluded.close_reason, input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens, \
          cached_tokens = excluded.cached_tokens, token_cost_picousd = excluded.token_cost_picousd, stt_audio_ms = excluded.stt_audio_ms, \
-         tts_chars = excluded.tts_chars, turns = excluded.turns WHERE sessions.ended_ms IS NULL"
+         tts_chars = excluded.tts_chars, turns = excluded.turns, stt_cost_picousd = excluded.stt_cost_picousd, \
+         tts_cost_picousd = excluded.tts_cost_picousd, speech = excluded.speech WHERE sessions.ended_ms IS NULL"
     );
     execute_session(&mut conn.prepare(&sql)?, s)
 }
@@ -236,9 +264,7 @@ fn request_row(r: &RequestRecord) -> RequestRow<'_> {
 
 impl Store for SqliteStore {
     fn open_session(&mut self, opening: &SessionRecord) -> Result<bool, LedgerError> {
-        let sql = format!(
-            "INSERT OR IGNORE INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-        );
+        let sql = format!("INSERT OR IGNORE INTO sessions ({SESSION_COLUMNS}) VALUES ({SESSION_VALUES})");
         let inserted = self.conn.prepare(&sql).and_then(|mut st| execute_session(&mut st, opening)).map_err(unavailable)?;
         Ok(inserted == 1)
     }
@@ -266,8 +292,8 @@ impl Store for SqliteStore {
         {
             let mut st = tx.prepare(
                 "UPDATE sessions SET checkpoint_ms = ?2, billed_seconds = ?3, amount_microusd_seconds_per_hour = ?4, input_tokens = ?5, \
-                 output_tokens = ?6, cached_tokens = ?7, token_cost_picousd = ?8, stt_audio_ms = ?9, tts_chars = ?10, turns = ?11 \
-                 WHERE id = ?1 AND ended_ms IS NULL",
+                 output_tokens = ?6, cached_tokens = ?7, token_cost_picousd = ?8, stt_audio_ms = ?9, tts_chars = ?10, turns = ?11, \
+                 stt_cost_picousd = ?12, tts_cost_picousd = ?13, speech = ?14 WHERE id = ?1 AND ended_ms IS NULL",
             )?;
             for r in open {
                 st.execute(params![
@@ -281,7 +307,10 @@ impl Store for SqliteStore {
                     i(r.token_cost_picousd),
                     i(r.stt_audio_ms),
                     i(r.tts_chars),
-                    i(r.turns)
+                    i(r.turns),
+                    i(r.stt_cost_picousd),
+                    i(r.tts_cost_picousd),
+                    speech_json(&r.speech)
                 ])?;
             }
         }
@@ -342,7 +371,7 @@ impl Store for SqliteStore {
         let mut rows: BTreeMap<String, UsageRow> = BTreeMap::new();
         let sql = format!(
             "SELECT {session_group} AS g, count(*), sum(billed_seconds), sum(amount_microusd_seconds_per_hour), sum(input_tokens), \
-             sum(output_tokens), sum(cached_tokens), sum(token_cost_picousd) FROM sessions \
+             sum(output_tokens), sum(cached_tokens), sum(token_cost_picousd), sum(stt_cost_picousd), sum(tts_cost_picousd) FROM sessions \
              WHERE ended_ms IS NOT NULL AND started_ms >= ?1 AND started_ms < ?2 GROUP BY g"
         );
         let mut st = self.conn.prepare(&sql)?;
@@ -357,6 +386,27 @@ impl Store for SqliteStore {
             row.session_output_tokens = u(r.get(5)?);
             row.session_cached_tokens = u(r.get(6)?);
             row.session_token_cost_picousd = u(r.get(7)?);
+            row.session_stt_cost_picousd = u(r.get(8)?);
+            row.session_tts_cost_picousd = u(r.get(9)?);
+        }
+        // Speech per stage and engine, from each closed session's lines.
+        let sql = format!(
+            "SELECT {session_group} AS g, json_extract(line.value, '$.stage') AS stage, json_extract(line.value, '$.engine') AS engine, \
+             sum(json_extract(line.value, '$.quantity')), sum(json_extract(line.value, '$.cost_picousd')) \
+             FROM sessions, json_each(sessions.speech) AS line \
+             WHERE ended_ms IS NOT NULL AND started_ms >= ?1 AND started_ms < ?2 GROUP BY g, stage, engine ORDER BY g, stage, engine"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let mut it = st.query(params![q.from_ms, q.to_ms])?;
+        while let Some(r) = it.next()? {
+            let group: String = r.get(0)?;
+            let stage = match r.get::<_, String>(1)?.as_str() {
+                "stt" => Stage::Stt,
+                "tts" => Stage::Tts,
+                other => return Err(LedgerError::Schema(format!("a session's speech line has stage {other:?}"))),
+            };
+            let row = rows.entry(group.clone()).or_insert_with(|| UsageRow { group, ..UsageRow::default() });
+            row.session_speech.push(SpeechTotal { stage, engine: r.get(2)?, quantity: u(r.get(3)?), cost_picousd: u(r.get(4)?) });
         }
         let sql = format!(
             "SELECT {request_group} AS g, count(*), sum(input_tokens), sum(output_tokens), sum(cached_tokens), sum(cost_picousd) \
@@ -442,5 +492,44 @@ mod tests {
         drop(conn);
         let err = Ledger::open_with(options(&d, clock)).await.unwrap_err();
         assert_eq!(err.kind(), "schema", "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_ledger_from_before_speech_prices_is_migrated_and_its_rows_read() {
+        let d = dir("schema-v1");
+        let path = d.join("ledger.sqlite");
+        {
+            // The schema and a closed session as voxgate wrote them at version 1.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch("CREATE TABLE schema_version (version INTEGER NOT NULL); INSERT INTO schema_version VALUES (1);").unwrap();
+            conn.execute(
+                "INSERT INTO sessions (id, key_id, protocol, started_ms, ended_ms, checkpoint_ms, billed_seconds, rate_microusd_per_hour, \
+                 amount_microusd_seconds_per_hour, close_reason, input_tokens, output_tokens, cached_tokens, token_cost_picousd, \
+                 stt_audio_ms, tts_chars, turns) VALUES ('old', 'k', 'realtime', 0, 2000, 2000, 2, 4500000, 9000000, 'client_closed', \
+                 1, 2, 0, 700, 1500, 30, 1)",
+                [],
+            )
+            .unwrap();
+        }
+        let clock = Arc::new(ManualClock::new(10_000));
+        let (ledger, _) = open(&d, clock.clone()).await;
+        let old = ledger.session("old").await.unwrap().unwrap();
+        assert_eq!((old.billed_seconds, old.stt_audio_ms, old.token_cost_picousd), (2, 1500, 700));
+        assert_eq!((old.stt_cost_picousd, old.tts_cost_picousd, old.speech.as_slice()), (0, 0, &[][..]));
+        // New sessions carry speech beside the old rows, and usage sums both.
+        let mut prices = crate::metering::speech::SpeechPrices::default();
+        prices.set(crate::metering::speech::Stage::Stt, "dg", Some(6_000));
+        let mut m = ledger.open_session(start("new")).await.unwrap();
+        m.set_speech_prices(Arc::new(prices));
+        m.add_stt_audio_ms("dg", 30_000);
+        m.close("client_closed").await;
+        let rows = ledger.usage(UsageQuery { from_ms: 0, to_ms: 1_000_000, group_by: GroupBy::Key }).await.unwrap();
+        assert_eq!((rows[0].sessions, rows[0].session_stt_cost_picousd, rows[0].session_token_cost_picousd), (2, 3_000_000_000, 700));
+        assert_eq!(rows[0].session_speech.len(), 1);
+        ledger.shutdown().await;
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.query_row("SELECT max(version) FROM schema_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
     }
 }

@@ -68,3 +68,46 @@ pub(super) fn recovered(open: SessionRecord) -> SessionRecord {
         ..open
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metering::speech::{SpeechLine, Stage};
+
+    #[test]
+    fn a_recovered_session_keeps_the_speech_of_its_last_checkpoint() {
+        let line = SpeechLine {
+            stage: Stage::Stt,
+            engine: "dg".into(),
+            quantity: 60_000,
+            price_microusd: Some(7_700),
+            cost_picousd: 7_700_000_000,
+        };
+        let open = SessionRecord {
+            id: "s".into(),
+            key_id: "k".into(),
+            protocol: "realtime".into(),
+            started_ms: 1_000,
+            ended_ms: None,
+            checkpoint_ms: 4_000,
+            billed_seconds: 3,
+            rate_microusd_per_hour: 4_500_000,
+            amount: amount(3, 4_500_000),
+            close_reason: None,
+            input_tokens: 0,
+            output_tokens: 0,
+            cached_tokens: 0,
+            token_cost_picousd: 10,
+            stt_audio_ms: 60_000,
+            tts_chars: 0,
+            turns: 1,
+            stt_cost_picousd: 7_700_000_000,
+            tts_cost_picousd: 0,
+            speech: vec![line.clone()],
+        };
+        let closed = recovered(open);
+        assert_eq!((closed.ended_ms, closed.close_reason.as_deref()), (Some(4_000), Some("recovered")));
+        assert_eq!((closed.stt_cost_picousd, closed.vendor_cost_picousd()), (7_700_000_000, 7_700_000_010));
+        assert_eq!(closed.speech, vec![line]);
+    }
+}
