@@ -618,6 +618,12 @@ impl Actor {
                     p.audio(samples, ms);
                 }
             }
+            ResponseMsg::Words(words) => {
+                if let Some(p) = self.playback.as_mut() {
+                    p.words(words);
+                }
+            }
+            ResponseMsg::TtsEngine(engine) => active.tts_engine = Some(engine),
             ResponseMsg::TtsFirstAudio { ttfb_ms } => {
                 active.tts_first_audio(ttfb_ms);
                 self.engines.metrics.observe("voxgate_turn_latency_seconds", &[("stage", "tts_ttfb")], ttfb_ms / 1000.0);
@@ -862,6 +868,7 @@ mod tests {
                 usage: None,
                 metadata: None,
                 model: None,
+                tts_engine: None,
                 latencies: Latencies::default(),
                 meter: None,
             }))

@@ -1,6 +1,26 @@
 //! Text-to-speech: text chunks in, audio frames out. The [`chunker`] cuts a token stream at clause and
 //! sentence boundaries so speech starts after the first clause rather than the whole answer.
 //! [`build`] makes the engine `[tts]` names.
+//!
+//! # The seam: one call per chunk, one context per response
+//! A response is spoken chunk by chunk: [`TextToSpeech::speak`] takes one [`Chunk`] and resolves when
+//! that chunk's audio is all out. Every chunk of one response carries the same [`TtsContext`], so a
+//! vendor that takes text as a stream (ElevenLabs stream-input, Cartesia contexts with
+//! `continue: true`) keeps one vendor context, and its prosody, across the chunks of an answer: the
+//! adapter opens it on the first chunk, sends each later chunk into it, and closes (or cancels) it
+//! when the context ends ([`TtsContext::ended`]: the response finished or was cut). Chunk engines
+//! (Piper, espeak-ng, the fake, OpenAI's HTTP endpoint, Deepgram) ignore the context.
+//!
+//! Per chunk and not a per-response stream because everything around an engine already thinks in
+//! chunks: the session releases a chunk's text as its audio starts, the fallback list moves a chunk
+//! (or the rest of the answer from the next chunk) to another engine, and the `tts_timeout_ms`
+//! deadline is per chunk. A stream would have to rebuild those chunk boundaries from the vendor's
+//! alignment, which not every vendor sends.
+//!
+//! What comes back is [`Spoken`]: audio that carries its own rate (engines in one fallback list may
+//! speak at different rates; the session resamples each frame from its rate), the words' end times
+//! where the vendor aligns them (barge-in then cuts the transcript at the last word played), and the
+//! name of the engine that spoke.
 
 use std::future::Future;
 use std::path::Path;
@@ -8,6 +28,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::engine::{absent, Lazy};
 use config::TtsConfig;
@@ -43,6 +64,63 @@ impl TtsError {
 /// A boxed future, so engines can be held as `Arc<dyn TextToSpeech>`.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
+/// What an engine hands back while it speaks one chunk, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spoken {
+    /// The engine (by its configured name) that speaks this chunk; sent before its first audio by a
+    /// fallback list, so the session knows who served.
+    Engine(String),
+    /// Mono PCM16 at `rate_hz`.
+    Audio { samples: Vec<i16>, rate_hz: u32 },
+    /// Where words of this chunk end in its audio, from the vendor's alignment; may come in pieces.
+    Words(Vec<WordEnd>),
+}
+
+/// A word of a chunk ends `end_ms` into the chunk's audio, after the first `chars` non-blank
+/// characters of the chunk's text (counting non-blank characters survives the vendor's spacing).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WordEnd {
+    pub chars: usize,
+    pub end_ms: f64,
+}
+
+/// The speech of one response, shared by its chunks: adapters that keep a vendor context per answer
+/// key it by [`TtsContext::id`] and close it once [`TtsContext::ended`] fires.
+#[derive(Debug, Clone)]
+pub struct TtsContext {
+    id: Arc<str>,
+    ended: CancellationToken,
+}
+
+impl TtsContext {
+    /// A new context (its id unique in the process) and the guard that ends it when dropped (the
+    /// response holds it while it speaks).
+    pub fn new() -> (TtsContext, DropGuard) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ended = CancellationToken::new();
+        (TtsContext { id: format!("voxgate-{n}").into(), ended: ended.clone() }, ended.drop_guard())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Cancelled when the response is over (finished, failed or cut): no more chunks will come.
+    pub fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
+}
+
+/// One chunk of a response to speak.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub text: String,
+    /// The engine's default voice when `None`.
+    pub voice: Option<String>,
+    pub context: TtsContext,
+}
+
 /// A text-to-speech engine, shared by every session.
 pub trait TextToSpeech: Send + Sync + 'static {
     /// Engine name for logs.
@@ -56,10 +134,58 @@ pub trait TextToSpeech: Send + Sync + 'static {
     /// work; a closed `audio` channel ends it early with `Ok`.
     fn synthesize(&self, text: String, voice: Option<String>, audio: mpsc::Sender<Vec<i16>>) -> BoxFuture<Result<(), TtsError>>;
 
+    /// Speaks one chunk of a response, sending what it makes on `out` and resolving when the chunk's
+    /// last audio is sent. Dropping the future abandons the chunk; a closed `out` ends it with `Ok`.
+    /// The default speaks the chunk alone through [`TextToSpeech::synthesize`] at [`Self::rate_hz`];
+    /// engines with a per-answer context or word alignment speak natively.
+    fn speak(&self, chunk: Chunk, out: mpsc::Sender<Spoken>) -> BoxFuture<Result<(), TtsError>> {
+        let rate_hz = self.rate_hz();
+        let (audio, mut frames) = mpsc::channel::<Vec<i16>>(8);
+        let synth = self.synthesize(chunk.text, chunk.voice, audio);
+        Box::pin(async move {
+            let forward = async move {
+                while let Some(samples) = frames.recv().await {
+                    if out.send(Spoken::Audio { samples, rate_hz }).await.is_err() {
+                        break; // dropping `frames` ends the engine's work too
+                    }
+                }
+            };
+            let (result, ()) = tokio::join!(synth, forward);
+            result
+        })
+    }
+
     /// Loads whatever the engine loads lazily, now. Most engines have nothing to load.
     fn warm_up(&self) -> BoxFuture<Result<(), TtsError>> {
         Box::pin(async { Ok(()) })
     }
+}
+
+/// [`TextToSpeech::synthesize`] for an engine that speaks natively: `text` alone in a context of
+/// its own, audio only (at the engine's [`TextToSpeech::rate_hz`]).
+pub fn synthesize_by_speaking(
+    engine: &dyn TextToSpeech,
+    text: String,
+    voice: Option<String>,
+    audio: mpsc::Sender<Vec<i16>>,
+) -> BoxFuture<Result<(), TtsError>> {
+    let (context, end_context) = TtsContext::new();
+    let (tx, mut spoken) = mpsc::channel(8);
+    let speak = engine.speak(Chunk { text, voice, context }, tx);
+    Box::pin(async move {
+        let _end_context = end_context;
+        let forward = async move {
+            while let Some(s) = spoken.recv().await {
+                if let Spoken::Audio { samples, .. } = s {
+                    if audio.send(samples).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        };
+        let (result, ()) = tokio::join!(speak, forward);
+        result
+    })
 }
 
 /// A voice loaded on first use ([`Lazy`]); a failure is kept and reported by every later call. Its
