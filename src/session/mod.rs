@@ -114,8 +114,8 @@ impl VoiceEngines {
     /// model sessions take text only; without the Piper voice they speak with espeak-ng, or not at all.
     pub fn from_config(config: &Config, gateway: Arc<Gateway>) -> Result<VoiceEngines, String> {
         let stt = crate::stt::build(&config.stt, &config.models_dir)?;
-        let tts = crate::tts::build(&config.tts, &config.models_dir)?;
         let metrics = gateway.accounts.metrics.clone();
+        let tts = crate::tts::build(&config.tts, &config.models_dir, metrics.clone())?;
         Ok(VoiceEngines { gateway, stt, tts, settings: config.realtime.clone(), metrics })
     }
 

@@ -30,17 +30,26 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use crate::engine::{absent, Lazy};
-use config::TtsConfig;
+use crate::llm::breaker::Breaker;
+use crate::metrics::Metrics;
+use config::{TtsConfig, TtsEngineConfig};
 use espeak::EspeakTts;
 use fake::{FakeTts, FakeTtsSettings};
+use fallback::{FallbackTts, Member};
 
 pub mod chunker;
 pub mod config;
 pub mod espeak;
 pub mod fake;
+pub mod fallback;
+pub mod openai;
 #[cfg(feature = "embedded-tts")]
 pub mod piper;
+pub mod vendor;
 
 /// Why an engine could not speak.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,6 +58,9 @@ pub enum TtsError {
     Engine(String),
     #[error("text-to-speech engine is not available: {0}")]
     Unavailable(String),
+    /// A hosted vendor failed; `reason` is a stable label, `message` never holds a key.
+    #[error("{vendor}: {message}")]
+    Vendor { vendor: String, reason: &'static str, message: String },
 }
 
 impl TtsError {
@@ -57,6 +69,7 @@ impl TtsError {
         match self {
             TtsError::Engine(_) => "engine",
             TtsError::Unavailable(_) => "unavailable",
+            TtsError::Vendor { reason, .. } => reason,
         }
     }
 }
@@ -90,6 +103,8 @@ pub struct WordEnd {
 pub struct TtsContext {
     id: Arc<str>,
     ended: CancellationToken,
+    /// The engine of a fallback list this response's chunks start from (one failed mid-answer).
+    first_engine: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl TtsContext {
@@ -99,11 +114,22 @@ impl TtsContext {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ended = CancellationToken::new();
-        (TtsContext { id: format!("voxgate-{n}").into(), ended: ended.clone() }, ended.drop_guard())
+        let context = TtsContext { id: format!("voxgate-{n}").into(), ended: ended.clone(), first_engine: Default::default() };
+        (context, ended.drop_guard())
     }
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Where a fallback list starts this response's next chunk.
+    pub fn first_engine(&self) -> usize {
+        self.first_engine.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moves the rest of the response to engine `i` of a fallback list (never back).
+    pub fn set_first_engine(&self, i: usize) {
+        self.first_engine.fetch_max(i, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Cancelled when the response is over (finished, failed or cut): no more chunks will come.
@@ -221,20 +247,40 @@ impl TextToSpeech for LazyTts {
     }
 }
 
-/// The engine `config` names (`None`: sessions answer in text only); the Piper voice loads from
-/// `models_dir` on first use. An engine named in the config that cannot run is an error; the
-/// default voice falls back to espeak-ng, or is left out, with a warning that says what to do.
-pub fn build(config: &TtsConfig, models_dir: &Path) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
-    match config {
-        TtsConfig::None => Ok(None),
-        TtsConfig::Fake { ttfb_ms, ms_per_char, precise_timing } => Ok(Some(Arc::new(FakeTts::new(FakeTtsSettings {
+/// The engines `config` names (`None`: sessions answer in text only): one engine alone, or a
+/// [`FallbackTts`] over several. The Piper voice loads from `models_dir` on first use. An engine
+/// named in the config that cannot run is an error; the default voice falls back to espeak-ng, or is
+/// left out, with a warning that says what to do.
+pub fn build(config: &TtsConfig, models_dir: &Path, metrics: Arc<Metrics>) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
+    let mut members = Vec::with_capacity(config.engines.len());
+    // One breaker per vendor, shared by its entries (two voices of one vendor fail together).
+    let mut breakers: HashMap<String, Arc<Breaker>> = HashMap::new();
+    for engine in &config.engines {
+        let Some(built) = build_one(engine, models_dir, &metrics)? else { continue };
+        let name = engine.name().to_string();
+        let breaker = breakers
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(Breaker::new(config.breaker_failures, Duration::from_millis(config.breaker_cooldown_ms))))
+            .clone();
+        members.push(Member { name, engine: built, breaker });
+    }
+    Ok(match members.len() {
+        0 => None,
+        1 => members.pop().map(|m| m.engine),
+        _ => Some(Arc::new(FallbackTts::new(members, Duration::from_millis(config.ttfb_ms_max), metrics))),
+    })
+}
+
+fn build_one(engine: &TtsEngineConfig, models_dir: &Path, metrics: &Arc<Metrics>) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
+    match engine {
+        TtsEngineConfig::Fake { ttfb_ms, ms_per_char, precise_timing } => Ok(Some(Arc::new(FakeTts::new(FakeTtsSettings {
             ttfb_ms: *ttfb_ms,
             ms_per_char: *ms_per_char,
             precise_timing: *precise_timing,
             ..FakeTtsSettings::default()
         })))),
-        TtsConfig::Espeak { voice } => Ok(Some(Arc::new(EspeakTts::new(voice).map_err(|e| format!("tts: {e}"))?))),
-        TtsConfig::Embedded { explicit, workers } => match piper(models_dir, *workers) {
+        TtsEngineConfig::Espeak { voice } => Ok(Some(Arc::new(EspeakTts::new(voice).map_err(|e| format!("tts: {e}"))?))),
+        TtsEngineConfig::Embedded { explicit, workers } => match piper(models_dir, *workers) {
             Ok(engine) => Ok(Some(engine)),
             Err(message) if *explicit => Err(message),
             Err(message) => match EspeakTts::new("en-us") {
@@ -245,6 +291,7 @@ pub fn build(config: &TtsConfig, models_dir: &Path) -> Result<Option<Arc<dyn Tex
                 Err(e) => absent(false, format!("{message}, and espeak-ng cannot run either ({e})"), "voice sessions answer in text only"),
             },
         },
+        TtsEngineConfig::Vendor { provider, voice } => vendor::build(provider, voice.clone(), metrics.clone()).map(Some),
     }
 }
 
