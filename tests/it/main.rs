@@ -27,6 +27,7 @@ mod fixture_audio;
 mod realtime_events;
 mod realtime_session;
 mod replay;
+mod speech_tts;
 mod twilio;
 mod wire_recording;
 

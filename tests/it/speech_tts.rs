@@ -1,0 +1,245 @@
+//! The text-to-speech conformance suite: the same checks over every hosted TTS adapter, each against
+//! its fake vendor (`support::speech_tts`), through a Realtime session on loopback (`/v1/realtime`,
+//! a text turn answered in audio by the fake echo model). Time is paused: the session paces audio
+//! on tokio's clock. Then the fallback rules through a session: a vendor that refuses, stalls or
+//! breaks hands the answer to the next engine, and the client sees no vendor error.
+
+use base64::Engine as _;
+use futures::SinkExt;
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::speech_tts::{self, heard_words, messages, upgrades, LEAD_MS, MS_PER_CHAR};
+use crate::support::{events_until as until, next_event as next, start_voxgate, Recorder, Ws, FAKE_ECHO};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+const KEY: &str = "tts-key-canary-7731";
+/// What the user says; the echo model answers "You said: " and this.
+const SAID: &str = "book a table for four people by the window please";
+
+/// One adapter under test.
+#[derive(Clone, Copy)]
+struct Adapter {
+    kind: &'static str,
+    /// The vendor puts silence before each text and aligns words (see `support::speech_tts`).
+    aligned: bool,
+}
+
+const ADAPTERS: &[Adapter] = &[Adapter { kind: "openai", aligned: false }];
+
+async fn start_fake(kind: &str) -> (String, Recorder) {
+    match kind {
+        "openai" => speech_tts::openai::start().await,
+        "elevenlabs" => speech_tts::elevenlabs::start().await,
+        other => panic!("no fake for {other}"),
+    }
+}
+
+/// voxgate with the fake `kind` as provider `tts` and `[tts] engines` as given.
+async fn server(kind: &str, url: &str, engines: &str, extra: &str) -> String {
+    let config = format!(
+        r#"
+{FAKE_ECHO}[routes.voice]
+models = ["echo"]
+[providers.tts]
+kind = "{kind}"
+base_url = "{url}"
+api_key = "env:TTS_KEY"
+[stt]
+engine = "none"
+[tts]
+engines = {engines}
+ms_per_char = 20
+{extra}
+"#
+    );
+    start_voxgate(&config, &[("TTS_KEY", KEY)]).await.0
+}
+
+async fn connect(base: &str) -> Ws {
+    let url = format!("{}/v1/realtime?model=voice", base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.expect("websocket connects");
+    assert_eq!(next(&mut ws).await["type"], "session.created");
+    ws
+}
+
+async fn send(ws: &mut Ws, event: Value) {
+    ws.send(Message::text(event.to_string())).await.expect("send");
+}
+
+/// Asks for a spoken answer to `SAID`.
+async fn ask(ws: &mut Ws) {
+    let item = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": SAID}]});
+    send(ws, json!({"type": "conversation.item.create", "item": item})).await;
+    send(ws, json!({"type": "response.create"})).await;
+}
+
+fn of<'a>(events: &'a [Value], t: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == t).collect()
+}
+
+fn audio_bytes(events: &[Value]) -> usize {
+    of(events, "response.output_audio.delta").iter().map(|e| B64.decode(e["delta"].as_str().unwrap()).unwrap().len()).sum()
+}
+
+fn spoken(events: &[Value]) -> String {
+    of(events, "response.output_audio_transcript.delta").iter().map(|e| e["delta"].as_str().unwrap()).collect()
+}
+
+/// The audio the fakes make for `texts` (the chunks the vendor was sent), in ms.
+fn audio_ms(texts: &[String], aligned: bool) -> f64 {
+    texts
+        .iter()
+        .map(|t| t.chars().filter(|c| !c.is_whitespace()).count() as f64 * f64::from(MS_PER_CHAR) + if aligned { LEAD_MS } else { 0.0 })
+        .sum()
+}
+
+/// The texts the vendor was asked to speak, in order.
+fn texts_sent(kind: &str, recorder: &Recorder) -> Vec<String> {
+    match kind {
+        "openai" => upgrades(recorder).iter().map(|r| r.body["input"].as_str().unwrap_or_default().to_string()).collect(),
+        "elevenlabs" => {
+            messages(recorder).iter().filter_map(|m| m["text"].as_str()).filter(|t| !t.trim().is_empty()).map(str::to_string).collect()
+        }
+        other => panic!("{other}"),
+    }
+}
+
+/// How the vendor wants its key: a header, never in anything the client could see.
+fn assert_auth(kind: &str, recorder: &Recorder) {
+    let first = &upgrades(recorder)[0];
+    match kind {
+        "openai" => assert_eq!(first.header("authorization"), Some(format!("Bearer {KEY}").as_str())),
+        "elevenlabs" => assert_eq!(first.header("xi-api-key"), Some(KEY)),
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn audio_arrives_at_the_session_rate_and_format() {
+    for adapter in ADAPTERS {
+        let kind = adapter.kind;
+        let (url, recorder) = start_fake(kind).await;
+        let base = server(kind, &url, r#"["tts"]"#, "").await;
+        for (format, bytes_per_ms) in [(json!({"type": "audio/pcm", "rate": 24000}), 48.0), (json!({"type": "audio/pcmu"}), 8.0)] {
+            let before = texts_sent(kind, &recorder).len();
+            let mut ws = connect(&base).await;
+            send(&mut ws, json!({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"format": format}}}}))
+                .await;
+            assert_eq!(next(&mut ws).await["type"], "session.updated");
+            ask(&mut ws).await;
+            let events = until(&mut ws, "response.done").await;
+            let done = &events.last().unwrap()["response"];
+            assert_eq!(done["status"], "completed", "{kind}: {done}");
+            assert_eq!(done["voxgate"]["tts_engine"], "tts", "{kind}");
+            assert!(of(&events, "error").is_empty(), "{kind}: {events:?}");
+            let answer = format!("You said: {SAID}");
+            assert_eq!(spoken(&events), answer, "{kind}");
+            // Every chunk went to the vendor once, and all its audio came out at the session's rate.
+            let texts = texts_sent(kind, &recorder)[before..].to_vec();
+            assert_eq!(texts.concat(), answer, "{kind}");
+            let expected = audio_ms(&texts, adapter.aligned) * bytes_per_ms;
+            let got = audio_bytes(&events) as f64;
+            assert!((got - expected).abs() <= expected * 0.02 + 64.0, "{kind} {format}: {got} bytes of audio, expected about {expected}");
+        }
+        assert_auth(kind, &recorder);
+    }
+}
+
+async fn metrics(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// The response to `SAID` with `engines`, the fake's recorder, and `/metrics` after it.
+async fn answer_with(adapter: &Adapter, engines: &str, extra: &str) -> (Vec<Value>, Recorder, String) {
+    let (url, recorder) = start_fake(adapter.kind).await;
+    let base = server(adapter.kind, &url, engines, extra).await;
+    let mut ws = connect(&base).await;
+    ask(&mut ws).await;
+    let events = until(&mut ws, "response.done").await;
+    let metrics = metrics(&base).await;
+    (events, recorder, metrics)
+}
+
+fn fallbacks(metrics: &str, reason: &str) -> bool {
+    metrics.lines().any(|l| l.starts_with(&format!(r#"voxgate_speech_fallbacks_total{{stage="tts",from="tts",reason="{reason}"}}"#)))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_vendor_hands_every_chunk_to_the_next_engine_unseen_by_the_client() {
+    for adapter in ADAPTERS {
+        let kind = adapter.kind;
+        let (events, recorder, metrics) = answer_with(adapter, r#"["tts:rate_limited", "fake"]"#, "").await;
+        let done = &events.last().unwrap()["response"];
+        assert_eq!(done["status"], "completed", "{kind}: {done}");
+        assert_eq!(done["voxgate"]["tts_engine"], "fake", "{kind}");
+        assert!(of(&events, "error").is_empty(), "{kind}: the client saw a vendor error");
+        assert_eq!(spoken(&events), format!("You said: {SAID}"), "{kind}");
+        assert!(audio_bytes(&events) > 0, "{kind}");
+        assert!(fallbacks(&metrics, "rate_limited"), "{kind}: {metrics}");
+        assert!(!upgrades(&recorder).is_empty(), "{kind}: the vendor was asked first");
+        assert!(!metrics.contains(KEY), "{kind}: the key is in /metrics");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_first_audio_within_ttfb_ms_max_moves_the_chunk_on() {
+    for adapter in ADAPTERS {
+        let kind = adapter.kind;
+        let (events, _, metrics) = answer_with(adapter, r#"["tts:stall", "fake"]"#, "ttfb_ms_max = 700").await;
+        let done = &events.last().unwrap()["response"];
+        assert_eq!(done["status"], "completed", "{kind}: {done}");
+        assert_eq!(done["voxgate"]["tts_engine"], "fake", "{kind}");
+        // The first chunk waited for the deadline, then the next engine spoke it.
+        let ttfb = done["voxgate"]["latency_ms"]["tts_ttfb"].as_f64().unwrap();
+        assert!(ttfb >= 700.0, "{kind}: first audio after {ttfb} ms");
+        assert!(fallbacks(&metrics, "ttfb_timeout"), "{kind}: {metrics}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_vendor_that_breaks_mid_answer_leaves_the_rest_to_the_next_engine() {
+    for adapter in ADAPTERS {
+        let kind = adapter.kind;
+        let (events, recorder, metrics) = answer_with(adapter, r#"["tts:cut", "fake"]"#, "").await;
+        let done = &events.last().unwrap()["response"];
+        assert_eq!(done["status"], "completed", "{kind}: {done}");
+        assert!(of(&events, "error").is_empty(), "{kind}");
+        // The first chunk was the vendor's (cut short); the rest of the answer the next engine's.
+        assert_eq!(texts_sent(kind, &recorder).len(), 1, "{kind}: the vendor got only the first chunk");
+        assert_eq!(done["voxgate"]["tts_engine"], "fake", "{kind}");
+        assert_eq!(spoken(&events), format!("You said: {SAID}"), "{kind}");
+        assert!(metrics.lines().any(|l| l.starts_with(r#"voxgate_speech_fallbacks_total{stage="tts",from="tts""#)), "{kind}: {metrics}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_engine_fails_the_response_fails_without_the_key() {
+    for adapter in ADAPTERS {
+        let kind = adapter.kind;
+        let (events, _, _) = answer_with(adapter, r#"["tts:unauthorized"]"#, "").await;
+        let done = &events.last().unwrap()["response"];
+        assert_eq!(done["status"], "failed", "{kind}: {done}");
+        assert_eq!(done["status_details"]["error"]["code"], "tts_failed", "{kind}: {done}");
+        let text = serde_json::to_string(&events).unwrap();
+        assert!(!text.contains(KEY), "{kind}: the key reached the client");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_skips_the_vendor() {
+    for adapter in ADAPTERS {
+        let kind = adapter.kind;
+        let (url, recorder) = start_fake(kind).await;
+        let base = server(kind, &url, r#"["tts:rate_limited", "fake"]"#, "breaker_failures = 2\nbreaker_cooldown_ms = 60000").await;
+        let mut ws = connect(&base).await;
+        for _ in 0..3 {
+            ask(&mut ws).await;
+            let events = until(&mut ws, "response.done").await;
+            assert_eq!(events.last().unwrap()["response"]["status"], "completed", "{kind}");
+        }
+        // Two refusals opened the breaker: the chunks after them never reached the vendor.
+        assert_eq!(upgrades(&recorder).len(), 2, "{kind}");
+        assert!(fallbacks(&metrics(&base).await, "breaker_open"), "{kind}");
+    }
+}

@@ -1,0 +1,303 @@
+//! Fake text-to-speech vendors, each speaking its vendor's wire format on loopback, and recording
+//! what the client sent (the request or upgrade with its headers and query, then every message).
+//!
+//! Every fake makes the same audio for a text: a quiet tone, [`MS_PER_CHAR`] ms per non-blank
+//! character, at the rate the client asked for. Vendors that align words put [`LEAD_MS`] of silence
+//! before each text's words and say where each word ends ([`heard_words`] is the transcript a cut
+//! at some ms keeps). The scenario is the voice the client asks for:
+//! - `ok` (or any other voice): audio, then the vendor's end;
+//! - `rate_limited`: 429 on the request or the upgrade;
+//! - `unauthorized`: the vendor's refusal of a bad key;
+//! - `stall`: accepted, then nothing before the first audio;
+//! - `cut`: some audio of the first text, then the connection breaks;
+//! - `malformed`: messages that are not the vendor's (bad JSON, unknown types), then nothing.
+
+use std::net::SocketAddr;
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::support::{recorded, spawn, Recorded, Recorder};
+
+/// Audio per non-blank character of text.
+pub const MS_PER_CHAR: u32 = 20;
+/// Silence before the words of each text, in the vendors that align words: a cut early in a chunk
+/// has heard no word of it, where an estimate from the chunk's length would keep some.
+pub const LEAD_MS: f64 = 400.0;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// The audio for `text` at `rate_hz`, as PCM16 little-endian bytes.
+pub fn pcm_for(text: &str, rate_hz: u32) -> Vec<u8> {
+    let chars = text.chars().filter(|c| !c.is_whitespace()).count() as u64;
+    let samples = chars * u64::from(MS_PER_CHAR) * u64::from(rate_hz) / 1000;
+    (0..samples)
+        .flat_map(|i| {
+            let s = ((i as f64 * 220.0 * std::f64::consts::TAU / rate_hz as f64).sin() * 2000.0) as i16;
+            s.to_le_bytes()
+        })
+        .collect()
+}
+
+/// The words of `text` whose audio (as the aligning fakes make it) ends by `heard_ms`, joined by
+/// the text's own spacing.
+pub fn heard_words(text: &str, heard_ms: f64) -> String {
+    let mut end_ms = LEAD_MS;
+    let mut kept = 0;
+    for (i, c) in text.char_indices() {
+        if c.is_whitespace() {
+            continue;
+        }
+        end_ms += f64::from(MS_PER_CHAR);
+        let word_ends = text[i + c.len_utf8()..].chars().next().is_none_or(char::is_whitespace);
+        if word_ends && end_ms <= heard_ms + 0.5 {
+            kept = i + c.len_utf8();
+        }
+    }
+    text[..kept].to_string()
+}
+
+/// Word timestamps as Cartesia sends them: words with start and end in seconds from `offset_ms`.
+pub fn word_seconds(text: &str, offset_ms: f64) -> (Vec<String>, Vec<f64>, Vec<f64>) {
+    let (mut words, mut starts, mut ends) = (Vec::new(), Vec::new(), Vec::new());
+    let mut t = offset_ms + LEAD_MS;
+    for w in text.split_whitespace() {
+        let d = w.chars().count() as f64 * f64::from(MS_PER_CHAR);
+        words.push(w.to_string());
+        starts.push(t / 1000.0);
+        ends.push((t + d) / 1000.0);
+        t += d;
+    }
+    (words, starts, ends)
+}
+
+/// A WebSocket message the fake received, recorded after its upgrade.
+fn ws_recorded(path: &str, text: &str) -> Recorded {
+    Recorded {
+        path: format!("{path}#message"),
+        query: String::new(),
+        headers: Vec::new(),
+        body: serde_json::from_str(text).unwrap_or(Value::String(text.to_string())),
+    }
+}
+
+/// The messages (not the upgrades) a WebSocket fake received, in order.
+pub fn messages(recorder: &Recorder) -> Vec<Value> {
+    recorder.all().into_iter().filter(|r| r.path.ends_with("#message")).map(|r| r.body).collect()
+}
+
+/// The requests or upgrades a fake received.
+pub fn upgrades(recorder: &Recorder) -> Vec<Recorded> {
+    recorder.all().into_iter().filter(|r| !r.path.ends_with("#message")).collect()
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+}
+
+fn json_response(status: u16, body: Value) -> Response {
+    Response::builder().status(status).header("content-type", "application/json").body(Body::from(body.to_string())).unwrap()
+}
+
+// -------------------------------------------------------------------------------------------------
+// OpenAI: POST /v1/audio/speech, raw 24 kHz PCM in a chunked body
+// -------------------------------------------------------------------------------------------------
+
+pub mod openai {
+    use super::*;
+
+    /// Start the fake; returns its base URL (ending in `/v1`, as the SDK's) and its recorder.
+    pub async fn start() -> (String, Recorder) {
+        let recorder = Recorder::default();
+        let app = axum::Router::new().route("/v1/audio/speech", axum::routing::post(handle)).with_state(recorder.clone());
+        let addr: SocketAddr = spawn(app).await;
+        (format!("http://{addr}/v1"), recorder)
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> Response {
+        json_response(status, json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}}))
+    }
+
+    async fn handle(State(rec): State<Recorder>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+        let r = recorded(&uri, &headers, &body);
+        rec.record(r.clone());
+        if r.body["response_format"] != "pcm" {
+            return error(400, "invalid_value", "this fake speaks pcm only");
+        }
+        let text = r.body["input"].as_str().unwrap_or_default().to_string();
+        let pcm = pcm_for(&text, 24_000);
+        match r.body["voice"].as_str().unwrap_or("ok") {
+            "rate_limited" => error(429, "rate_limit_exceeded", "Rate limit reached for requests"),
+            "unauthorized" => error(401, "invalid_api_key", "Incorrect API key provided"),
+            "stall" => Response::new(Body::from_stream(futures::stream::pending::<Result<Bytes, std::io::Error>>())),
+            "cut" => {
+                let head = Bytes::copy_from_slice(&pcm[..pcm.len().min(4_801)]);
+                // The break comes a moment after the audio, so the audio is on the wire first.
+                let stream = futures::stream::iter(vec![Ok(head), Err(std::io::Error::other("cut"))]).then(|item| async move {
+                    if item.is_err() {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    }
+                    item
+                });
+                Response::new(Body::from_stream(stream))
+            }
+            _ => {
+                // Odd-sized pieces: a sample is split across reads.
+                let pieces: Vec<Result<Bytes, std::io::Error>> = pcm.chunks(1_001).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+                Response::new(Body::from_stream(futures::stream::iter(pieces)))
+            }
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------
+// WebSocket helpers
+// -------------------------------------------------------------------------------------------------
+
+/// What a WebSocket fake's handler gets: the upgrade, recorded, and the scenario.
+async fn upgrade<F, Fut>(ws: WebSocketUpgrade, rec: Recorder, uri: Uri, headers: HeaderMap, refuse: Option<Response>, run: F) -> Response
+where
+    F: FnOnce(WebSocket, Recorder, String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let r = recorded(&uri, &headers, &Bytes::new());
+    let path = r.path.clone();
+    rec.record(r);
+    if let Some(refusal) = refuse {
+        return refusal;
+    }
+    ws.on_upgrade(move |socket| run(socket, rec, path)).into_response()
+}
+
+/// The next text message from the client (recorded), `None` when the socket closed.
+async fn recv_text(socket: &mut WebSocket, rec: &Recorder, path: &str) -> Option<String> {
+    loop {
+        match socket.next().await? {
+            Ok(Message::Text(t)) => {
+                rec.record(ws_recorded(path, t.as_str()));
+                return Some(t.to_string());
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+async fn send_json(socket: &mut WebSocket, v: Value) -> bool {
+    socket.send(Message::text(v.to_string())).await.is_ok()
+}
+
+// -------------------------------------------------------------------------------------------------
+// ElevenLabs: WebSocket stream-input, base64 audio with character alignment
+// -------------------------------------------------------------------------------------------------
+
+pub mod elevenlabs {
+    use super::*;
+
+    /// Start the fake; returns its base URL (`http://…`, as a test config writes it) and its recorder.
+    pub async fn start() -> (String, Recorder) {
+        let recorder = Recorder::default();
+        let app =
+            axum::Router::new().route("/v1/text-to-speech/{voice}/stream-input", axum::routing::get(handle)).with_state(recorder.clone());
+        let addr: SocketAddr = spawn(app).await;
+        (format!("http://{addr}"), recorder)
+    }
+
+    async fn handle(ws: WebSocketUpgrade, State(rec): State<Recorder>, uri: Uri, headers: HeaderMap) -> Response {
+        let voice = uri.path().split('/').nth(3).unwrap_or("ok").to_string();
+        let rate: u32 = query_param(uri.query().unwrap_or_default(), "output_format")
+            .and_then(|f| f.strip_prefix("pcm_").and_then(|r| r.parse().ok()))
+            .unwrap_or(0);
+        let refuse = match voice.as_str() {
+            "rate_limited" => Some(json_response(429, json!({"detail": {"status": "too_many_concurrent_requests"}}))),
+            _ if rate == 0 => Some(json_response(422, json!({"detail": "output_format must be pcm_*"}))),
+            _ => None,
+        };
+        upgrade(ws, rec, uri, headers, refuse, move |socket, rec, path| session(socket, rec, path, voice, rate)).await
+    }
+
+    /// ElevenLabs' alignment of `text` whose audio starts `lead_ms` into the message: characters
+    /// with start times and durations (spaces take no time), in ms relative to the message.
+    fn alignment(text: &str, lead_ms: f64, durations_field: &str) -> Value {
+        let (mut chars, mut starts, mut durations) = (Vec::new(), Vec::new(), Vec::new());
+        let mut t = lead_ms;
+        for c in text.chars() {
+            let d = if c.is_whitespace() { 0.0 } else { f64::from(MS_PER_CHAR) };
+            chars.push(c.to_string());
+            starts.push(t);
+            durations.push(d);
+            t += d;
+        }
+        json!({"chars": chars, "charStartTimesMs": starts, durations_field: durations})
+    }
+
+    async fn session(mut socket: WebSocket, rec: Recorder, path: String, voice: String, rate: u32) {
+        // The first message opens the stream with a single space.
+        let Some(first) = recv_text(&mut socket, &rec, &path).await else { return };
+        let first: Value = serde_json::from_str(&first).unwrap_or_default();
+        if first["text"] != " " {
+            let _ =
+                send_json(&mut socket, json!({"message": "the first message must be a space", "error": "invalid_request", "code": 1008}))
+                    .await;
+            let _ =
+                socket.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 1008, reason: "bad first message".into() }))).await;
+            return;
+        }
+        match voice.as_str() {
+            "unauthorized" => {
+                let _ = send_json(&mut socket, json!({"message": "Invalid API key", "error": "invalid_api_key", "code": 1008})).await;
+                let _ =
+                    socket.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 1008, reason: "Invalid API key".into() }))).await;
+                return;
+            }
+            "stall" => {
+                while recv_text(&mut socket, &rec, &path).await.is_some() {}
+                return;
+            }
+            _ => {}
+        }
+        loop {
+            let Some(msg) = recv_text(&mut socket, &rec, &path).await else { return };
+            let msg: Value = serde_json::from_str(&msg).unwrap_or_default();
+            let text = msg["text"].as_str().unwrap_or_default().to_string();
+            if text.is_empty() {
+                // End of input: the rest, then isFinal, then close.
+                let _ = send_json(&mut socket, json!({"isFinal": true})).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            if text == " " {
+                continue; // keepalive
+            }
+            if voice == "malformed" {
+                let _ = socket.send(Message::text("{not json")).await;
+                let _ = send_json(&mut socket, json!({"surprise": 1})).await;
+                let _ = send_json(&mut socket, json!({"audio": 42})).await;
+                continue;
+            }
+            // Two audio messages per text: the first with LEAD_MS of silence before its words, the
+            // second's alignment relative to its own start (and spelled the older way).
+            let words: Vec<&str> = text.split_inclusive(char::is_whitespace).collect();
+            let (head, tail) = (words[..words.len() / 2].concat(), words[words.len() / 2..].concat());
+            let mut first_pcm = vec![0u8; (LEAD_MS as u32 * rate / 1000 * 2) as usize];
+            first_pcm.extend(pcm_for(&head, rate));
+            let first =
+                json!({"audio": B64.encode(&first_pcm), "isFinal": null, "alignment": alignment(&head, LEAD_MS, "charDurationsMs")});
+            let second = json!({"audio": B64.encode(pcm_for(&tail, rate)), "isFinal": null,
+                "alignment": alignment(&tail, 0.0, "charsDurationsMs"), "normalizedAlignment": null});
+            if voice == "cut" {
+                let _ = send_json(&mut socket, first).await;
+                return; // the connection drops without a close
+            }
+            if !(send_json(&mut socket, first).await && send_json(&mut socket, second).await) {
+                return;
+            }
+        }
+    }
+}
