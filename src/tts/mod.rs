@@ -43,6 +43,7 @@ use fallback::{FallbackTts, Member};
 
 pub mod chunker;
 pub mod config;
+pub mod elevenlabs;
 pub mod espeak;
 pub mod fake;
 pub mod fallback;

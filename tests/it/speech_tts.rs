@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::speech_tts::{self, heard_words, messages, upgrades, LEAD_MS, MS_PER_CHAR};
-use crate::support::{events_until as until, next_event as next, start_voxgate, Recorder, Ws, FAKE_ECHO};
+use crate::support::{events_until as until, eventually, next_event as next, start_voxgate, Recorder, Ws, FAKE_ECHO};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 const KEY: &str = "tts-key-canary-7731";
@@ -23,9 +23,12 @@ struct Adapter {
     kind: &'static str,
     /// The vendor puts silence before each text and aligns words (see `support::speech_tts`).
     aligned: bool,
+    /// The vendor speaks in messages (so some can be malformed), not a raw audio body.
+    messages: bool,
 }
 
-const ADAPTERS: &[Adapter] = &[Adapter { kind: "openai", aligned: false }];
+const ADAPTERS: &[Adapter] =
+    &[Adapter { kind: "openai", aligned: false, messages: false }, Adapter { kind: "elevenlabs", aligned: true, messages: true }];
 
 async fn start_fake(kind: &str) -> (String, Recorder) {
     match kind {
@@ -137,7 +140,8 @@ async fn audio_arrives_at_the_session_rate_and_format() {
             assert_eq!(spoken(&events), answer, "{kind}");
             // Every chunk went to the vendor once, and all its audio came out at the session's rate.
             let texts = texts_sent(kind, &recorder)[before..].to_vec();
-            assert_eq!(texts.concat(), answer, "{kind}");
+            // (a vendor that wants each piece to end in a space gets one)
+            assert_eq!(texts.concat().split_whitespace().collect::<Vec<_>>(), answer.split_whitespace().collect::<Vec<_>>(), "{kind}");
             let expected = audio_ms(&texts, adapter.aligned) * bytes_per_ms;
             let got = audio_bytes(&events) as f64;
             assert!((got - expected).abs() <= expected * 0.02 + 64.0, "{kind} {format}: {got} bytes of audio, expected about {expected}");
@@ -241,5 +245,106 @@ async fn an_open_breaker_skips_the_vendor() {
         // Two refusals opened the breaker: the chunks after them never reached the vendor.
         assert_eq!(upgrades(&recorder).len(), 2, "{kind}");
         assert!(fallbacks(&metrics(&base).await, "breaker_open"), "{kind}");
+    }
+}
+
+/// What the vendor requires of a session: how it opens, what each chunk carries, how it ends.
+fn assert_session_protocol(kind: &str, recorder: &Recorder) {
+    let first = &upgrades(recorder)[0];
+    match kind {
+        "openai" => {
+            for r in upgrades(recorder) {
+                assert_eq!(
+                    (r.path.as_str(), &r.body["response_format"], &r.body["model"]),
+                    ("/v1/audio/speech", &json!("pcm"), &json!("gpt-4o-mini-tts"))
+                );
+            }
+        }
+        "elevenlabs" => {
+            assert!(first.path.ends_with("/stream-input"), "{}", first.path);
+            assert!(first.query.contains("output_format=pcm_24000") && first.query.contains("model_id="), "{}", first.query);
+            let sent = messages(recorder);
+            assert_eq!(sent[0]["text"], " ", "the stream opens with a single space: {sent:?}");
+            let texts = &sent[1..sent.len() - 1];
+            assert!(texts.iter().all(|m| m["flush"] == true && m["text"].as_str().unwrap().ends_with(' ')), "{sent:?}");
+            assert_eq!(sent.last().unwrap(), &json!({"text": ""}), "the stream ends with an empty text: {sent:?}");
+            assert_eq!(upgrades(recorder).len(), 1, "one socket for the whole answer");
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_vendor_session_opens_and_ends_as_the_vendor_requires() {
+    for adapter in ADAPTERS {
+        let kind = adapter.kind;
+        let (url, recorder) = start_fake(kind).await;
+        let base = server(kind, &url, r#"["tts"]"#, "").await;
+        let mut ws = connect(&base).await;
+        ask(&mut ws).await;
+        let events = until(&mut ws, "response.done").await;
+        assert_eq!(events.last().unwrap()["response"]["status"], "completed", "{kind}");
+        // The end of the answer reaches the vendor after response.done.
+        let ended = eventually(|| kind == "openai" || messages(&recorder).last().is_some_and(|m| m["text"] == "")).await;
+        assert!(ended, "{kind}: {:?}", messages(&recorder));
+        assert_session_protocol(kind, &recorder);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn barge_in_keeps_the_words_the_vendor_says_were_played() {
+    for adapter in ADAPTERS.iter().filter(|a| a.aligned) {
+        let kind = adapter.kind;
+        let (url, _recorder) = start_fake(kind).await;
+        let base = server(kind, &url, r#"["tts"]"#, "").await;
+        let mut ws = connect(&base).await;
+        ask(&mut ws).await;
+        let mut before = until(&mut ws, "response.output_audio.delta").await;
+        // Until about 450 ms of audio went out (the caller has heard up to 100 ms less, the lead).
+        while audio_bytes(&before) < 450 * 48 {
+            before.push(next(&mut ws).await);
+        }
+        send(&mut ws, json!({"type": "output_audio_buffer.clear"})).await;
+        let events = until(&mut ws, "response.done").await;
+        let heard_ms = of(&events, "conversation.item.truncated")[0]["audio_end_ms"].as_f64().unwrap();
+        let kept = events.last().unwrap()["response"]["output"][0]["content"][0]["transcript"].as_str().unwrap().to_string();
+        // The chunks released before the cut, each LEAD_MS of silence then 20 ms per character.
+        let chunks: Vec<String> =
+            of(&before, "response.output_audio_transcript.delta").iter().map(|e| e["delta"].as_str().unwrap().to_string()).collect();
+        let mut expected = String::new();
+        let mut start = 0.0;
+        for chunk in &chunks {
+            let length = audio_ms(std::slice::from_ref(chunk), true);
+            if heard_ms >= start + length {
+                expected.push_str(chunk);
+            } else {
+                expected.push_str(&heard_words(chunk, heard_ms - start));
+                break;
+            }
+            start += length;
+        }
+        assert_eq!(kept, expected, "{kind}: heard {heard_ms} ms of {chunks:?}");
+        // The cut came in the first chunk's silence: a length estimate would have kept words.
+        assert!(heard_ms > 0.0 && heard_ms < LEAD_MS, "{kind}: heard {heard_ms} ms");
+        assert_eq!(kept, "", "{kind}");
+        // An estimate from the chunk's length would have kept its first word(s).
+        let first = &chunks[0];
+        let share = heard_ms / audio_ms(std::slice::from_ref(first), true);
+        let estimate: String = first.chars().take((first.chars().count() as f64 * share) as usize).collect();
+        assert!(estimate.trim().contains(' '), "{kind}: the estimate {estimate:?} would keep a word too");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_vendor_messages_are_counted_then_the_engine_counts_as_failed() {
+    for adapter in ADAPTERS.iter().filter(|a| a.messages) {
+        let kind = adapter.kind;
+        let (events, _, metrics) = answer_with(adapter, r#"["tts:malformed", "fake"]"#, "").await;
+        let done = &events.last().unwrap()["response"];
+        assert_eq!(done["status"], "completed", "{kind}: {done}");
+        assert_eq!(done["voxgate"]["tts_engine"], "fake", "{kind}");
+        assert!(fallbacks(&metrics, "bad_messages"), "{kind}: {metrics}");
+        let bad = metrics.lines().find(|l| l.starts_with(r#"voxgate_speech_bad_messages_total{stage="tts",vendor="tts"}"#));
+        assert!(bad.is_some_and(|l| l.ends_with(" 3") || l.ends_with(" 6")), "{kind}: {bad:?}");
     }
 }
