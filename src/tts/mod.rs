@@ -41,6 +41,7 @@ use espeak::EspeakTts;
 use fake::{FakeTts, FakeTtsSettings};
 use fallback::{FallbackTts, Member};
 
+pub mod cartesia;
 pub mod chunker;
 pub mod config;
 pub mod elevenlabs;

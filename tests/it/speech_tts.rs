@@ -27,13 +27,17 @@ struct Adapter {
     messages: bool,
 }
 
-const ADAPTERS: &[Adapter] =
-    &[Adapter { kind: "openai", aligned: false, messages: false }, Adapter { kind: "elevenlabs", aligned: true, messages: true }];
+const ADAPTERS: &[Adapter] = &[
+    Adapter { kind: "openai", aligned: false, messages: false },
+    Adapter { kind: "elevenlabs", aligned: true, messages: true },
+    Adapter { kind: "cartesia", aligned: true, messages: true },
+];
 
 async fn start_fake(kind: &str) -> (String, Recorder) {
     match kind {
         "openai" => speech_tts::openai::start().await,
         "elevenlabs" => speech_tts::elevenlabs::start().await,
+        "cartesia" => speech_tts::cartesia::start().await,
         other => panic!("no fake for {other}"),
     }
 }
@@ -104,6 +108,9 @@ fn texts_sent(kind: &str, recorder: &Recorder) -> Vec<String> {
         "elevenlabs" => {
             messages(recorder).iter().filter_map(|m| m["text"].as_str()).filter(|t| !t.trim().is_empty()).map(str::to_string).collect()
         }
+        "cartesia" => {
+            messages(recorder).iter().filter_map(|m| m["transcript"].as_str()).filter(|t| !t.is_empty()).map(str::to_string).collect()
+        }
         other => panic!("{other}"),
     }
 }
@@ -114,6 +121,11 @@ fn assert_auth(kind: &str, recorder: &Recorder) {
     match kind {
         "openai" => assert_eq!(first.header("authorization"), Some(format!("Bearer {KEY}").as_str())),
         "elevenlabs" => assert_eq!(first.header("xi-api-key"), Some(KEY)),
+        "cartesia" => {
+            assert_eq!(first.header("x-api-key"), Some(KEY));
+            assert!(first.header("cartesia-version").is_some_and(|v| v.len() == 10), "{first:?}");
+            assert!(!first.query.contains(KEY), "the key stays out of the URL");
+        }
         other => panic!("{other}"),
     }
 }
@@ -270,6 +282,17 @@ fn assert_session_protocol(kind: &str, recorder: &Recorder) {
             assert_eq!(sent.last().unwrap(), &json!({"text": ""}), "the stream ends with an empty text: {sent:?}");
             assert_eq!(upgrades(recorder).len(), 1, "one socket for the whole answer");
         }
+        "cartesia" => {
+            assert_eq!(first.path, "/tts/websocket");
+            let sent = messages(recorder);
+            let (texts, last) = sent.split_at(sent.len() - 1);
+            // One context for the answer, each chunk continuing it, an empty transcript ending it.
+            let context = &texts[0]["context_id"];
+            assert!(texts.iter().all(|m| &m["context_id"] == context && m["continue"] == true && m["add_timestamps"] == true), "{sent:?}");
+            assert!(texts.iter().all(|m| m["output_format"] == json!({"container": "raw", "encoding": "pcm_s16le", "sample_rate": 24000})));
+            assert_eq!((&last[0]["context_id"], &last[0]["transcript"], &last[0]["continue"]), (context, &json!(""), &json!(false)));
+            assert_eq!(upgrades(recorder).len(), 1, "one socket for the whole answer");
+        }
         other => panic!("{other}"),
     }
 }
@@ -285,7 +308,12 @@ async fn each_vendor_session_opens_and_ends_as_the_vendor_requires() {
         let events = until(&mut ws, "response.done").await;
         assert_eq!(events.last().unwrap()["response"]["status"], "completed", "{kind}");
         // The end of the answer reaches the vendor after response.done.
-        let ended = eventually(|| kind == "openai" || messages(&recorder).last().is_some_and(|m| m["text"] == "")).await;
+        let ended = eventually(|| match kind {
+            "openai" => true,
+            "cartesia" => messages(&recorder).last().is_some_and(|m| m["continue"] == false),
+            _ => messages(&recorder).last().is_some_and(|m| m["text"] == ""),
+        })
+        .await;
         assert!(ended, "{kind}: {:?}", messages(&recorder));
         assert_session_protocol(kind, &recorder);
     }
@@ -347,4 +375,18 @@ async fn malformed_vendor_messages_are_counted_then_the_engine_counts_as_failed(
         let bad = metrics.lines().find(|l| l.starts_with(r#"voxgate_speech_bad_messages_total{stage="tts",vendor="tts"}"#));
         assert!(bad.is_some_and(|l| l.ends_with(" 3") || l.ends_with(" 6")), "{kind}: {bad:?}");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_429_on_the_websocket_upgrade_falls_back_as_a_rate_limit() {
+    // Cartesia's fake refuses every upgrade under /busy (ElevenLabs' `rate_limited` voice does it above).
+    let (url, recorder) = speech_tts::cartesia::start().await;
+    let base = server("cartesia", &format!("{url}/busy"), r#"["tts", "fake"]"#, "").await;
+    let mut ws = connect(&base).await;
+    ask(&mut ws).await;
+    let events = until(&mut ws, "response.done").await;
+    let done = &events.last().unwrap()["response"];
+    assert_eq!((&done["status"], &done["voxgate"]["tts_engine"]), (&json!("completed"), &json!("fake")), "{done}");
+    assert!(fallbacks(&metrics(&base).await, "rate_limited"));
+    assert_eq!(upgrades(&recorder)[0].path, "/busy/tts/websocket", "the base URL's path is kept");
 }

@@ -301,3 +301,103 @@ pub mod elevenlabs {
         }
     }
 }
+
+// -------------------------------------------------------------------------------------------------
+// Cartesia: WebSocket /tts/websocket, contexts, base64 chunks, word timestamps in seconds
+// -------------------------------------------------------------------------------------------------
+
+pub mod cartesia {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    /// Start the fake; returns its base URL and its recorder. Under `/busy` (a base URL ending in
+    /// it) every upgrade is refused with 429.
+    pub async fn start() -> (String, Recorder) {
+        let recorder = Recorder::default();
+        let app = axum::Router::new()
+            .route("/tts/websocket", axum::routing::get(handle))
+            .route("/busy/tts/websocket", axum::routing::get(busy))
+            .with_state(recorder.clone());
+        let addr: SocketAddr = spawn(app).await;
+        (format!("http://{addr}"), recorder)
+    }
+
+    async fn busy(ws: WebSocketUpgrade, State(rec): State<Recorder>, uri: Uri, headers: HeaderMap) -> Response {
+        let refuse = json_response(429, json!({"error": "Too many concurrent connections"}));
+        upgrade(ws, rec, uri, headers, Some(refuse), |_, _, _| async {}).await
+    }
+
+    async fn handle(ws: WebSocketUpgrade, State(rec): State<Recorder>, uri: Uri, headers: HeaderMap) -> Response {
+        let refuse = headers.get("x-api-key").is_none().then(|| json_response(401, json!({"error": "no API key"})));
+        upgrade(ws, rec, uri, headers, refuse, session).await
+    }
+
+    async fn session(mut socket: WebSocket, rec: Recorder, path: String) {
+        // Audio made so far per context: timestamps count from a context's start.
+        let mut context_ms: HashMap<String, f64> = HashMap::new();
+        while let Some(text) = recv_text(&mut socket, &rec, &path).await {
+            let msg: Value = serde_json::from_str(&text).unwrap_or_default();
+            let context_id = msg["context_id"].as_str().unwrap_or_default().to_string();
+            if msg["cancel"] == true {
+                continue;
+            }
+            let transcript = msg["transcript"].as_str().unwrap_or_default().to_string();
+            if transcript.is_empty() && msg["continue"] == false {
+                let _ = send_json(&mut socket, json!({"type": "done", "done": true, "status_code": 206, "context_id": context_id})).await;
+                continue;
+            }
+            let format = &msg["output_format"];
+            let rate = format["sample_rate"].as_u64().unwrap_or(0) as u32;
+            if format["container"] != "raw" || format["encoding"] != "pcm_s16le" || rate == 0 {
+                let error = json!({"type": "error", "done": true, "title": "Invalid output format", "message": "raw pcm_s16le only",
+                    "error_code": "invalid_output_format", "status_code": 400, "context_id": context_id});
+                let _ = send_json(&mut socket, error).await;
+                continue;
+            }
+            match msg["voice"]["id"].as_str().unwrap_or("ok") {
+                "rate_limited" => {
+                    let error = json!({"type": "error", "done": true, "title": "Too many requests", "message": "Concurrency limit reached",
+                        "error_code": "rate_limited", "status_code": 429, "context_id": context_id});
+                    let _ = send_json(&mut socket, error).await;
+                    continue;
+                }
+                "unauthorized" => {
+                    // The older error shape.
+                    let _ = send_json(&mut socket, json!({"type": "error", "done": true, "error": "Invalid API key", "status_code": 401}))
+                        .await;
+                    continue;
+                }
+                "stall" => continue,
+                "malformed" => {
+                    let _ = socket.send(Message::text("{not json")).await;
+                    let _ = send_json(&mut socket, json!({"type": "surprise", "context_id": context_id})).await;
+                    let _ = send_json(&mut socket, json!({"type": "chunk", "data": 42, "context_id": context_id})).await;
+                    continue;
+                }
+                _ => {}
+            }
+            let offset = *context_ms.get(&context_id).unwrap_or(&0.0);
+            let mut pcm = vec![0u8; (LEAD_MS as u32 * rate / 1000 * 2) as usize];
+            pcm.extend(pcm_for(&transcript, rate));
+            let length_ms = (pcm.len() / 2) as f64 * 1000.0 / f64::from(rate);
+            context_ms.insert(context_id.clone(), offset + length_ms);
+            let half = (pcm.len() / 2) & !1;
+            let chunk = |bytes: &[u8]| json!({"type": "chunk", "data": B64.encode(bytes), "done": false, "status_code": 206, "step_time": 12, "context_id": context_id});
+            if msg["voice"]["id"] == "cut" {
+                let _ = send_json(&mut socket, chunk(&pcm[..half])).await;
+                return; // the connection drops without a close
+            }
+            let (words, starts, ends) = word_seconds(&transcript, offset);
+            let stamps = json!({"type": "timestamps", "done": false, "status_code": 206, "context_id": context_id,
+                "word_timestamps": {"words": words, "start": starts, "end": ends}});
+            let flushed = json!({"type": "flush_done", "done": false, "flush_done": true, "flush_id": 1, "status_code": 206, "context_id": context_id});
+            let phonemes = json!({"type": "phoneme_timestamps", "done": false, "context_id": context_id, "phoneme_timestamps": {"phonemes": [], "start": [], "end": []}});
+            for m in [chunk(&pcm[..half]), stamps, phonemes, chunk(&pcm[half..]), flushed] {
+                if !send_json(&mut socket, m).await {
+                    return;
+                }
+            }
+        }
+    }
+}
