@@ -44,6 +44,7 @@ use fallback::{FallbackTts, Member};
 pub mod cartesia;
 pub mod chunker;
 pub mod config;
+pub mod deepgram;
 pub mod elevenlabs;
 pub mod espeak;
 pub mod fake;

@@ -30,9 +30,7 @@ pub fn build(provider: &ProviderConfig, voice: Option<String>, metrics: Arc<Metr
         ProviderKind::Openai => Arc::new(super::openai::OpenAiTts::new(vendor, voice)?),
         ProviderKind::Elevenlabs => Arc::new(super::elevenlabs::ElevenLabsTts::new(vendor, voice)?),
         ProviderKind::Cartesia => Arc::new(super::cartesia::CartesiaTts::new(vendor, voice)?),
-        ProviderKind::Deepgram => {
-            return Err(format!("tts: provider {:?}: this voxgate has no {:?} text-to-speech adapter yet", provider.id, provider.kind))
-        }
+        ProviderKind::Deepgram => Arc::new(super::deepgram::DeepgramTts::new(vendor, voice)?),
         other => return Err(format!("tts: provider {:?} is of kind {other:?}, which does not speak", provider.id)),
     })
 }

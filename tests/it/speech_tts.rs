@@ -31,6 +31,7 @@ const ADAPTERS: &[Adapter] = &[
     Adapter { kind: "openai", aligned: false, messages: false },
     Adapter { kind: "elevenlabs", aligned: true, messages: true },
     Adapter { kind: "cartesia", aligned: true, messages: true },
+    Adapter { kind: "deepgram", aligned: false, messages: true },
 ];
 
 async fn start_fake(kind: &str) -> (String, Recorder) {
@@ -38,6 +39,7 @@ async fn start_fake(kind: &str) -> (String, Recorder) {
         "openai" => speech_tts::openai::start().await,
         "elevenlabs" => speech_tts::elevenlabs::start().await,
         "cartesia" => speech_tts::cartesia::start().await,
+        "deepgram" => speech_tts::deepgram::start().await,
         other => panic!("no fake for {other}"),
     }
 }
@@ -111,6 +113,7 @@ fn texts_sent(kind: &str, recorder: &Recorder) -> Vec<String> {
         "cartesia" => {
             messages(recorder).iter().filter_map(|m| m["transcript"].as_str()).filter(|t| !t.is_empty()).map(str::to_string).collect()
         }
+        "deepgram" => messages(recorder).iter().filter(|m| m["type"] == "Speak").map(|m| m["text"].as_str().unwrap().to_string()).collect(),
         other => panic!("{other}"),
     }
 }
@@ -126,6 +129,7 @@ fn assert_auth(kind: &str, recorder: &Recorder) {
             assert!(first.header("cartesia-version").is_some_and(|v| v.len() == 10), "{first:?}");
             assert!(!first.query.contains(KEY), "the key stays out of the URL");
         }
+        "deepgram" => assert_eq!(first.header("authorization"), Some(format!("Token {KEY}").as_str())),
         other => panic!("{other}"),
     }
 }
@@ -293,6 +297,17 @@ fn assert_session_protocol(kind: &str, recorder: &Recorder) {
             assert_eq!((&last[0]["context_id"], &last[0]["transcript"], &last[0]["continue"]), (context, &json!(""), &json!(false)));
             assert_eq!(upgrades(recorder).len(), 1, "one socket for the whole answer");
         }
+        "deepgram" => {
+            assert_eq!(first.path, "/v1/speak");
+            assert!(first.query.contains("encoding=linear16") && first.query.contains("sample_rate=24000"), "{}", first.query);
+            assert!(first.query.contains("model=aura-2-thalia-en"), "{}", first.query);
+            // Each chunk is spoken then flushed; the answer's end closes the stream.
+            let sent: Vec<String> = messages(recorder).iter().map(|m| m["type"].as_str().unwrap().to_string()).collect();
+            let (pairs, close) = sent.split_at(sent.len() - 1);
+            assert!(pairs.chunks(2).all(|p| p == ["Speak", "Flush"]), "{sent:?}");
+            assert_eq!(close, ["Close"]);
+            assert_eq!(upgrades(recorder).len(), 1, "one socket for the whole answer");
+        }
         other => panic!("{other}"),
     }
 }
@@ -311,6 +326,7 @@ async fn each_vendor_session_opens_and_ends_as_the_vendor_requires() {
         let ended = eventually(|| match kind {
             "openai" => true,
             "cartesia" => messages(&recorder).last().is_some_and(|m| m["continue"] == false),
+            "deepgram" => messages(&recorder).last().is_some_and(|m| m["type"] == "Close"),
             _ => messages(&recorder).last().is_some_and(|m| m["text"] == ""),
         })
         .await;
@@ -389,4 +405,22 @@ async fn a_429_on_the_websocket_upgrade_falls_back_as_a_rate_limit() {
     assert_eq!((&done["status"], &done["voxgate"]["tts_engine"]), (&json!("completed"), &json!("fake")), "{done}");
     assert!(fallbacks(&metrics(&base).await, "rate_limited"));
     assert_eq!(upgrades(&recorder)[0].path, "/busy/tts/websocket", "the base URL's path is kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn deepgram_audio_between_clear_and_cleared_is_dropped() {
+    // Every chunk's audio comes a second late, after the 700 ms deadline: the adapter sends Clear,
+    // the chunk goes to the next engine, and the late audio that still arrives before Cleared
+    // must not count as the next chunk's.
+    let adapter = ADAPTERS.iter().find(|a| a.kind == "deepgram").unwrap();
+    let (events, recorder, metrics) = answer_with(adapter, r#"["tts:slow", "fake"]"#, "ttfb_ms_max = 700").await;
+    let done = &events.last().unwrap()["response"];
+    assert_eq!((&done["status"], &done["voxgate"]["tts_engine"]), (&json!("completed"), &json!("fake")), "{done}");
+    let texts = texts_sent("deepgram", &recorder);
+    let expected = audio_ms(&[format!("You said: {SAID}")], false) * 48.0;
+    let got = audio_bytes(&events) as f64;
+    assert!((got - expected).abs() <= expected * 0.02 + 64.0, "{got} bytes of audio, the fake engine alone makes {expected}: {texts:?}");
+    assert!(messages(&recorder).iter().any(|m| m["type"] == "Clear"), "{:?}", messages(&recorder));
+    assert!(fallbacks(&metrics, "ttfb_timeout"));
+    assert_eq!(upgrades(&recorder).len(), 1, "the socket outlives an abandoned chunk");
 }

@@ -401,3 +401,89 @@ pub mod cartesia {
         }
     }
 }
+
+// -------------------------------------------------------------------------------------------------
+// Deepgram Aura: WebSocket /v1/speak, Speak/Flush/Clear/Close in, binary PCM and JSON out
+// -------------------------------------------------------------------------------------------------
+
+pub mod deepgram {
+    use super::*;
+
+    /// Start the fake; returns its base URL and its recorder. The scenario is the `model`.
+    pub async fn start() -> (String, Recorder) {
+        let recorder = Recorder::default();
+        let app = axum::Router::new().route("/v1/speak", axum::routing::get(handle)).with_state(recorder.clone());
+        let addr: SocketAddr = spawn(app).await;
+        (format!("http://{addr}"), recorder)
+    }
+
+    async fn handle(ws: WebSocketUpgrade, State(rec): State<Recorder>, uri: Uri, headers: HeaderMap) -> Response {
+        let query = uri.query().unwrap_or_default().to_string();
+        let model = query_param(&query, "model").unwrap_or_default();
+        let rate: u32 = query_param(&query, "sample_rate").and_then(|r| r.parse().ok()).unwrap_or(24_000);
+        let err = |status: u16, code: &str, message: &str| {
+            json_response(status, json!({"err_code": code, "err_msg": message, "request_id": "r-1"}))
+        };
+        let refuse = match model.as_str() {
+            "rate_limited" => Some(err(429, "TOO_MANY_REQUESTS", "Too many requests")),
+            "unauthorized" => Some(err(401, "INVALID_AUTH", "Invalid credentials")),
+            _ if query_param(&query, "encoding").as_deref() != Some("linear16") => Some(err(400, "Bad Request", "encoding")),
+            _ => None,
+        };
+        upgrade(ws, rec, uri, headers, refuse, move |socket, rec, path| session(socket, rec, path, model, rate)).await
+    }
+
+    async fn session(mut socket: WebSocket, rec: Recorder, path: String, model: String, rate: u32) {
+        let metadata = json!({"type": "Metadata", "request_id": "r-1", "model_name": model, "model_version": "1", "model_uuid": "u", "additional_model_uuids": []});
+        if !send_json(&mut socket, metadata).await {
+            return;
+        }
+        let mut text = String::new();
+        let mut sequence = 0;
+        while let Some(msg) = recv_text(&mut socket, &rec, &path).await {
+            let msg: Value = serde_json::from_str(&msg).unwrap_or_default();
+            match msg["type"].as_str().unwrap_or_default() {
+                "Speak" => text.push_str(msg["text"].as_str().unwrap_or_default()),
+                "Flush" => {
+                    let pcm = pcm_for(&std::mem::take(&mut text), rate);
+                    match model.as_str() {
+                        "stall" => continue,
+                        "malformed" => {
+                            let _ = socket.send(Message::text("{not json")).await;
+                            let _ = send_json(&mut socket, json!({"type": "Surprise"})).await;
+                            let _ = send_json(&mut socket, json!({"flushed": true})).await;
+                            continue;
+                        }
+                        "cut" => {
+                            let _ = socket.send(Message::Binary(Bytes::copy_from_slice(&pcm[..pcm.len() / 2]))).await;
+                            return;
+                        }
+                        // The audio comes a second late: a client that gave up and sent Clear gets
+                        // it anyway, before Cleared (frames already in flight).
+                        "slow" => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                        _ => {}
+                    }
+                    // Frames of odd sizes, then Flushed.
+                    for piece in pcm.chunks(4_001) {
+                        if socket.send(Message::Binary(Bytes::copy_from_slice(piece))).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = send_json(&mut socket, json!({"type": "Flushed", "sequence_id": sequence})).await;
+                    sequence += 1;
+                }
+                "Clear" => {
+                    text.clear();
+                    let _ = send_json(&mut socket, json!({"type": "Cleared", "sequence_id": sequence})).await;
+                }
+                "Close" => {
+                    let _ = socket.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 1000, reason: "".into() }))).await;
+                    return;
+                }
+                _ => {
+                    let _ = send_json(&mut socket, json!({"type": "Warning", "description": "unknown message", "code": "UNKNOWN"})).await;
+                }
+            }
+        }
+    }
+}
