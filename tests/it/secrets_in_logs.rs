@@ -1,10 +1,13 @@
 //! Upstream keys never reach the logs, even at TRACE level with every request failing in the
-//! ways that print the most (auth errors, rate limits, quota errors, cuts).
+//! ways that print the most (auth errors, rate limits, quota errors, cuts), nor, for the speech
+//! vendors, a client's events or `/metrics` (some fakes echo the key in their refusals).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use futures::SinkExt;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::support;
 
@@ -64,4 +67,45 @@ async fn upstream_keys_never_appear_in_trace_logs() {
     let logs = String::from_utf8_lossy(&buffer.0.lock().unwrap()).to_string();
     assert!(logs.contains("attempt failed"), "the failures were logged at all");
     assert!(!logs.contains(SECRET), "an upstream key reached the logs");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn speech_vendor_keys_never_appear_in_trace_logs_events_or_metrics() {
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _logs = tracing::subscriber::set_default(subscriber);
+
+    let mut seen = String::new();
+    for kind in ["openai", "elevenlabs", "cartesia", "deepgram"] {
+        let (url, _) = match kind {
+            "openai" => support::speech_tts::openai::start().await,
+            "elevenlabs" => support::speech_tts::elevenlabs::start().await,
+            "cartesia" => support::speech_tts::cartesia::start().await,
+            _ => support::speech_tts::deepgram::start().await,
+        };
+        let busy = format!("{url}/busy");
+        for (base_url, scenario) in [(&url, "unauthorized"), (&url, "rate_limited"), (&url, "cut"), (&url, "malformed"), (&busy, "ok")] {
+            let config = format!(
+                "{}[routes.voice]\nmodels = [\"echo\"]\n[providers.tts]\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\napi_key = \"env:K\"\n\
+                 [stt]\nengine = \"none\"\n[tts]\nengines = [\"tts:{scenario}\"]\n",
+                support::FAKE_ECHO
+            );
+            let (base, _) = support::start_voxgate(&config, &[("K", SECRET)]).await;
+            let url = format!("{}/v1/realtime?model=voice", base.replace("http://", "ws://"));
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let item = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello there, how are you?"}]});
+            ws.send(Message::text(json!({"type": "conversation.item.create", "item": item}).to_string())).await.unwrap();
+            ws.send(Message::text(json!({"type": "response.create"}).to_string())).await.unwrap();
+            let events = support::events_until(&mut ws, "response.done").await;
+            seen.push_str(&serde_json::to_string(&events).unwrap());
+            seen.push_str(&reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap());
+        }
+    }
+    let logs = String::from_utf8_lossy(&buffer.0.lock().unwrap()).to_string();
+    assert!(logs.contains("response failed"), "the failures were logged at all");
+    assert!(seen.contains("tts_failed"), "the failures reached the client");
+    assert!(!logs.contains(SECRET), "a speech vendor's key reached the logs");
+    assert!(!seen.contains(SECRET), "a speech vendor's key reached a client or /metrics");
 }

@@ -219,7 +219,8 @@ pub mod elevenlabs {
             _ if rate == 0 => Some(json_response(422, json!({"detail": "output_format must be pcm_*"}))),
             _ => None,
         };
-        upgrade(ws, rec, uri, headers, refuse, move |socket, rec, path| session(socket, rec, path, voice, rate)).await
+        let key = headers.get("xi-api-key").and_then(|k| k.to_str().ok()).unwrap_or_default().to_string();
+        upgrade(ws, rec, uri, headers, refuse, move |socket, rec, path| session(socket, rec, path, voice, rate, key)).await
     }
 
     /// ElevenLabs' alignment of `text` whose audio starts `lead_ms` into the message: characters
@@ -237,7 +238,7 @@ pub mod elevenlabs {
         json!({"chars": chars, "charStartTimesMs": starts, durations_field: durations})
     }
 
-    async fn session(mut socket: WebSocket, rec: Recorder, path: String, voice: String, rate: u32) {
+    async fn session(mut socket: WebSocket, rec: Recorder, path: String, voice: String, rate: u32, key: String) {
         // The first message opens the stream with a single space.
         let Some(first) = recv_text(&mut socket, &rec, &path).await else { return };
         let first: Value = serde_json::from_str(&first).unwrap_or_default();
@@ -251,7 +252,8 @@ pub mod elevenlabs {
         }
         match voice.as_str() {
             "unauthorized" => {
-                let _ = send_json(&mut socket, json!({"message": "Invalid API key", "error": "invalid_api_key", "code": 1008})).await;
+                let message = format!("Invalid API key: {key}");
+                let _ = send_json(&mut socket, json!({"message": message, "error": "invalid_api_key", "code": 1008})).await;
                 let _ =
                     socket.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 1008, reason: "Invalid API key".into() }))).await;
                 return;
@@ -330,10 +332,11 @@ pub mod cartesia {
 
     async fn handle(ws: WebSocketUpgrade, State(rec): State<Recorder>, uri: Uri, headers: HeaderMap) -> Response {
         let refuse = headers.get("x-api-key").is_none().then(|| json_response(401, json!({"error": "no API key"})));
-        upgrade(ws, rec, uri, headers, refuse, session).await
+        let key = headers.get("x-api-key").and_then(|k| k.to_str().ok()).unwrap_or_default().to_string();
+        upgrade(ws, rec, uri, headers, refuse, move |socket, rec, path| session(socket, rec, path, key)).await
     }
 
-    async fn session(mut socket: WebSocket, rec: Recorder, path: String) {
+    async fn session(mut socket: WebSocket, rec: Recorder, path: String, key: String) {
         // Audio made so far per context: timestamps count from a context's start.
         let mut context_ms: HashMap<String, f64> = HashMap::new();
         while let Some(text) = recv_text(&mut socket, &rec, &path).await {
@@ -363,9 +366,9 @@ pub mod cartesia {
                     continue;
                 }
                 "unauthorized" => {
-                    // The older error shape.
-                    let _ = send_json(&mut socket, json!({"type": "error", "done": true, "error": "Invalid API key", "status_code": 401}))
-                        .await;
+                    // The older error shape, echoing the key as a careless vendor might.
+                    let error = json!({"type": "error", "done": true, "error": format!("Invalid API key {key}"), "status_code": 401});
+                    let _ = send_json(&mut socket, error).await;
                     continue;
                 }
                 "stall" => continue,
