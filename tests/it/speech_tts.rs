@@ -424,3 +424,16 @@ async fn deepgram_audio_between_clear_and_cleared_is_dropped() {
     assert!(fallbacks(&metrics, "ttfb_timeout"));
     assert_eq!(upgrades(&recorder).len(), 1, "the socket outlives an abandoned chunk");
 }
+
+#[test]
+fn a_vendor_switched_on_by_its_key_variable_can_be_named_in_tts_engines() {
+    let config = "[tts]\nengines = [\"elevenlabs:voice-1\", \"cartesia\", \"deepgram:aura-2-thalia-en\", \"openai:coral\", \"fake\"]\n";
+    let keys = |k: &str| k.ends_with("_API_KEY").then(|| "k".to_string());
+    let c = voxgate::config::Config::from_toml(config, &keys).expect("valid");
+    let metrics = std::sync::Arc::new(voxgate::metrics::Metrics::default());
+    let tts = voxgate::tts::build(&c.tts, &c.models_dir, metrics).unwrap().expect("an engine");
+    assert_eq!((tts.name(), tts.rate_hz()), ("elevenlabs", 24_000), "the first of the list speaks");
+    // Without the key variable the vendor is not there, and the error says how it switches on.
+    let err = voxgate::config::Config::from_toml(config, &|_: &str| None).unwrap_err().to_string();
+    assert!(err.contains("\"elevenlabs\" is not an engine") && err.contains("key variable"), "{err}");
+}
