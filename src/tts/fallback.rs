@@ -186,8 +186,8 @@ async fn attempt_chunk(m: &Member, chunk: Chunk, out: &mpsc::Sender<Spoken>, dea
                 None => speak.await,
             };
             return match (r, audio_started) {
-                (Ok(()), true) => Attempt::Spoken,
-                (Ok(()), false) => Attempt::Before("no_audio", "the engine ended the chunk without audio".into()),
+                // A chunk may have nothing to say (punctuation alone): no audio is no failure.
+                (Ok(()), _) => Attempt::Spoken,
                 (Err(e), false) => Attempt::Before(e.kind(), e.to_string()),
                 (Err(e), true) => Attempt::After(e.kind(), e.to_string()),
             };
@@ -249,6 +249,7 @@ mod tests {
                 match step {
                     "error" => Err(TtsError::Engine("vendor said no".into())),
                     "stall" => std::future::pending().await,
+                    "silent" => Ok(()),
                     "cut" => {
                         let _ = audio.send(vec![1; 160]).await;
                         Err(TtsError::Engine("socket closed mid-answer".into()))
@@ -371,6 +372,19 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         let (out, _) = say(&tts, &context, "Hi. ").await;
         assert_eq!((engines_of(&out), a.calls()), (vec!["cartesia".to_string()], 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_with_nothing_to_say_is_not_a_failure() {
+        let metrics = Arc::new(Metrics::default());
+        let a = Scripted::new("a", 16_000, &["silent"]);
+        let b = Scripted::new("b", 16_000, &[]);
+        let tts = list(&[("cartesia", a), ("openai", b.clone())], &metrics);
+        let (context, _end) = TtsContext::new();
+        let (out, result) = say(&tts, &context, "... ").await;
+        result.unwrap();
+        assert!(out.is_empty());
+        assert_eq!((b.calls(), fallbacks(&metrics)), (0, String::new()));
     }
 
     #[tokio::test(start_paused = true)]
