@@ -437,3 +437,84 @@ fn a_vendor_switched_on_by_its_key_variable_can_be_named_in_tts_engines() {
     let err = voxgate::config::Config::from_toml(config, &|_: &str| None).unwrap_err().to_string();
     assert!(err.contains("\"elevenlabs\" is not an engine") && err.contains("key variable"), "{err}");
 }
+
+// -------------------------------------------------------------------------------------------------
+// One adapter alone, through the library: what happens between the chunks of an answer.
+// -------------------------------------------------------------------------------------------------
+
+fn adapter(kind: voxgate::llm::config::ProviderKind, url: &str, voice: &str) -> std::sync::Arc<dyn voxgate::tts::TextToSpeech> {
+    let provider = voxgate::llm::config::ProviderConfig {
+        id: "tts".into(),
+        kind,
+        base_url: url.into(),
+        api_key: Some(voxgate::secret::Secret::new(KEY)),
+        model_path: None,
+        connect_timeout_ms: 1000,
+        diarize: true,
+    };
+    voxgate::tts::vendor::build(&provider, Some(voice.into()), std::sync::Arc::new(voxgate::metrics::Metrics::default())).unwrap()
+}
+
+/// Speaks one chunk in `context`; returns how many audio frames and word ends came, and checks the
+/// words end inside the chunk's audio, the last at its end (as the fakes make them).
+async fn speak_chunk(tts: &dyn voxgate::tts::TextToSpeech, context: &voxgate::tts::TtsContext, text: &str) -> (usize, usize) {
+    use voxgate::tts::{Chunk, Spoken};
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    tts.speak(Chunk { text: text.into(), voice: None, context: context.clone() }, tx).await.unwrap();
+    let (mut frames, mut words, mut audio_ms, mut last_end_ms) = (0, 0, 0.0, 0.0);
+    while let Ok(s) = rx.try_recv() {
+        match s {
+            Spoken::Audio { rate_hz, samples } => {
+                assert_eq!(rate_hz, 24_000);
+                frames += 1;
+                audio_ms += samples.len() as f64 / 24.0;
+            }
+            Spoken::Words(w) => {
+                words += w.len();
+                last_end_ms = w.last().map_or(last_end_ms, |w| w.end_ms);
+            }
+            Spoken::Engine(_) => {}
+        }
+    }
+    if words > 0 {
+        assert!((last_end_ms - audio_ms).abs() < 1.0, "{text:?}: the last word ends at {last_end_ms} ms of {audio_ms} ms of audio");
+    }
+    (frames, words)
+}
+
+#[tokio::test(start_paused = true)]
+async fn elevenlabs_keeps_its_socket_alive_while_the_model_is_slow() {
+    let (url, recorder) = speech_tts::elevenlabs::start().await;
+    let tts = adapter(voxgate::llm::config::ProviderKind::Elevenlabs, &url, "ok");
+    let (context, end) = voxgate::tts::TtsContext::new();
+    assert_eq!(speak_chunk(tts.as_ref(), &context, "Sure, one moment. ").await.1, 3);
+    // The model takes 25 s to write its next sentence: the vendor would close after 20 s of silence.
+    tokio::time::sleep(std::time::Duration::from_secs(25)).await;
+    let (frames, words) = speak_chunk(tts.as_ref(), &context, "Your table is booked.").await;
+    assert!(frames > 0 && words == 4, "{frames} frames, {words} words");
+    drop(end);
+    assert!(eventually(|| messages(&recorder).last().is_some_and(|m| m["text"] == "")).await);
+    let texts: Vec<Value> = messages(&recorder).iter().map(|m| m["text"].clone()).collect();
+    let keepalives = texts[2..texts.len() - 2].iter().filter(|t| *t == " ").count();
+    assert_eq!(keepalives, 2, "a keepalive every 10 s of silence: {texts:?}");
+    assert_eq!(upgrades(&recorder).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cartesia_continues_one_context_and_starts_another_once_it_expired() {
+    let (url, recorder) = speech_tts::cartesia::start().await;
+    let tts = adapter(voxgate::llm::config::ProviderKind::Cartesia, &url, "ok");
+    let (context, end) = voxgate::tts::TtsContext::new();
+    for text in ["Sure, ", "one moment. "] {
+        assert_eq!(speak_chunk(tts.as_ref(), &context, text).await.1, text.split_whitespace().count());
+    }
+    // More than a second after its last audio the vendor has expired the context.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(speak_chunk(tts.as_ref(), &context, "Your table is booked.").await.1, 4);
+    drop(end);
+    assert!(eventually(|| messages(&recorder).last().is_some_and(|m| m["continue"] == false)).await);
+    let contexts: Vec<String> = messages(&recorder).iter().map(|m| m["context_id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(contexts[0], contexts[1], "the second chunk continues the first's context");
+    assert_ne!(contexts[1], contexts[2], "a new context after the old one expired");
+    assert_eq!(contexts[2], contexts[3], "the end closes the context in use");
+}
