@@ -276,4 +276,23 @@ mod tests {
         }
         assert_eq!((out, carry), (samples, None));
     }
+
+    #[tokio::test]
+    async fn a_failed_handshake_is_an_error_that_names_no_url() {
+        // A server that is not TLS: rustls is set up (one crypto provider) and the handshake fails.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket.write_all(b"HTTP/1.1 200 OK\r\n\r\nnot tls").await;
+            }
+        });
+        let v = vendor(&format!("https://{addr}"), "sk-canary-123");
+        let url = format!("{}?api_key=sk-canary-123", v.ws_url("/tts/websocket"));
+        let err = v.connect(&url, &[]).await.unwrap_err();
+        assert_eq!(err.kind(), "connect");
+        let text = err.to_string();
+        assert!(!text.contains("sk-canary-123") && !text.contains("127.0.0.1"), "{text}");
+    }
 }
