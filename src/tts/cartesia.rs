@@ -1,8 +1,11 @@
 //! Cartesia text-to-speech over its WebSocket (`{base}/tts/websocket`, key in the `X-API-Key` header
-//! with `Cartesia-Version`, so no URL carries it). One socket per response, and one `context_id`
-//! for its chunks: each goes in with `continue: true` (prosody carries across the answer) and
+//! with `Cartesia-Version`, so no URL carries it). One socket per response at a time, and one
+//! `context_id` for its chunks: each goes in with `continue: true` (prosody carries across the answer) and
 //! `max_buffer_delay_ms: 0`, so the vendor flushes it and answers `flush_done`; the response's end
-//! sends an empty transcript with `continue: false`, a cut one `cancel: true`, and the socket closes.
+//! sends an empty transcript with `continue: false` (and once the vendor says `done`, the socket
+//! waits in a small idle pool for the next response, saving its handshake), a cut one
+//! `cancel: true`, and then the socket closes. A pooled socket the vendor closed meanwhile is found
+//! out by the first chunk sent on it, which then goes out again on a new socket.
 //!
 //! Audio is raw `pcm_s16le` at 24 kHz in base64 `chunk` messages; `add_timestamps` brings
 //! `word_timestamps` in seconds from the start of the context, turned into word ends in each
@@ -34,6 +37,10 @@ pub const DEFAULT_VOICE: &str = "a0e99841-438c-4a64-b679-ae501e7d6091";
 const CONTEXT_REUSE_MS: u64 = 800;
 /// Without `flush_done`, a chunk is over after this long with no message after its audio.
 const QUIET_MS: u64 = 1_500;
+/// Idle sockets kept for the next responses, and for how long (the vendor closes idle sockets
+/// after 60 s by one report, 5 min by another).
+const IDLE_SOCKETS_MAX: usize = 8;
+const IDLE_KEEP: Duration = Duration::from_secs(50);
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -42,13 +49,23 @@ pub struct CartesiaTts {
     voice: String,
     model: String,
     sockets: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
+    /// Sockets whose response ended cleanly, with when they went idle.
+    idle: Arc<Mutex<Vec<(Instant, VendorSocket)>>>,
 }
 
 struct Job {
     text: String,
     voice: String,
     out: mpsc::Sender<Spoken>,
-    done: oneshot::Sender<Result<(), TtsError>>,
+    done: oneshot::Sender<Outcome>,
+}
+
+/// How a chunk ended on a socket.
+enum Outcome {
+    Done(Result<(), TtsError>),
+    /// The socket came from the idle pool and was dead before anything was heard on it: nothing was
+    /// spoken, and the chunk may go out again on a new socket.
+    Stale,
 }
 
 impl CartesiaTts {
@@ -58,7 +75,7 @@ impl CartesiaTts {
             Some((m, v)) => (m.to_string(), v.to_string()),
             None => (DEFAULT_MODEL.to_string(), voice.unwrap_or_else(|| DEFAULT_VOICE.to_string())),
         };
-        Ok(CartesiaTts { vendor, voice, model, sockets: Arc::default() })
+        Ok(CartesiaTts { vendor, voice, model, sockets: Arc::default(), idle: Arc::default() })
     }
 }
 
@@ -77,37 +94,86 @@ impl TextToSpeech for CartesiaTts {
 
     fn speak(&self, chunk: Chunk, out: mpsc::Sender<Spoken>) -> BoxFuture<Result<(), TtsError>> {
         let vendor = self.vendor.clone();
-        let sockets = self.sockets.clone();
+        let (sockets, idle) = (self.sockets.clone(), self.idle.clone());
         let voice = vendor.voice(chunk.voice.clone(), &self.voice);
         let model = self.model.clone();
         Box::pin(async move {
             let id = chunk.context.id().to_string();
-            let existing = sockets.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
-            let jobs = match existing {
-                Some(jobs) => jobs,
-                None => {
-                    let key = vendor.key().map_err(|m| vendor.error("unauthorized", m))?.expose().to_string();
-                    let url = vendor.ws_url("/tts/websocket");
-                    let socket = vendor.connect(&url, &[("x-api-key", key), ("cartesia-version", API_VERSION.to_string())]).await?;
-                    let (tx, rx) = mpsc::channel(1);
-                    sockets.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), tx.clone());
-                    let ended = chunk.context.ended().clone();
-                    let (vendor, sockets) = (vendor.clone(), sockets.clone());
-                    tokio::spawn(async move {
-                        let mut s =
-                            Socket { vendor, socket, model, context_base: id.clone(), generation: 0, context_id: None, last_audio: None };
-                        s.run(rx, ended).await;
-                        sockets.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-                    });
-                    tx
-                }
-            };
-            let (done, result) = oneshot::channel();
             let closed = || vendor.error("closed", "the socket of this answer is closed");
-            jobs.send(Job { text: chunk.text, voice, out, done }).await.map_err(|_| closed())?;
-            result.await.unwrap_or_else(|_| Err(closed()))
+            // A second pass only after a pooled socket turned out dead; it never takes one again.
+            for may_reuse in [true, false] {
+                let existing = sockets.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned();
+                let mut reused = false;
+                let jobs = match existing {
+                    Some(jobs) => jobs,
+                    None => {
+                        let pooled = if may_reuse { take_idle(&idle) } else { None };
+                        reused = pooled.is_some();
+                        let socket = match pooled {
+                            Some(socket) => socket,
+                            None => {
+                                let key = vendor.key().map_err(|m| vendor.error("unauthorized", m))?.expose().to_string();
+                                let headers = [("x-api-key", key), ("cartesia-version", API_VERSION.to_string())];
+                                vendor.connect(&vendor.ws_url("/tts/websocket"), &headers).await?
+                            }
+                        };
+                        let (tx, rx) = mpsc::channel(1);
+                        sockets.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), tx.clone());
+                        let ended = chunk.context.ended().clone();
+                        let (vendor, sockets, idle, model, id) = (vendor.clone(), sockets.clone(), idle.clone(), model.clone(), id.clone());
+                        tokio::spawn(async move {
+                            let s = Socket {
+                                vendor,
+                                socket,
+                                model,
+                                context_base: id.clone(),
+                                generation: 0,
+                                context_id: None,
+                                last_audio: None,
+                                reused,
+                                heard: false,
+                            };
+                            let reusable = s.run(rx, ended).await;
+                            sockets.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                            if let Some(socket) = reusable {
+                                let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+                                if idle.len() < IDLE_SOCKETS_MAX {
+                                    idle.push((Instant::now(), socket));
+                                }
+                            }
+                        });
+                        tx
+                    }
+                };
+                let (done, result) = oneshot::channel();
+                let job = Job { text: chunk.text.clone(), voice: voice.clone(), out: out.clone(), done };
+                let outcome = match jobs.send(job).await {
+                    Ok(()) => result.await.ok(),
+                    Err(_) => None,
+                };
+                match outcome {
+                    Some(Outcome::Done(r)) => return r,
+                    // A pooled socket that died before it took the job (its task saw the close
+                    // first) spoke nothing either.
+                    Some(Outcome::Stale) | None if reused => {
+                        let mut sockets = sockets.lock().unwrap_or_else(|p| p.into_inner());
+                        if sockets.get(&id).is_some_and(|s| s.same_channel(&jobs)) {
+                            sockets.remove(&id);
+                        }
+                    }
+                    Some(Outcome::Stale) | None => return Err(closed()),
+                }
+            }
+            Err(closed())
         })
     }
+}
+
+/// An idle socket young enough to still be open, if any (older ones are dropped).
+fn take_idle(idle: &Mutex<Vec<(Instant, VendorSocket)>>) -> Option<VendorSocket> {
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    idle.retain(|(since, _)| since.elapsed() < IDLE_KEEP);
+    idle.pop().map(|(_, socket)| socket)
 }
 
 /// One response's socket and its context.
@@ -120,29 +186,36 @@ struct Socket {
     /// The context in use, and the audio it has made so far (timestamps count from its start).
     context_id: Option<(String, f64)>,
     last_audio: Option<Instant>,
+    /// Taken from the idle pool, and nothing heard on it since.
+    reused: bool,
+    heard: bool,
 }
 
 impl Socket {
-    async fn run(&mut self, mut jobs: mpsc::Receiver<Job>, ended: CancellationToken) {
+    /// Serves the response's chunks; returns the socket when it ended cleanly and can serve another.
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>, ended: CancellationToken) -> Option<VendorSocket> {
         let mut voice = String::new();
         loop {
             tokio::select! {
                 () = ended.cancelled() => {
-                    // The response is over: close its context, let the vendor finish, close.
-                    if let Some((context_id, _)) = self.context_id.clone() {
-                        let end = self.request(&context_id, "", &voice, false);
-                        let _ = self.socket.send(Message::text(end.to_string())).await;
-                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                            while let Some(Ok(Message::Text(t))) = self.socket.next().await {
-                                if serde_json::from_str::<Value>(&t).is_ok_and(|v| v["type"] == "done") {
-                                    break;
-                                }
+                    // The response is over: close its context and wait for the vendor's `done`.
+                    let Some((context_id, _)) = self.context_id.clone() else { return Some(self.socket) };
+                    let end = self.request(&context_id, "", &voice, false);
+                    let _ = self.socket.send(Message::text(end.to_string())).await;
+                    let done = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(Message::Text(t))) = self.socket.next().await {
+                            if serde_json::from_str::<Value>(&t).is_ok_and(|v| v["type"] == "done" && v["context_id"] == context_id.as_str()) {
+                                return true;
                             }
-                        })
-                        .await;
+                        }
+                        false
+                    })
+                    .await;
+                    if done == Ok(true) {
+                        return Some(self.socket);
                     }
                     let _ = self.socket.close(None).await;
-                    break;
+                    return None;
                 }
                 job = jobs.recv() => {
                     let Some(job) = job else { break };
@@ -165,6 +238,7 @@ impl Socket {
                 }
             }
         }
+        None
     }
 
     fn request(&self, context_id: &str, transcript: &str, voice: &str, more: bool) -> Value {
@@ -181,9 +255,19 @@ impl Socket {
         })
     }
 
-    /// Speaks one chunk in the response's context (a new one when it has expired). Returns the
-    /// result and whether the socket can take the next chunk.
-    async fn chunk(&mut self, job: &Job, ended: &CancellationToken) -> (Result<(), TtsError>, bool) {
+    /// Speaks one chunk in the response's context (a new one when it has expired). Returns how it
+    /// ended and whether the socket can take the next chunk.
+    async fn chunk(&mut self, job: &Job, ended: &CancellationToken) -> (Outcome, bool) {
+        let (result, keep) = self.speak_chunk(job, ended).await;
+        let stale = self.reused && !self.heard && matches!(&result, Err(e) if e.kind() == "closed");
+        if stale {
+            tracing::debug!(vendor = %self.vendor.id, "an idle socket was closed by the vendor; opening a new one");
+            return (Outcome::Stale, false);
+        }
+        (Outcome::Done(result), keep)
+    }
+
+    async fn speak_chunk(&mut self, job: &Job, ended: &CancellationToken) -> (Result<(), TtsError>, bool) {
         let vendor = self.vendor.clone();
         if job.text.trim().is_empty() {
             return (Ok(()), true);
@@ -218,6 +302,9 @@ impl Socket {
                 () = out.closed() => return (Ok(()), false),
                 () = quiet => break,
             };
+            if matches!(msg, Some(Ok(Message::Text(_) | Message::Binary(_)))) {
+                self.heard = true;
+            }
             let text = match msg {
                 Some(Ok(Message::Text(t))) => t,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,

@@ -518,3 +518,24 @@ async fn cartesia_continues_one_context_and_starts_another_once_it_expired() {
     assert_ne!(contexts[1], contexts[2], "a new context after the old one expired");
     assert_eq!(contexts[2], contexts[3], "the end closes the context in use");
 }
+
+#[tokio::test(start_paused = true)]
+async fn cartesia_reuses_an_idle_socket_and_replaces_one_the_vendor_closed() {
+    let (url, recorder) = speech_tts::cartesia::start().await;
+    let tts = adapter(voxgate::llm::config::ProviderKind::Cartesia, &url, "ok");
+    for (i, answer) in ["Sure, one moment. ", "Your table is booked. "].into_iter().enumerate() {
+        let (context, end) = voxgate::tts::TtsContext::new();
+        assert_eq!(speak_chunk(tts.as_ref(), &context, answer).await.1, answer.split_whitespace().count());
+        drop(end);
+        // The answer's end, then its `done`, before the socket is idle.
+        assert!(eventually(|| messages(&recorder).iter().filter(|m| m["continue"] == false).count() == i + 1).await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(upgrades(&recorder).len(), 1, "the second answer took the first's idle socket");
+    // Idle past the vendor's limit: the pooled socket is dead, and the next answer opens a new one
+    // without the caller noticing.
+    tokio::time::sleep(speech_tts::cartesia::IDLE_CLOSE * 2).await;
+    let (context, _end) = voxgate::tts::TtsContext::new();
+    assert_eq!(speak_chunk(tts.as_ref(), &context, "Anything else? ").await.1, 2);
+    assert_eq!(upgrades(&recorder).len(), 2);
+}

@@ -314,7 +314,8 @@ pub mod cartesia {
     use super::*;
 
     /// Start the fake; returns its base URL and its recorder. Under `/busy` (a base URL ending in
-    /// it) every upgrade is refused with 429.
+    /// it) every upgrade is refused with 429. A socket idle for [`IDLE_CLOSE`] is closed (the real
+    /// vendor waits a minute or more).
     pub async fn start() -> (String, Recorder) {
         let recorder = Recorder::default();
         let app = axum::Router::new()
@@ -336,10 +337,17 @@ pub mod cartesia {
         upgrade(ws, rec, uri, headers, refuse, move |socket, rec, path| session(socket, rec, path, key)).await
     }
 
+    pub const IDLE_CLOSE: std::time::Duration = std::time::Duration::from_secs(5);
+
     async fn session(mut socket: WebSocket, rec: Recorder, path: String, key: String) {
         // Audio made so far per context: timestamps count from a context's start.
         let mut context_ms: HashMap<String, f64> = HashMap::new();
-        while let Some(text) = recv_text(&mut socket, &rec, &path).await {
+        loop {
+            let Ok(text) = tokio::time::timeout(IDLE_CLOSE, recv_text(&mut socket, &rec, &path)).await else {
+                let _ = socket.send(Message::Close(Some(axum::extract::ws::CloseFrame { code: 1000, reason: "idle".into() }))).await;
+                return;
+            };
+            let Some(text) = text else { return };
             let msg: Value = serde_json::from_str(&text).unwrap_or_default();
             let context_id = msg["context_id"].as_str().unwrap_or_default().to_string();
             if msg["cancel"] == true {
