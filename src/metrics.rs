@@ -33,12 +33,9 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Errors reported to a client or that refused work, by kind (ledger_unavailable, too_many_sessions, session_limit, rate_limited, bad_client_event, client_not_reading, stt_failed, llm_failed, tts_failed).",
     ),
-    (
-        "voxgate_speech_fallbacks_total",
-        Kind::Counter,
-        "Moves from a speech engine to the next one, by stage (stt, tts), the engine left and the reason.",
-    ),
-    ("voxgate_speech_bad_messages_total", Kind::Counter, "Vendor speech messages that could not be read or were unknown, by stage and vendor."),
+    ("voxgate_speech_fallbacks_total", Kind::Counter, "Moves to the next speech engine of a fallback list, by stage (stt, tts), engine left and reason."),
+    ("voxgate_speech_vendor_failures_total", Kind::Counter, "Speech vendor streams that failed, by stage and engine."),
+    ("voxgate_speech_vendor_bad_messages_total", Kind::Counter, "Speech vendor messages that could not be read, by stage and engine."),
     ("voxgate_audio_frames_dropped_total", Kind::Counter, "Audio frames dropped because a stage's queue was full, by stage (input, stt)."),
     (
         "voxgate_turn_latency_seconds",

@@ -115,7 +115,7 @@ impl VoiceEngines {
     pub fn from_config(config: &Config, gateway: Arc<Gateway>) -> Result<VoiceEngines, String> {
         let stt = crate::stt::build(&config.stt, &config.models_dir)?;
         let metrics = gateway.accounts.metrics.clone();
-        let tts = crate::tts::build(&config.tts, &config.models_dir, metrics.clone())?;
+        let tts = crate::tts::build(&config.tts, &config.models_dir, &metrics)?;
         Ok(VoiceEngines { gateway, stt, tts, settings: config.realtime.clone(), metrics })
     }
 

@@ -254,12 +254,12 @@ impl TextToSpeech for LazyTts {
 /// [`FallbackTts`] over several. The Piper voice loads from `models_dir` on first use. An engine
 /// named in the config that cannot run is an error; the default voice falls back to espeak-ng, or is
 /// left out, with a warning that says what to do.
-pub fn build(config: &TtsConfig, models_dir: &Path, metrics: Arc<Metrics>) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
+pub fn build(config: &TtsConfig, models_dir: &Path, metrics: &Arc<Metrics>) -> Result<Option<Arc<dyn TextToSpeech>>, String> {
     let mut members = Vec::with_capacity(config.engines.len());
     // One breaker per vendor, shared by its entries (two voices of one vendor fail together).
     let mut breakers: HashMap<String, Arc<Breaker>> = HashMap::new();
     for engine in &config.engines {
-        let Some(built) = build_one(engine, models_dir, &metrics)? else { continue };
+        let Some(built) = build_one(engine, models_dir, metrics)? else { continue };
         let name = engine.name().to_string();
         let breaker = breakers
             .entry(name.clone())
@@ -270,7 +270,7 @@ pub fn build(config: &TtsConfig, models_dir: &Path, metrics: Arc<Metrics>) -> Re
     Ok(match members.len() {
         0 => None,
         1 => members.pop().map(|m| m.engine),
-        _ => Some(Arc::new(FallbackTts::new(members, Duration::from_millis(config.ttfb_ms_max), metrics))),
+        _ => Some(Arc::new(FallbackTts::new(members, Duration::from_millis(config.ttfb_ms_max), metrics.clone()))),
     })
 }
 

@@ -17,22 +17,67 @@ use crate::metrics::Metrics;
 use crate::secret::Secret;
 
 /// Vendor messages in a row that cannot be read (bad JSON, an unknown type, a field of the wrong
-/// shape) before the engine counts as failed. One stray message is logged, counted and skipped.
-pub const BAD_MESSAGES_MAX: u32 = 3;
+/// shape) before the engine counts as failed (as for speech-to-text). One stray message is
+/// logged, counted and skipped.
+pub const BAD_MESSAGES_MAX: u32 = 5;
 
 /// A WebSocket to a vendor.
 pub type VendorSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The adapter for a `[providers.NAME]` that speaks, with the voice its `[tts] engines` entry gives.
+/// Every failure of its chunks counts in `voxgate_speech_vendor_failures_total{stage="tts",engine}`.
 pub fn build(provider: &ProviderConfig, voice: Option<String>, metrics: Arc<Metrics>) -> Result<Arc<dyn TextToSpeech>, String> {
-    let vendor = Vendor::new(provider, metrics);
-    Ok(match provider.kind {
+    let vendor = Vendor::new(provider, metrics.clone());
+    let adapter: Arc<dyn TextToSpeech> = match provider.kind {
         ProviderKind::Openai => Arc::new(super::openai::OpenAiTts::new(vendor, voice)?),
         ProviderKind::Elevenlabs => Arc::new(super::elevenlabs::ElevenLabsTts::new(vendor, voice)?),
         ProviderKind::Cartesia => Arc::new(super::cartesia::CartesiaTts::new(vendor, voice)?),
         ProviderKind::Deepgram => Arc::new(super::deepgram::DeepgramTts::new(vendor, voice)?),
         other => return Err(format!("tts: provider {:?} is of kind {other:?}, which does not speak", provider.id)),
-    })
+    };
+    Ok(Arc::new(Counted { adapter, metrics }))
+}
+
+/// A vendor adapter whose failures are counted.
+struct Counted {
+    adapter: Arc<dyn TextToSpeech>,
+    metrics: Arc<Metrics>,
+}
+
+impl Counted {
+    fn count(&self, work: super::BoxFuture<Result<(), TtsError>>) -> super::BoxFuture<Result<(), TtsError>> {
+        let (metrics, name) = (self.metrics.clone(), self.adapter.name().to_string());
+        Box::pin(async move {
+            let result = work.await;
+            if result.is_err() {
+                metrics.inc("voxgate_speech_vendor_failures_total", &[("stage", "tts"), ("engine", &name)]);
+            }
+            result
+        })
+    }
+}
+
+impl TextToSpeech for Counted {
+    fn name(&self) -> &str {
+        self.adapter.name()
+    }
+
+    fn rate_hz(&self) -> u32 {
+        self.adapter.rate_hz()
+    }
+
+    fn synthesize(
+        &self,
+        text: String,
+        voice: Option<String>,
+        audio: tokio::sync::mpsc::Sender<Vec<i16>>,
+    ) -> super::BoxFuture<Result<(), TtsError>> {
+        self.count(self.adapter.synthesize(text, voice, audio))
+    }
+
+    fn speak(&self, chunk: super::Chunk, out: tokio::sync::mpsc::Sender<super::Spoken>) -> super::BoxFuture<Result<(), TtsError>> {
+        self.count(self.adapter.speak(chunk, out))
+    }
 }
 
 /// A vendor as its adapter sees it: its name, base URL, key and the server's metrics.
@@ -131,10 +176,10 @@ impl Vendor {
     }
 
     /// Counts a vendor message that could not be read: logged (without its text, which may be
-    /// long), counted in `voxgate_speech_bad_messages_total`; `Err` after [`BAD_MESSAGES_MAX`] in a row.
+    /// long), counted in `voxgate_speech_vendor_bad_messages_total`; `Err` after [`BAD_MESSAGES_MAX`] in a row.
     pub fn bad_message(&self, in_a_row: &mut u32, what: &str) -> Result<(), TtsError> {
         *in_a_row += 1;
-        self.metrics.inc("voxgate_speech_bad_messages_total", &[("stage", "tts"), ("vendor", &self.id)]);
+        self.metrics.inc("voxgate_speech_vendor_bad_messages_total", &[("stage", "tts"), ("engine", &self.id)]);
         tracing::warn!(vendor = %self.id, what = %self.redact(what), in_a_row = *in_a_row, "unreadable text-to-speech vendor message");
         if *in_a_row >= BAD_MESSAGES_MAX {
             return Err(self.error("bad_messages", format!("{} unreadable messages in a row (last: {})", in_a_row, self.redact(what))));
@@ -259,10 +304,11 @@ mod tests {
     fn bad_messages_fail_the_engine_after_some_in_a_row() {
         let v = vendor("http://h", "k");
         let mut n = 0;
-        assert!(v.bad_message(&mut n, "x").is_ok());
-        assert!(v.bad_message(&mut n, "x").is_ok());
+        for _ in 1..BAD_MESSAGES_MAX {
+            assert!(v.bad_message(&mut n, "x").is_ok());
+        }
         assert_eq!(v.bad_message(&mut n, "x").unwrap_err().kind(), "bad_messages");
-        assert!(v.metrics.render().contains(r#"voxgate_speech_bad_messages_total{stage="tts",vendor="v"} 3"#));
+        assert!(v.metrics.render().contains(r#"voxgate_speech_vendor_bad_messages_total{stage="tts",engine="v"} 5"#));
     }
 
     #[test]

@@ -388,8 +388,10 @@ async fn malformed_vendor_messages_are_counted_then_the_engine_counts_as_failed(
         assert_eq!(done["status"], "completed", "{kind}: {done}");
         assert_eq!(done["voxgate"]["tts_engine"], "fake", "{kind}");
         assert!(fallbacks(&metrics, "bad_messages"), "{kind}: {metrics}");
-        let bad = metrics.lines().find(|l| l.starts_with(r#"voxgate_speech_bad_messages_total{stage="tts",vendor="tts"}"#));
-        assert!(bad.is_some_and(|l| l.ends_with(" 3") || l.ends_with(" 6")), "{kind}: {bad:?}");
+        let bad = metrics.lines().find(|l| l.starts_with(r#"voxgate_speech_vendor_bad_messages_total{stage="tts",engine="tts"}"#));
+        assert!(bad.is_some_and(|l| l.ends_with(" 5") || l.ends_with(" 10")), "{kind}: {bad:?}");
+        let failed = metrics.lines().find(|l| l.starts_with(r#"voxgate_speech_vendor_failures_total{stage="tts",engine="tts"}"#));
+        assert!(failed.is_some(), "{kind}: {metrics}");
     }
 }
 
@@ -431,7 +433,7 @@ fn a_vendor_switched_on_by_its_key_variable_can_be_named_in_tts_engines() {
     let keys = |k: &str| k.ends_with("_API_KEY").then(|| "k".to_string());
     let c = voxgate::config::Config::from_toml(config, &keys).expect("valid");
     let metrics = std::sync::Arc::new(voxgate::metrics::Metrics::default());
-    let tts = voxgate::tts::build(&c.tts, &c.models_dir, metrics).unwrap().expect("an engine");
+    let tts = voxgate::tts::build(&c.tts, &c.models_dir, &metrics).unwrap().expect("an engine");
     assert_eq!((tts.name(), tts.rate_hz()), ("elevenlabs", 24_000), "the first of the list speaks");
     // Without the key variable the vendor is not there, and the error says how it switches on.
     let err = voxgate::config::Config::from_toml(config, &|_: &str| None).unwrap_err().to_string();

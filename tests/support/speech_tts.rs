@@ -281,6 +281,8 @@ pub mod elevenlabs {
                 let _ = socket.send(Message::text("{not json")).await;
                 let _ = send_json(&mut socket, json!({"surprise": 1})).await;
                 let _ = send_json(&mut socket, json!({"audio": 42})).await;
+                let _ = send_json(&mut socket, json!({"audio": "%%% not base64"})).await;
+                let _ = socket.send(Message::Binary(Bytes::from_static(b"\x00\x01"))).await;
                 continue;
             }
             // Two audio messages per text: the first with LEAD_MS of silence before its words, the
@@ -384,6 +386,8 @@ pub mod cartesia {
                     let _ = socket.send(Message::text("{not json")).await;
                     let _ = send_json(&mut socket, json!({"type": "surprise", "context_id": context_id})).await;
                     let _ = send_json(&mut socket, json!({"type": "chunk", "data": 42, "context_id": context_id})).await;
+                    let _ = send_json(&mut socket, json!({"type": "timestamps", "word_timestamps": "x", "context_id": context_id})).await;
+                    let _ = send_json(&mut socket, json!([1, 2, 3])).await;
                     continue;
                 }
                 _ => {}
@@ -463,6 +467,8 @@ pub mod deepgram {
                             let _ = socket.send(Message::text("{not json")).await;
                             let _ = send_json(&mut socket, json!({"type": "Surprise"})).await;
                             let _ = send_json(&mut socket, json!({"flushed": true})).await;
+                            let _ = send_json(&mut socket, json!("Flushed")).await;
+                            let _ = send_json(&mut socket, json!({"type": 7})).await;
                             continue;
                         }
                         "cut" => {
