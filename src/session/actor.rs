@@ -251,6 +251,14 @@ impl Actor {
                 match result {
                     Ok(next) => {
                         let restart = self.settings.input_changed(&next);
+                        let model = |s: &Settings| s.transcription.as_ref().and_then(|t| t.model.clone());
+                        if model(&self.settings) != model(&next) {
+                            // A client may pick an engine of `[stt] engines` by name; other names
+                            // (`whisper-1` from habit) are reported back and change nothing.
+                            let stt = self.engines.stt.as_ref();
+                            let chosen = model(&next).filter(|m| stt.is_some_and(|s| s.knows(m)));
+                            self.input.choose_stt(chosen.as_deref());
+                        }
                         self.settings = next;
                         if restart {
                             self.input.restart(self.settings.turn, self.settings.input_format.rate_hz());
@@ -442,6 +450,7 @@ impl Actor {
                     Ok(t) => {
                         if let Some(entry) = self.conversation.get_mut(&item_id) {
                             entry.speaker = t.speaker.clone();
+                            entry.words = t.words.clone();
                             if let Item::Message(m) = &mut entry.item {
                                 for part in &mut m.content {
                                     if let Content::InputAudio { transcript } = part {

@@ -2,7 +2,9 @@
 //! and their outputs) and how they become chat messages for the gateway.
 
 use crate::llm::ids::random_suffix;
+use crate::llm::providers::name_prefixed;
 use crate::llm::types::{Content as ChatContent, FunctionCall, Message, ToolCall};
+use crate::stt::Word;
 
 /// A fresh conversation item id (`item_…`).
 pub fn new_item_id() -> String {
@@ -103,6 +105,9 @@ pub struct Entry {
     pub item: Item,
     /// Who spoke a user audio item, when the STT engine tells speakers apart.
     pub speaker: Option<String>,
+    /// The words of a transcribed user audio item (times from the start of the session's input
+    /// audio, confidences); empty for everything else.
+    pub words: Vec<Word>,
     /// For an assistant item that was spoken: where each chunk of its transcript starts in its audio.
     pub spoken: Option<Spoken>,
 }
@@ -176,7 +181,7 @@ impl Conversation {
             Some(prev) => self.position(prev).ok_or_else(|| ConversationError::NoSuchItem(prev.to_string()))? + 1,
         };
         let previous = if at == 0 { None } else { self.entries[at - 1].item.id().map(str::to_string) };
-        self.entries.insert(at, Entry { item: item.clone(), speaker, spoken: None });
+        self.entries.insert(at, Entry { item: item.clone(), speaker, words: Vec::new(), spoken: None });
         if self.entries.len() > self.max_items {
             let excess = self.entries.len() - self.max_items;
             self.entries.drain(..excess);
@@ -216,21 +221,47 @@ impl Conversation {
         self.entries.iter().any(|e| matches!(&e.item, Item::FunctionCall(c) if c.call_id.as_deref() == Some(call_id)))
     }
 
-    /// The conversation as chat messages, after an optional system prompt. Consecutive function calls
-    /// become one assistant message with several tool calls; user speech carries its speaker as `name`.
+    /// The conversation as chat messages, after an optional system prompt, user turns as plain text
+    /// ([`TranscriptRendering::Text`]). See [`Conversation::to_messages_rendered`].
     pub fn to_messages(&self, instructions: Option<&str>) -> Vec<Message> {
+        self.to_messages_rendered(instructions, TranscriptRendering::Text)
+    }
+
+    /// The conversation as chat messages, after an optional system prompt. Consecutive function calls
+    /// become one assistant message with several tool calls; user speech is written as `rendering` says.
+    pub fn to_messages_rendered(&self, instructions: Option<&str>, rendering: TranscriptRendering) -> Vec<Message> {
         let mut messages = Vec::with_capacity(self.entries.len() + 1);
         if let Some(text) = instructions.filter(|t| !t.trim().is_empty()) {
             messages.push(Message::system(text));
         }
         for entry in &self.entries {
-            items_to_messages(entry, &mut messages);
+            items_to_messages(entry, rendering, &mut messages);
         }
         messages
     }
 }
 
-fn items_to_messages(entry: &Entry, messages: &mut Vec<Message>) {
+/// How a user's spoken turn is written for the model: a session setting. Typed user text (no
+/// speaker, no words) is the same in every rendering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TranscriptRendering {
+    /// The transcript; the speaker, when the engine tells speakers apart, as the message's `name`
+    /// (`speaker_A`), which providers without that field write as `speaker_A: ` before the text.
+    #[default]
+    Text,
+    /// `speaker_A: the transcript` in the text itself, for every provider alike (no `name`).
+    Speaker,
+    /// `[00:01.4-00:03.9] speaker_A: book a [table?] for two`: where the turn lies in the session's
+    /// input audio (minutes:seconds.tenths, first word's start to last word's end), the speaker,
+    /// and the words, those with confidence below [`LOW_CONFIDENCE_BELOW`] as `[word?]`. Without
+    /// word times it falls back to [`TranscriptRendering::Speaker`].
+    Detailed,
+}
+
+/// A word whose confidence is below this is marked `[word?]` in [`TranscriptRendering::Detailed`].
+pub const LOW_CONFIDENCE_BELOW: f32 = 0.5;
+
+fn items_to_messages(entry: &Entry, rendering: TranscriptRendering, messages: &mut Vec<Message>) {
     match &entry.item {
         Item::Message(m) => {
             let text = message_text(&m.content);
@@ -239,7 +270,7 @@ fn items_to_messages(entry: &Entry, messages: &mut Vec<Message>) {
             }
             let message = match m.role {
                 Role::System => Message::system(text),
-                Role::User => Message::User { content: ChatContent::Text(text), name: entry.speaker.as_deref().map(speaker_name) },
+                Role::User => user_message(entry, text, rendering),
                 Role::Assistant => Message::assistant(text),
             };
             messages.push(message);
@@ -260,6 +291,48 @@ fn items_to_messages(entry: &Entry, messages: &mut Vec<Message>) {
             messages.push(Message::Tool { content: ChatContent::Text(o.output.clone()), tool_call_id: o.call_id.clone() })
         }
     }
+}
+
+/// A user message as `rendering` writes it (see [`TranscriptRendering`]).
+fn user_message(entry: &Entry, text: String, rendering: TranscriptRendering) -> Message {
+    let speaker = entry.speaker.as_deref().map(speaker_name);
+    let (text, name) = match rendering {
+        TranscriptRendering::Text => (text, speaker),
+        TranscriptRendering::Speaker => (name_prefixed(speaker.as_deref(), &text), None),
+        TranscriptRendering::Detailed => match detailed_words(&entry.words) {
+            Some((span, words)) => (format!("{span} {}", name_prefixed(speaker.as_deref(), &words)), None),
+            None => (name_prefixed(speaker.as_deref(), &text), None),
+        },
+    };
+    Message::User { content: ChatContent::Text(text), name }
+}
+
+/// `[start-end]` of the words and the words with the unsure ones marked, or `None` without words.
+fn detailed_words(words: &[Word]) -> Option<(String, String)> {
+    let words: Vec<&Word> = words.iter().filter(|w| !w.text.trim().is_empty()).collect();
+    let (first, last) = (words.first()?, words.last()?);
+    let span = format!("[{}-{}]", clock(first.start_ms), clock(last.end_ms));
+    let mut text = String::new();
+    for word in words {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        let w = word.text.trim();
+        if word.confidence < LOW_CONFIDENCE_BELOW {
+            text.push('[');
+            text.push_str(w);
+            text.push_str("?]");
+        } else {
+            text.push_str(w);
+        }
+    }
+    Some((span, text))
+}
+
+/// `mm:ss.t`, rounded to the nearest tenth of a second; minutes go past 59 in long sessions.
+fn clock(ms: u64) -> String {
+    let tenths = (ms + 50) / 100;
+    format!("{:02}:{:02}.{}", tenths / 600, tenths % 600 / 10, tenths % 10)
 }
 
 /// A chat `name` allows letters, digits, `_` and `-` only.
@@ -355,6 +428,108 @@ mod tests {
         assert_eq!(v[2]["role"], "assistant");
         assert_eq!(v[2]["tool_calls"].as_array().unwrap().len(), 2);
         assert_eq!(v[3], serde_json::json!({"role": "tool", "content": "sunny", "tool_call_id": "call_1"}));
+    }
+
+    /// A transcribed user audio item with its speaker and words (text, start, end, confidence).
+    fn spoken(c: &mut Conversation, speaker: Option<&str>, words: &[(&str, u64, u64, f32)]) {
+        let text = words.iter().map(|w| w.0).collect::<Vec<_>>().join(" ");
+        let item = Item::Message(MessageItem {
+            id: None,
+            status: None,
+            role: Role::User,
+            content: vec![Content::InputAudio { transcript: Some(text) }],
+        });
+        let (item, _) = c.insert(item, None, speaker.map(str::to_string)).unwrap();
+        c.get_mut(item.id().unwrap()).unwrap().words =
+            words.iter().map(|&(text, start_ms, end_ms, confidence)| Word { text: text.into(), start_ms, end_ms, confidence }).collect();
+    }
+
+    /// Speaker A unsure of "table", then speaker B without words, then typed text, then speech
+    /// from an engine that does not tell speakers apart.
+    fn booking() -> Conversation {
+        let mut c = Conversation::new(10);
+        spoken(
+            &mut c,
+            Some("A"),
+            &[
+                ("book", 3_150, 3_400, 0.93),
+                ("a", 3_400, 3_480, 0.9),
+                ("table", 3_480, 3_900, 0.41),
+                ("for", 3_900, 4_100, 0.88),
+                ("two", 4_100, 4_460, 0.5),
+            ],
+        );
+        let (item, _) = c
+            .insert(
+                Item::Message(MessageItem {
+                    id: None,
+                    status: None,
+                    role: Role::User,
+                    content: vec![Content::InputAudio { transcript: Some("at eight".into()) }],
+                }),
+                None,
+                Some("B".into()),
+            )
+            .unwrap();
+        assert!(c.get(item.id().unwrap()).unwrap().words.is_empty());
+        c.insert(user("typed, no speaker"), None, None).unwrap();
+        spoken(&mut c, None, &[("thanks", 61_049, 3_723_400, 0.2)]);
+        c
+    }
+
+    fn user_turns(c: &Conversation, rendering: TranscriptRendering) -> Vec<serde_json::Value> {
+        serde_json::to_value(c.to_messages_rendered(Some("Be brief."), rendering)).unwrap().as_array().unwrap()[1..].to_vec()
+    }
+
+    #[test]
+    fn text_rendering_is_the_transcript_with_the_speaker_as_name() {
+        let c = booking();
+        assert_eq!(
+            user_turns(&c, TranscriptRendering::Text),
+            [
+                serde_json::json!({"role": "user", "name": "speaker_A", "content": "book a table for two"}),
+                serde_json::json!({"role": "user", "name": "speaker_B", "content": "at eight"}),
+                serde_json::json!({"role": "user", "content": "typed, no speaker"}),
+                serde_json::json!({"role": "user", "content": "thanks"}),
+            ]
+        );
+        // The default, and what `to_messages` has always done.
+        assert_eq!(TranscriptRendering::default(), TranscriptRendering::Text);
+        assert_eq!(
+            serde_json::to_value(c.to_messages(Some("Be brief."))).unwrap().as_array().unwrap()[1..],
+            user_turns(&c, TranscriptRendering::Text)
+        );
+    }
+
+    #[test]
+    fn speaker_rendering_writes_the_speaker_into_the_text() {
+        assert_eq!(
+            user_turns(&booking(), TranscriptRendering::Speaker),
+            [
+                serde_json::json!({"role": "user", "content": "speaker_A: book a table for two"}),
+                serde_json::json!({"role": "user", "content": "speaker_B: at eight"}),
+                serde_json::json!({"role": "user", "content": "typed, no speaker"}),
+                serde_json::json!({"role": "user", "content": "thanks"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn detailed_rendering_adds_the_span_and_marks_unsure_words() {
+        assert_eq!(
+            user_turns(&booking(), TranscriptRendering::Detailed),
+            [
+                // 0.41 is below the threshold, 0.5 is not.
+                serde_json::json!({"role": "user", "content": "[00:03.2-00:04.5] speaker_A: book a [table?] for two"}),
+                // No words: the speaker rendering.
+                serde_json::json!({"role": "user", "content": "speaker_B: at eight"}),
+                serde_json::json!({"role": "user", "content": "typed, no speaker"}),
+                // No speaker; minutes go past 59.
+                serde_json::json!({"role": "user", "content": "[01:01.0-62:03.4] [thanks?]"}),
+            ]
+        );
+        assert_eq!(clock(0), "00:00.0");
+        assert_eq!(clock(3_599_960), "60:00.0");
     }
 
     #[test]

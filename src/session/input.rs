@@ -18,7 +18,7 @@ use super::settings::Turn;
 use super::VoiceEngines;
 use crate::audio::Resampler;
 use crate::stt::vad::{EnergyVad, VadEvent, PAUSE_MS};
-use crate::stt::{SttError, Transcript, Utterance, STT_RATE_HZ};
+use crate::stt::{SpeechToText, SttError, Transcript, Utterance, STT_RATE_HZ};
 
 /// Frames queued for an STT engine before new ones are dropped (and counted).
 const STT_QUEUE_FRAMES: usize = 1024;
@@ -84,6 +84,11 @@ struct OpenUtterance {
 
 pub struct Input {
     engines: Arc<VoiceEngines>,
+    /// The STT engine as this call uses it (its own socket to a vendor, its place in a fallback
+    /// list); dropped with the call, which closes what it holds.
+    stt: Option<Arc<dyn SpeechToText>>,
+    /// The engine the client asked for by name, if any.
+    stt_choice: Option<String>,
     session_id: String,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -120,8 +125,11 @@ impl Input {
         turn: Option<Turn>,
         rate_hz: u32,
     ) -> Input {
+        let stt = engines.stt.as_ref().map(|s| s.for_call(None).unwrap_or_else(|| s.clone()));
         let mut input = Input {
             engines,
+            stt,
+            stt_choice: None,
             session_id,
             cancel,
             tasks,
@@ -154,6 +162,17 @@ impl Input {
         // A new detector counts from zero; its times are shifted onto the session's input timeline.
         self.vad_offset_ms = self.input_ms();
         self.recent.clear();
+    }
+
+    /// The call's STT engine, with the engine named `first` (a `[stt] engines` entry) in front of
+    /// the others; a new name drops the call's engine and what it holds (a vendor socket) after
+    /// the utterances in flight.
+    pub fn choose_stt(&mut self, first: Option<&str>) {
+        if first == self.stt_choice.as_deref() {
+            return;
+        }
+        self.stt_choice = first.map(str::to_string);
+        self.stt = self.engines.stt.as_ref().map(|s| s.for_call(first).unwrap_or_else(|| s.clone()));
     }
 
     /// Turn detection settings that do not restart the detector (what a detected turn does).
@@ -255,9 +274,10 @@ impl Input {
         }
     }
 
-    /// Ends the open utterance's audio (at shutdown).
+    /// Ends the open utterance's audio and lets the call's engine go (at shutdown).
     pub fn close(&mut self) {
         self.utterance = None;
+        self.stt = None;
     }
 
     /// Audio to the open utterance, or into the prefix window while nobody speaks.
@@ -293,7 +313,7 @@ impl Input {
 
     fn open(&mut self, start_ms: u64, prefix: &[i16]) -> String {
         let item_id = new_item_id();
-        let Some(stt) = self.engines.stt.clone() else { return item_id };
+        let Some(stt) = self.stt.clone() else { return item_id };
         let (audio_tx, audio_rx) = mpsc::channel(STT_QUEUE_FRAMES);
         let (partial_tx, mut partial_rx) = mpsc::channel(8);
         let ordinal = self.ordinal;

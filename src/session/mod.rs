@@ -113,8 +113,8 @@ impl VoiceEngines {
     /// default engines degrade instead, with a warning that says what to do: without the Whisper
     /// model sessions take text only; without the Piper voice they speak with espeak-ng, or not at all.
     pub fn from_config(config: &Config, gateway: Arc<Gateway>) -> Result<VoiceEngines, String> {
-        let stt = crate::stt::build(&config.stt, &config.models_dir)?;
         let metrics = gateway.accounts.metrics.clone();
+        let stt = crate::stt::build(&config.stt, &config.models_dir, &metrics)?;
         let tts = crate::tts::build(&config.tts, &config.models_dir, &metrics)?;
         Ok(VoiceEngines { gateway, stt, tts, settings: config.realtime.clone(), metrics })
     }

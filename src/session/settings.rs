@@ -6,6 +6,7 @@
 use crate::audio::AudioFormat;
 use crate::stt::vad::VadSettings;
 
+use super::conversation::TranscriptRendering;
 use super::event::{ErrorKind, SessionError, Setting};
 use super::VoiceEngines;
 
@@ -31,6 +32,8 @@ pub struct Settings {
     pub max_output_tokens: Option<u32>,
     /// What the client asked of input transcription (reported back; the cascade always transcribes).
     pub transcription: Option<Transcription>,
+    /// How the user's spoken turns are written for the model.
+    pub transcript_rendering: TranscriptRendering,
 }
 
 /// Voice activity detection and what a detected turn does.
@@ -108,6 +111,7 @@ pub struct SettingsUpdate {
     pub tool_choice: Option<ToolChoice>,
     /// `Some(None)`: the model's own limit.
     pub max_output_tokens: Option<Option<u32>>,
+    pub transcript_rendering: Option<TranscriptRendering>,
 }
 
 /// A change of voice activity detection; `None` keeps a value.
@@ -137,6 +141,7 @@ impl Settings {
             tool_choice: None,
             max_output_tokens: None,
             transcription: engines.stt.as_ref().map(|s| Transcription { model: Some(s.name().to_string()), ..Transcription::default() }),
+            transcript_rendering: TranscriptRendering::default(),
         }
     }
 
@@ -213,6 +218,9 @@ impl Settings {
         }
         if let Some(max) = update.max_output_tokens {
             next.max_output_tokens = max;
+        }
+        if let Some(rendering) = update.transcript_rendering {
+            next.transcript_rendering = rendering;
         }
         Ok(next)
     }

@@ -314,15 +314,19 @@ pub fn chat_request(settings: &Settings, overrides: &ResponseOverrides, conversa
                 if let Some(id) = item.id().filter(|_| matches!(item, Item::Message(m) if m.content.is_empty())) {
                     // An item reference: a message with an id and no content copies that item.
                     if let Some(e) = conversation.get(id) {
-                        let _ = scratch.insert(e.item.clone(), None, e.speaker.clone());
+                        if scratch.insert(e.item.clone(), None, e.speaker.clone()).is_ok() {
+                            if let Some(copy) = scratch.get_mut(id) {
+                                copy.words = e.words.clone();
+                            }
+                        }
                     }
                 } else {
                     let _ = scratch.insert(item.clone(), None, None);
                 }
             }
-            scratch.to_messages(instructions.as_deref())
+            scratch.to_messages_rendered(instructions.as_deref(), settings.transcript_rendering)
         }
-        None => conversation.to_messages(instructions.as_deref()),
+        None => conversation.to_messages_rendered(instructions.as_deref(), settings.transcript_rendering),
     };
     let tools = overrides.tools.as_ref().unwrap_or(&settings.tools);
     let tool_choice = overrides.tool_choice.as_ref().or(settings.tool_choice.as_ref());
@@ -364,6 +368,7 @@ fn chat_tool_choice(choice: &ToolChoice) -> ChatToolChoice {
 mod tests {
     use super::*;
     use crate::audio::AudioFormat;
+    use crate::session::conversation::TranscriptRendering;
 
     fn settings() -> Settings {
         Settings {
@@ -378,6 +383,7 @@ mod tests {
             tool_choice: None,
             max_output_tokens: Some(50),
             transcription: None,
+            transcript_rendering: Default::default(),
         }
     }
 
@@ -414,6 +420,45 @@ mod tests {
         let texts: Vec<&str> = v["messages"].as_array().unwrap().iter().map(|m| m["content"].as_str().unwrap()).collect();
         assert_eq!(texts, ["Answer in French.", "book a table", "and a taxi"]);
         assert!(v.get("tools").is_none() && v.get("tool_choice").is_none() && v.get("max_completion_tokens").is_none(), "{v}");
+    }
+
+    #[test]
+    fn the_session_rendering_writes_user_speech_also_in_item_references() {
+        let mut conversation = Conversation::new(10);
+        let spoken = Item::Message(MessageItem {
+            id: None,
+            status: None,
+            role: Role::User,
+            content: vec![Content::InputAudio { transcript: Some("book a table".into()) }],
+        });
+        let (said, _) = conversation.insert(spoken, None, Some("A".into())).unwrap();
+        conversation.get_mut(said.id().unwrap()).unwrap().words = ["book", "a", "table"]
+            .iter()
+            .zip(0u64..)
+            .map(|(w, i)| crate::stt::Word {
+                text: w.to_string(),
+                start_ms: 1_000 + i * 300,
+                end_ms: 1_300 + i * 300,
+                confidence: 0.3 * i as f32,
+            })
+            .collect();
+        let detailed = Settings { transcript_rendering: TranscriptRendering::Detailed, ..settings() };
+        let expected = "[00:01.0-00:01.9] speaker_A: [book?] [a?] table";
+        let v = serde_json::to_value(chat_request(&detailed, &ResponseOverrides::default(), &conversation)).unwrap();
+        assert_eq!(v["messages"][1], serde_json::json!({"role": "user", "content": expected}));
+        let reference = ResponseOverrides {
+            input: Some(vec![Item::Message(MessageItem {
+                id: said.id().map(str::to_string),
+                status: None,
+                role: Role::User,
+                content: vec![],
+            })]),
+            ..ResponseOverrides::default()
+        };
+        let v = serde_json::to_value(chat_request(&detailed, &reference, &conversation)).unwrap();
+        assert_eq!(v["messages"][1]["content"], expected);
+        let v = serde_json::to_value(chat_request(&settings(), &reference, &conversation)).unwrap();
+        assert_eq!(v["messages"][1], serde_json::json!({"role": "user", "name": "speaker_A", "content": "book a table"}));
     }
 
     #[test]

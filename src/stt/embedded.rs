@@ -34,14 +34,22 @@
 //!   At most [`UTTERANCE_MS_MAX`] of audio is kept per utterance; later audio is dropped (logged).
 //!
 //! # What a transcript holds
-//! - Word timings are estimated: `ct2rs` 0.10 gives word timings only with Whisper's timestamp
-//!   prompt, which tiny.en answers with empty text (measured: every fixture came back empty), so
-//!   decoding uses the `<|notimestamps|>` prompt, which gives text only. The words are then spread
-//!   over the window's speech (first to last 10 ms frame at or above [`SPEECH_LEVEL_DBFS`])
-//!   proportionally to their length in characters. Times are ms from the session's input start
-//!   (`utterance.start_ms` + offset in the utterance).
-//! - Confidence is the documented constant [`WORD_CONFIDENCE`] for every word: the text-only path
-//!   of `ct2rs` 0.10 does not return the engine's scores.
+//! - **Word times are estimated, not measured.** Decoding uses the `<|notimestamps|>` prompt, which
+//!   gives text only: tiny.en answers Whisper's timestamp prompt with empty text (measured: every
+//!   fixture came back empty). The words are spread over the window's speech (first to last 10 ms
+//!   frame at or above [`SPEECH_LEVEL_DBFS`]) in proportion to their length in characters. Times
+//!   are ms from the session's input start (`utterance.start_ms` + offset in the utterance).
+//! - **Confidence is not measured either**: every word gets the constant [`WORD_CONFIDENCE`], and
+//!   so does the transcript. `generate` in `ct2rs` 0.10.3 returns token strings, ids, one score
+//!   per sequence and the no-speech probability, nothing per token (`return_logits_vocab` has no
+//!   field to come back in). A consumer that marks unsure words (the `detailed` transcript
+//!   rendering marks those below 0.5) therefore marks none from this engine.
+//! - The way to real values, not taken yet: `ct2rs::sys::Whisper::align` (CTranslate2's
+//!   cross-attention alignment, what faster-whisper uses for word timestamps and probabilities)
+//!   returns a probability per text token and a token-to-frame path, and the packaged model's
+//!   `config.json` carries tiny.en's `alignment_heads`. It costs a second decoder pass over the
+//!   transcript's tokens per final (reusing the encoder output from `Whisper::encode`), so it
+//!   waits for a measurement of that cost against the voice-to-voice budget.
 //! - A window with no 10 ms frame at [`SPEECH_LEVEL_DBFS`] or above is not decoded: Whisper
 //!   hallucinates on silence (tiny.en heard "1." in 3 s of digital silence).
 //! - Whisper's artefacts are trimmed: surrounding whitespace, and bracketed non-speech tags such as
@@ -81,7 +89,8 @@ pub const WINDOW_PAD_MS: u64 = 3_000;
 pub const TOKENS_PER_SECOND_MAX: usize = 10;
 /// Tokens any decode may write.
 pub const TOKENS_MIN: usize = 20;
-/// Confidence of every word: `ct2rs` 0.10 returns no scores with text-only decoding.
+/// Confidence of every word, a constant and not a measurement: `ct2rs` 0.10.3's `generate` returns
+/// no per-token scores (see the module doc for the way to real ones).
 pub const WORD_CONFIDENCE: f32 = 0.8;
 /// Frame level that counts as speech when spreading words over an utterance (see the module doc).
 pub const SPEECH_LEVEL_DBFS: f64 = -45.0;
@@ -769,7 +778,7 @@ fn clean(pieces: Vec<Piece>) -> Transcript {
     }
     let text = kept.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join(" ");
     let confidence = words.iter().map(|w| w.confidence).sum::<f32>() / words.len() as f32;
-    Transcript { text: text.trim().to_owned(), words, speaker: None, confidence }
+    Transcript { text: text.trim().to_owned(), words, speaker: None, confidence, engine: None }
 }
 
 #[cfg(test)]

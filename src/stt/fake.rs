@@ -146,7 +146,7 @@ fn rebase(words: &[ScriptedWord], start_ms: u64) -> Vec<Word> {
 
 fn transcript(text: String, words: Vec<Word>, speaker: Option<String>) -> Transcript {
     let confidence = if words.is_empty() { 0.0 } else { words.iter().map(|w| w.confidence).sum::<f32>() / words.len() as f32 };
-    Transcript { text, words, speaker, confidence }
+    Transcript { text, words, speaker, confidence, engine: None }
 }
 
 impl SpeechToText for FakeStt {

@@ -10,12 +10,20 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 use crate::engine::{absent, Lazy};
+use crate::llm::breaker::Breaker;
+use crate::llm::config::ProviderKind;
+use crate::metrics::Metrics;
 use config::SttConfig;
 
+pub mod assemblyai;
 pub mod config;
+pub mod deepgram;
 #[cfg(feature = "embedded-stt")]
 pub mod embedded;
 pub mod fake;
+pub mod fallback;
+pub mod openai;
+pub mod stream;
 pub mod vad;
 pub mod wer;
 
@@ -41,6 +49,8 @@ pub struct Transcript {
     pub speaker: Option<String>,
     /// Mean word confidence, 0.0 to 1.0.
     pub confidence: f32,
+    /// The engine that made it, when a fallback list chose among several.
+    pub engine: Option<String>,
 }
 
 /// One utterance to transcribe: audio frames (mono PCM16 at [`STT_RATE_HZ`]) arrive on `audio` as the
@@ -65,6 +75,8 @@ pub enum SttError {
     Engine(String),
     #[error("speech-to-text engine is not available: {0}")]
     Unavailable(String),
+    #[error("speech-to-text engine stalled: {0}")]
+    Stalled(String),
 }
 
 impl SttError {
@@ -73,6 +85,7 @@ impl SttError {
         match self {
             SttError::Engine(_) => "engine",
             SttError::Unavailable(_) => "unavailable",
+            SttError::Stalled(_) => "stalled",
         }
     }
 }
@@ -94,6 +107,19 @@ pub trait SpeechToText: Send + Sync + 'static {
     fn warm_up(&self) -> BoxFuture<Result<(), SttError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// The engine one call uses for all its utterances, when it keeps state for the call (a
+    /// vendor's socket, which engine of a fallback list serves); `None`: the shared engine serves
+    /// every call. `first`: the engine of a fallback list the call asked for by name, if any.
+    fn for_call(&self, first: Option<&str>) -> Option<Arc<dyn SpeechToText>> {
+        let _ = first;
+        None
+    }
+
+    /// Whether `name` picks an engine of this one (a fallback list's entry, or the engine itself).
+    fn knows(&self, name: &str) -> bool {
+        name == self.name()
+    }
 }
 
 /// An engine loaded on first use; a failure is kept and reported by every later call.
@@ -113,13 +139,54 @@ impl SpeechToText for Lazy<dyn SpeechToText, SttError> {
     }
 }
 
+/// Consecutive failures after which a vendor is skipped by every call, and for how long (the
+/// gateway's defaults).
+const BREAKER_FAILURES: u32 = 3;
+const BREAKER_COOLDOWN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The streaming engine of a `[providers.NAME]` vendor.
+fn vendor_engine(vendor: &config::VendorConfig, metrics: &Arc<Metrics>) -> stream::VendorStt {
+    let p = vendor.provider.clone();
+    let (kind, model) = (p.kind, vendor.model.clone());
+    let make: Arc<stream::MakeProtocol> = Arc::new(move || -> Box<dyn stream::Protocol> {
+        let (base_url, api_key) = (p.base_url.clone(), p.api_key.clone());
+        match kind {
+            ProviderKind::Assemblyai => {
+                let model = model.clone().unwrap_or_else(|| assemblyai::DEFAULT_MODEL.into());
+                Box::new(assemblyai::AssemblyAi::new(base_url, api_key, model, p.diarize))
+            }
+            ProviderKind::Openai => {
+                Box::new(openai::OpenAiStt::new(base_url, api_key, model.clone().unwrap_or_else(|| openai::DEFAULT_MODEL.into())))
+            }
+            // Validation lets only speech-to-text kinds through: the rest is Deepgram.
+            _ => Box::new(deepgram::Deepgram {
+                base_url,
+                api_key,
+                model: model.clone().unwrap_or_else(|| deepgram::DEFAULT_MODEL.into()),
+                diarize: p.diarize,
+            }),
+        }
+    });
+    stream::VendorStt::new(vendor.provider.id.clone(), vendor.limits, metrics.clone(), make)
+}
+
 /// The engine `config` names (`None`: sessions take text only); the embedded one loads from
 /// `models_dir` on first use. A scripted fake whose files cannot be read, or an engine named in the
 /// config that cannot run, is an error; the default engine is left out instead, with a warning
 /// that says what to do.
-pub fn build(config: &SttConfig, models_dir: &Path) -> Result<Option<Arc<dyn SpeechToText>>, String> {
+pub fn build(config: &SttConfig, models_dir: &Path, metrics: &Arc<Metrics>) -> Result<Option<Arc<dyn SpeechToText>>, String> {
     match config {
         SttConfig::None => Ok(None),
+        SttConfig::Vendor(vendor) => Ok(Some(Arc::new(vendor_engine(vendor, metrics)))),
+        SttConfig::Chain(engines) => {
+            let mut slots = Vec::new();
+            for (label, engine) in engines {
+                // A built-in engine of the list that cannot run is an error, as any named engine is.
+                let Some(engine) = build(engine, models_dir, metrics)? else { continue };
+                slots.push(fallback::Slot { label: label.clone(), engine, breaker: Breaker::new(BREAKER_FAILURES, BREAKER_COOLDOWN) });
+            }
+            Ok(Some(Arc::new(fallback::FallbackStt::new(slots, metrics.clone()))))
+        }
         SttConfig::Fake { script, transcripts, latency_ms, precise_timing } => {
             let mut lines = Vec::new();
             for path in script {

@@ -199,6 +199,39 @@ async fn tool_results_reach_the_vendor_in_its_own_format() {
 }
 
 #[tokio::test]
+async fn a_user_name_reaches_every_vendor() {
+    for v in ALL {
+        let (base, recorder, _) = setup(v).await;
+        let mut b = body("text", false);
+        b["messages"] = json!([
+            {"role": "user", "name": "speaker_A", "content": "Weather in Paris?"},
+            {"role": "user", "name": "speaker_B", "content": "And in Rome?"}
+        ]);
+        let r = post(&base, &b).await;
+        assert_eq!(r.status(), 200, "{v:?}");
+        let sent = recorder.last().body;
+        match v {
+            Vendor::OpenAi => {
+                assert_eq!(sent["messages"][0]["name"], "speaker_A");
+                assert_eq!(sent["messages"][1]["name"], "speaker_B");
+                assert_eq!(sent["messages"][1]["content"], "And in Rome?");
+            }
+            Vendor::Anthropic => assert_eq!(
+                sent["messages"],
+                json!([{"role": "user", "content": [
+                    {"type": "text", "text": "speaker_A: Weather in Paris?"},
+                    {"type": "text", "text": "speaker_B: And in Rome?"}
+                ]}])
+            ),
+            Vendor::Gemini => assert_eq!(
+                sent["contents"],
+                json!([{"role": "user", "parts": [{"text": "speaker_A: Weather in Paris?"}, {"text": "speaker_B: And in Rome?"}]}])
+            ),
+        }
+    }
+}
+
+#[tokio::test]
 async fn json_mode_gives_json_text() {
     for v in ALL {
         let (base, _, _) = setup(v).await;

@@ -22,11 +22,13 @@ mod provider_gemini;
 mod secrets_in_logs;
 mod shutdown;
 
-// Voice sessions: Realtime and Twilio over WebSockets, the fixtures, `voxgate replay`.
+// Voice sessions: Realtime and Twilio over WebSockets, the fixtures, `voxgate replay`, hosted speech.
 mod fixture_audio;
 mod realtime_events;
 mod realtime_session;
 mod replay;
+mod speech_context;
+mod speech_stt;
 mod speech_tts;
 mod twilio;
 mod wire_recording;

@@ -371,3 +371,83 @@ async fn invalid_tool_arguments_fail_before_sending() {
     assert!(matches!(&e, ProviderError::Invalid(m) if m.contains("get_weather")), "{e:?}");
     assert_eq!(rec.count(), 0, "nothing must reach the vendor");
 }
+
+/// A conversation with two speakers, then a message without a name: what a voice session sends.
+fn two_speakers(names: bool) -> ChatRequest {
+    let name = |n: &str| if names { json!(n) } else { Value::Null };
+    let mut v = json!({
+        "model": "voice",
+        "messages": [
+            {"role": "system", "content": "You take restaurant bookings."},
+            {"role": "user", "name": name("speaker_A"), "content": "Hi, I'm calling about my reservation."},
+            {"role": "user", "name": name("speaker_B"), "content": "Could we move it to eight o'clock?"},
+            {"role": "assistant", "content": "Of course."},
+            {"role": "user", "content": "Thanks."},
+            {"role": "user", "name": name("speaker_A"), "content": [{"type": "text", "text": "And a high chair,"}, {"type": "text", "text": "please."}]}
+        ]
+    });
+    for m in v["messages"].as_array_mut().unwrap() {
+        if m["name"].is_null() {
+            m.as_object_mut().unwrap().remove("name");
+        }
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn user_names_become_labels_that_survive_merging() {
+    let (p, rec) = provider().await;
+    let (events, err) = collect(p.send(&two_speakers(true), "text", true).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text(&events), "Hello, world!");
+    let body = rec.last().body;
+    assert_eq!(
+        body["messages"],
+        json!([
+            // Two speakers in a row merge into one user turn; each block keeps its speaker.
+            {"role": "user", "content": [
+                {"type": "text", "text": "speaker_A: Hi, I'm calling about my reservation."},
+                {"type": "text", "text": "speaker_B: Could we move it to eight o'clock?"}
+            ]},
+            {"role": "assistant", "content": "Of course."},
+            // The label goes before the first text part of a message only; a nameless message is as sent.
+            {"role": "user", "content": [
+                {"type": "text", "text": "Thanks."},
+                {"type": "text", "text": "speaker_A: And a high chair,"},
+                {"type": "text", "text": "please."}
+            ]}
+        ])
+    );
+    assert_eq!(body["system"], "You take restaurant bookings.");
+}
+
+#[tokio::test]
+async fn messages_without_names_are_sent_as_before() {
+    let (p, rec) = provider().await;
+    let (_, err) = collect(p.send(&two_speakers(false), "text", true).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    let expected = json!([
+        {"role": "user", "content": [
+            {"type": "text", "text": "Hi, I'm calling about my reservation."},
+            {"type": "text", "text": "Could we move it to eight o'clock?"}
+        ]},
+        {"role": "assistant", "content": "Of course."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "Thanks."},
+            {"type": "text", "text": "And a high chair,"},
+            {"type": "text", "text": "please."}
+        ]}
+    ]);
+    assert_eq!(rec.last().body["messages"], expected);
+    // Byte for byte, as the adapter sent nameless messages before it carried names.
+    let built = voxgate::llm::providers::anthropic::request_body(&two_speakers(false), "text", true).unwrap();
+    assert_eq!(
+        serde_json::to_string(&built).unwrap(),
+        concat!(
+            r#"{"max_tokens":4096,"messages":[{"content":[{"text":"Hi, I'm calling about my reservation.","type":"text"},"#,
+            r#"{"text":"Could we move it to eight o'clock?","type":"text"}],"role":"user"},{"content":"Of course.","role":"assistant"},"#,
+            r#"{"content":[{"text":"Thanks.","type":"text"},{"text":"And a high chair,","type":"text"},{"text":"please.","type":"text"}],"role":"user"}],"#,
+            r#""model":"text","stream":true,"system":"You take restaurant bookings."}"#
+        )
+    );
+}

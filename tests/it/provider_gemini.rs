@@ -372,3 +372,62 @@ async fn requests_gemini_cannot_express_fail_before_sending() {
     assert!(matches!(gemini.send(&ask("Hi"), "text?key=1", true).await, Err(ProviderError::Invalid(_))));
     assert_eq!(rec.count(), 0);
 }
+
+/// A conversation with two speakers, then a message without a name: what a voice session sends.
+fn two_speakers(names: bool) -> ChatRequest {
+    let mut v = json!({
+        "model": "voice",
+        "messages": [
+            {"role": "system", "content": "You take restaurant bookings."},
+            {"role": "user", "name": "speaker_A", "content": "Hi, I'm calling about my reservation."},
+            {"role": "user", "name": "speaker_B", "content": "Could we move it to eight o'clock?"},
+            {"role": "assistant", "content": "Of course."},
+            {"role": "user", "content": "Thanks."},
+            {"role": "user", "name": "speaker_A", "content": [{"type": "text", "text": "And a high chair,"}, {"type": "text", "text": " please."}]}
+        ]
+    });
+    if !names {
+        for m in v["messages"].as_array_mut().unwrap() {
+            m.as_object_mut().unwrap().remove("name");
+        }
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn user_names_become_labels_that_survive_merging() {
+    let (base, rec) = gemini::start().await;
+    let (events, err) = collect(provider(&base).send(&two_speakers(true), "text", true).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(text_of(&events), "Hello, world!");
+    let body = rec.last().body;
+    assert_eq!(
+        body["contents"],
+        json!([
+            // Two speakers in a row merge into one user turn; each part keeps its speaker.
+            {"role": "user", "parts": [
+                {"text": "speaker_A: Hi, I'm calling about my reservation."},
+                {"text": "speaker_B: Could we move it to eight o'clock?"}
+            ]},
+            {"role": "model", "parts": [{"text": "Of course."}]},
+            // A nameless message is as sent; a message's text parts are one part, labelled once.
+            {"role": "user", "parts": [{"text": "Thanks."}, {"text": "speaker_A: And a high chair, please."}]}
+        ])
+    );
+    assert_eq!(body["systemInstruction"], json!({"parts": [{"text": "You take restaurant bookings."}]}));
+}
+
+#[tokio::test]
+async fn messages_without_names_are_sent_as_before() {
+    let (base, rec) = gemini::start().await;
+    let (_, err) = collect(provider(&base).send(&two_speakers(false), "text", true).await.unwrap()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        rec.last().body["contents"],
+        json!([
+            {"role": "user", "parts": [{"text": "Hi, I'm calling about my reservation."}, {"text": "Could we move it to eight o'clock?"}]},
+            {"role": "model", "parts": [{"text": "Of course."}]},
+            {"role": "user", "parts": [{"text": "Thanks."}, {"text": "And a high chair, please."}]}
+        ])
+    );
+}

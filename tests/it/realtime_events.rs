@@ -462,6 +462,7 @@ fn served_session() -> (Session, Value) {
         tools: Some(vec![]),
         tool_choice: Some(ToolChoice::Mode(ToolChoiceMode::Auto)),
         max_output_tokens: Some(MaxOutputTokens::Inf),
+        voxgate: None,
     };
     let json = json!({
         "type": "realtime",
@@ -618,6 +619,7 @@ fn transcription_events_serialise_with_extensions_only_when_set() {
             delta: "Hello".into(),
             words: None,
             speaker: None,
+            engine: None,
         },
         json!({
             "type": "conversation.item.input_audio_transcription.delta", "event_id": "event_1",
@@ -632,6 +634,7 @@ fn transcription_events_serialise_with_extensions_only_when_set() {
             delta: " world".into(),
             words: Some(vec![Word { text: "world".into(), start_ms: 420, end_ms: 780, confidence: 0.93 }]),
             speaker: Some("A".into()),
+            engine: None,
         },
         json!({
             "type": "conversation.item.input_audio_transcription.delta", "event_id": "event_2",
@@ -649,6 +652,7 @@ fn transcription_events_serialise_with_extensions_only_when_set() {
             usage: TranscriptionUsage::Duration { seconds: 1.5 },
             words: None,
             speaker: None,
+            engine: None,
         },
         json!({
             "type": "conversation.item.input_audio_transcription.completed", "event_id": "event_3",
@@ -668,6 +672,7 @@ fn transcription_events_serialise_with_extensions_only_when_set() {
                 Word { text: "world".into(), start_ms: 420, end_ms: 780, confidence: 0.93 },
             ]),
             speaker: Some("spk_0".into()),
+            engine: None,
         },
         json!({
             "type": "conversation.item.input_audio_transcription.completed", "event_id": "event_4",

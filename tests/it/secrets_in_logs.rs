@@ -1,13 +1,10 @@
 //! Upstream keys never reach the logs, even at TRACE level with every request failing in the
-//! ways that print the most (auth errors, rate limits, quota errors, cuts), nor, for the speech
-//! vendors, a client's events or `/metrics` (some fakes echo the key in their refusals).
+//! ways that print the most (auth errors, rate limits, quota errors, cuts).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use futures::SinkExt;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::support;
 
@@ -69,8 +66,68 @@ async fn upstream_keys_never_appear_in_trace_logs() {
     assert!(!logs.contains(SECRET), "an upstream key reached the logs");
 }
 
+// Speech-to-text vendors: the key travels in a header on the WebSocket upgrade; refused, cut,
+// garbled and stalled streams, and the fallback between them, must not print it anywhere: logs,
+// `/metrics`, or the error a client receives.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn speech_vendor_keys_never_appear_in_logs_metrics_or_errors() {
+    use futures::SinkExt;
+    use support::speech_stt::{booking_script, start, Flavour};
+
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _logs = tracing::subscriber::set_default(subscriber);
+
+    let dg = start(Flavour::Deepgram, booking_script()).await;
+    let aai = start(Flavour::AssemblyAi, booking_script()).await;
+    let oa = start(Flavour::OpenAi, booking_script()).await;
+    let config = format!(
+        "{}[routes.voice]\nmodels = [\"echo\"]\n\
+         [providers.dg]\nkind = \"deepgram\"\nbase_url = \"{}\"\napi_key = \"env:K\"\n\
+         [providers.aai]\nkind = \"assemblyai\"\nbase_url = \"{}\"\napi_key = \"env:K\"\n\
+         [providers.oa]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"env:K\"\n\
+         [stt]\nengines = [\"dg:reject\", \"aai:malformed\", \"oa:cut\", \"dg:stall\"]\n[tts]\nengine = \"none\"\n",
+        support::FAKE_ECHO,
+        dg.url,
+        aai.url,
+        oa.url
+    );
+    let (base, _) = support::start_voxgate(&config, &[("K", SECRET)]).await;
+    let url = format!("{}/v1/realtime?model=voice", base.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap();
+    let mut pcm: Vec<i16> = vec![0; 500 * 24];
+    pcm.extend((0..1_500 * 24).map(|i| (8_000.0 * (i as f64 * 0.1152).sin()) as i16));
+    pcm.extend(vec![0; 1_000 * 24]);
+    for chunk in pcm.chunks(480) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let audio = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes);
+        let event = json!({"type": "input_audio_buffer.append", "audio": audio});
+        ws.send(tokio_tungstenite::tungstenite::Message::text(event.to_string())).await.unwrap();
+    }
+    // Every engine fails: the client gets the last one's error.
+    let events = support::events_until(&mut ws, "conversation.item.input_audio_transcription.failed").await;
+    let failed = events.last().unwrap().to_string();
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let logs = String::from_utf8_lossy(&buffer.0.lock().unwrap()).to_string();
+    assert!(logs.contains("speech-to-text stream failed"), "the failures were logged at all");
+    assert!(metrics.contains("voxgate_speech_fallbacks_total"), "{metrics}");
+    for (what, text) in [("logs", &logs), ("metrics", &metrics), ("the client's error", &failed)] {
+        assert!(!text.contains(SECRET), "a vendor key reached {what}");
+    }
+    // Each vendor did get it, in its header.
+    assert_eq!(dg.connections()[0].header("authorization"), Some(format!("Token {SECRET}").as_str()));
+    assert_eq!(aai.connections()[0].header("authorization"), Some(SECRET));
+}
+
+// Text-to-speech vendors: refused (on the upgrade or in a message that echoes the key), cut and
+// garbled answers, each vendor alone so every failure reaches the client as `tts_failed`.
 #[tokio::test(flavor = "current_thread")]
-async fn speech_vendor_keys_never_appear_in_trace_logs_events_or_metrics() {
+async fn text_to_speech_vendor_keys_never_appear_in_trace_logs_events_or_metrics() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
     let buffer = Buffer::default();
     let writer = buffer.clone();
     let subscriber =

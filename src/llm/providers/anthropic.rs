@@ -6,6 +6,10 @@
 //! - System and developer messages go to the top-level `system` field, joined by blank lines.
 //!   Consecutive messages of the same role are merged (Anthropic requires alternation), and
 //!   consecutive `tool` messages become one user message of `tool_result` blocks.
+//! - A user message's `name` (a speaker label, `speaker_A`, or a text app's participant) has no
+//!   field in the Messages API: its first text block starts with `NAME: ` instead
+//!   ([`name_prefixed`]), so each speaker stays labelled when consecutive user messages merge.
+//!   A message without `name` is sent exactly as before.
 //! - Tool-call indexes count tool calls only; Anthropic's content-block indexes also count text
 //!   blocks, so the decoders keep their own counter (LiteLLM #5231, Portkey #1275).
 //! - Usage follows our [`Usage`] convention: `input_tokens` includes cache reads and writes.
@@ -27,7 +31,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 
 use super::http::{self, decode_sse, SseDecoder};
-use super::{EventStream, HttpSettings};
+use super::{name_prefixed, EventStream, HttpSettings};
 use crate::llm::error::ProviderError;
 use crate::llm::sse::SseEvent;
 use crate::llm::types::{ChatRequest, Content, Event, FinishReason, Message, ResponseFormat, ToolChoice, Usage};
@@ -133,7 +137,7 @@ fn map_messages(messages: &[Message]) -> Result<(Option<String>, Vec<Value>), Pr
                 }
                 continue;
             }
-            Message::User { content, .. } => ("user", text_blocks(content)),
+            Message::User { content, name } => ("user", named_text_blocks(content, name.as_deref())),
             Message::Assistant { content, tool_calls, .. } => {
                 let mut blocks = content.as_ref().map(text_blocks).unwrap_or_default();
                 for call in tool_calls.iter().flatten() {
@@ -188,6 +192,20 @@ fn text_blocks(content: &Content) -> Vec<Value> {
         Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_deref()).collect(),
     };
     texts.into_iter().filter(|t| !t.is_empty()).map(|t| json!({"type": "text", "text": t})).collect()
+}
+
+/// A user message's text blocks with its `name` (Anthropic has no field for it) written before the
+/// first: `speaker_A: …` (see [`name_prefixed`]). Each message keeps its own label when consecutive
+/// user messages merge into one Anthropic turn.
+fn named_text_blocks(content: &Content, name: Option<&str>) -> Vec<Value> {
+    let mut blocks = text_blocks(content);
+    if let Some(first) = blocks.first_mut() {
+        if let Some(text) = first["text"].as_str() {
+            let labelled = name_prefixed(name, text);
+            first["text"] = json!(labelled);
+        }
+    }
+    blocks
 }
 
 /// An assistant tool call's arguments as the `input` object Anthropic wants.

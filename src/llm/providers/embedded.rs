@@ -20,7 +20,9 @@
 //!
 //! # What a request can ask for
 //! - The prompt is rendered with the chat template stored in the GGUF. Tool results become user
-//!   messages (`Tool result: …`); an assistant's earlier tool calls are written out as text.
+//!   messages (`Tool result: …`); an assistant's earlier tool calls are written out as text; a
+//!   user message's `name` (a speaker label) starts its text as `NAME: ` (the template has no
+//!   field for it; see [`super::name_prefixed`]).
 //! - `max_tokens`/`max_completion_tokens` (default [`DEFAULT_MAX_OUTPUT_TOKENS`]), bounded by the
 //!   context of [`CONTEXT_TOKENS`] tokens; a prompt that does not fit is [`ProviderError::Invalid`]
 //!   (like an OpenAI-compatible host's 400 for an over-long context).
@@ -43,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::EventStream;
+use super::{name_prefixed, EventStream};
 use crate::llm::error::ProviderError;
 use crate::llm::types::{ChatRequest, Message, ResponseFormat};
 
@@ -247,7 +249,7 @@ fn render_messages(messages: &[Message]) -> Vec<(&'static str, String)> {
         .iter()
         .map(|m| match m {
             Message::System { content, .. } => ("system", clean(content.text())),
-            Message::User { content, .. } => ("user", clean(content.text())),
+            Message::User { content, name } => ("user", clean(name_prefixed(name.as_deref(), &content.text()))),
             Message::Tool { content, .. } => ("user", clean(format!("Tool result: {}", content.text()))),
             Message::Assistant { content, tool_calls, .. } => {
                 let mut text = content.as_ref().map(|c| c.text()).unwrap_or_default();
@@ -832,6 +834,29 @@ mod tests {
                 ("user", "Weather in Paris?".to_string()),
                 ("assistant", r#"(called tool weather with {"city":"Paris"})"#.to_string()),
                 ("user", "Tool result: 18C, sunny".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_user_name_labels_the_text_in_the_template() {
+        let named = |name: &str, text: &str| Message::User { content: Content::Text(text.into()), name: Some(name.into()) };
+        let messages = vec![
+            Message::system("Be brief."),
+            named("speaker_A", "Hi, I'm calling about my reservation."),
+            named("speaker_B", "Could we move it to eight?"),
+            Message::user("Thanks."),
+            Message::assistant("Sure."),
+        ];
+        assert_eq!(
+            render_messages(&messages),
+            vec![
+                ("system", "Be brief.".to_string()),
+                ("user", "speaker_A: Hi, I'm calling about my reservation.".to_string()),
+                ("user", "speaker_B: Could we move it to eight?".to_string()),
+                // Without a name the text is unchanged.
+                ("user", "Thanks.".to_string()),
+                ("assistant", "Sure.".to_string()),
             ]
         );
     }

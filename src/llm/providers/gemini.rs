@@ -9,6 +9,11 @@
 //! whole document and ignore what they do not support (ai.google.dev API reference,
 //! `FunctionDeclaration.parametersJsonSchema`, `GenerationConfig.responseJsonSchema`).
 //!
+//! Gemini has no message `name`: a user message's name (a speaker label, `speaker_A`, or a text
+//! app's participant) starts its text part as `NAME: ` ([`name_prefixed`]); consecutive user
+//! messages merge into one turn as separate parts, each with its own label. A message without
+//! `name` is sent exactly as before.
+//!
 //! Gemini differs from OpenAI in ways the decoder absorbs: there is no `[DONE]` (a stream is
 //! complete only if a `finishReason` arrived before the body ended), function calls arrive whole
 //! and without ids (we make them, and report `tool_calls` where Gemini says `STOP`), usage is
@@ -24,7 +29,7 @@ use reqwest::header::{HeaderMap, HeaderName};
 use serde_json::{json, Map, Value};
 
 use super::http::{self, decode_sse, SseDecoder};
-use super::{EventStream, HttpSettings};
+use super::{name_prefixed, EventStream, HttpSettings};
 use crate::llm::error::{parse_google_duration, ProviderError};
 use crate::llm::sse::SseEvent;
 use crate::llm::types::{ChatRequest, Content, Event, FinishReason, Message, ResponseFormat, ToolChoice, Usage};
@@ -127,7 +132,7 @@ fn conversation(messages: &[Message]) -> Result<(Vec<Value>, Vec<Value>), Provid
     for message in messages {
         match message {
             Message::System { content, .. } => system.extend(text_parts(content)),
-            Message::User { content, .. } => push_turn(&mut contents, "user", text_parts(content)),
+            Message::User { content, name } => push_turn(&mut contents, "user", named_text_parts(content, name.as_deref())),
             Message::Assistant { content, tool_calls, .. } => {
                 let mut parts = content.as_ref().map(text_parts).unwrap_or_default();
                 for call in tool_calls.iter().flatten() {
@@ -163,6 +168,18 @@ fn text_parts(content: &Content) -> Vec<Value> {
         Vec::new()
     } else {
         vec![json!({ "text": text })]
+    }
+}
+
+/// A user message's text part with its `name` (Gemini has no field for it) written first:
+/// `speaker_A: …` (see [`name_prefixed`]). Consecutive user messages merge into one turn as
+/// separate parts, so each keeps its own label.
+fn named_text_parts(content: &Content, name: Option<&str>) -> Vec<Value> {
+    let text = content.text();
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![json!({ "text": name_prefixed(name, &text) })]
     }
 }
 

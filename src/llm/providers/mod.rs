@@ -108,6 +108,28 @@ impl HttpSettings {
     }
 }
 
+/// Longest speaker name [`name_prefixed`] writes; OpenAI caps `name` at 64 characters too.
+pub const NAME_PREFIX_CHARS_MAX: usize = 64;
+
+/// A user message's text as a vendor without a message `name` field reads it (Anthropic, Gemini,
+/// the embedded model): `NAME: text`, so `{"role": "user", "name": "speaker_A", "content": "hi"}`
+/// becomes `speaker_A: hi`. The name is trimmed, cut to [`NAME_PREFIX_CHARS_MAX`] characters, and
+/// its control characters and colons become `_`, so a name cannot end the label early or start a
+/// new line. Without a name (or with an empty one), or with empty text, the text is returned as is.
+pub fn name_prefixed(name: Option<&str>, text: &str) -> String {
+    let label: String = name
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .take(NAME_PREFIX_CHARS_MAX)
+        .map(|c| if c.is_control() || c == ':' { '_' } else { c })
+        .collect();
+    if label.is_empty() || text.is_empty() {
+        return text.to_string();
+    }
+    format!("{label}: {text}")
+}
+
 /// The closed set of providers.
 pub enum Provider {
     OpenAi(openai::OpenAi),
@@ -129,5 +151,23 @@ impl Provider {
             Provider::Embedded(p) => p.send(request, upstream_model, stream).await,
             Provider::Fake(p) => p.send(request, upstream_model, stream).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_becomes_a_label_before_the_text() {
+        assert_eq!(name_prefixed(Some("speaker_A"), "book a table"), "speaker_A: book a table");
+        assert_eq!(name_prefixed(Some(" Dr Smith "), "hi"), "Dr Smith: hi");
+        // A name cannot end the label early or start a new line.
+        assert_eq!(name_prefixed(Some("a:b\nc"), "hi"), "a_b_c: hi");
+        assert_eq!(name_prefixed(Some(&"x".repeat(100)), "hi"), format!("{}: hi", "x".repeat(NAME_PREFIX_CHARS_MAX)));
+        // Nothing to label, or nothing to label it with: the text as it was.
+        assert_eq!(name_prefixed(None, "hi"), "hi");
+        assert_eq!(name_prefixed(Some("  "), "hi"), "hi");
+        assert_eq!(name_prefixed(Some("A"), ""), "");
     }
 }

@@ -14,10 +14,12 @@ use super::{
     RealtimeError, Response, ResponseConversation, ResponseParams, ResponsePart, ResponseStatus as WireResponseStatus, Role as WireRole,
     ServerEvent, ServerVad, Session, SessionAudio, SessionType, StageLatencies, StatusDetails, StatusError, StatusReason,
     ToolChoice as WireToolChoice, ToolChoiceMode, TranscriptionUsage, TurnDetection, Usage as WireUsage, Voice as WireVoice,
-    VoxgateResponseInfo, Word,
+    VoxgateResponseInfo, VoxgateSession, Word,
 };
 use crate::audio::{decode_to_pcm, encode_from_pcm, AudioFormat};
-use crate::session::conversation::{Content, FunctionCallItem, FunctionCallOutputItem, Item, ItemStatus, MessageItem, Role};
+use crate::session::conversation::{
+    Content, FunctionCallItem, FunctionCallOutputItem, Item, ItemStatus, MessageItem, Role, TranscriptRendering,
+};
 use crate::session::event::{CancelReason, ErrorKind, Event, ResponseStatus, ResponseSummary, SessionError, Setting};
 use crate::session::settings::{Settings, SettingsUpdate, Tool, ToolChoice, Transcription, TurnUpdate, Voice};
 use crate::session::{Command, Inbound, ResponseOverrides};
@@ -139,7 +141,39 @@ pub fn settings_update(session: Session) -> Result<SettingsUpdate, Refusal> {
     update.tools = session.tools.map(|tools| tools.into_iter().map(tool_from_wire).collect());
     update.tool_choice = session.tool_choice.map(tool_choice_from_wire);
     update.max_output_tokens = session.max_output_tokens.map(max_tokens);
+    if let Some(name) = session.voxgate.and_then(|v| v.transcript_rendering) {
+        update.transcript_rendering = Some(rendering_from_wire(&name).ok_or_else(|| {
+            let name: String = name.chars().take(RENDERING_ECHO_CHARS_MAX).collect();
+            (
+                "invalid_value",
+                format!("transcript_rendering {name:?} is not one of \"text\", \"speaker\", \"detailed\""),
+                "session.voxgate.transcript_rendering",
+            )
+        })?);
+    }
     Ok(update)
+}
+
+/// Longest unknown `transcript_rendering` an error message repeats.
+const RENDERING_ECHO_CHARS_MAX: usize = 64;
+
+/// `session.voxgate.transcript_rendering` as the session's setting.
+fn rendering_from_wire(name: &str) -> Option<TranscriptRendering> {
+    match name {
+        "text" => Some(TranscriptRendering::Text),
+        "speaker" => Some(TranscriptRendering::Speaker),
+        "detailed" => Some(TranscriptRendering::Detailed),
+        _ => None,
+    }
+}
+
+/// The wire name of a rendering.
+fn rendering_name(rendering: TranscriptRendering) -> &'static str {
+    match rendering {
+        TranscriptRendering::Text => "text",
+        TranscriptRendering::Speaker => "speaker",
+        TranscriptRendering::Detailed => "detailed",
+    }
 }
 
 /// `response.create`'s `response` as overrides.
@@ -352,6 +386,7 @@ impl Projection {
                 delta,
                 words: Some(words(&transcript)),
                 speaker: transcript.speaker,
+                engine: transcript.engine,
             }),
             Event::TranscriptFinal { item_id, transcript } => {
                 let seconds = transcript.words.last().map_or(0.0, |w| w.end_ms as f64 / 1000.0);
@@ -363,6 +398,7 @@ impl Projection {
                     transcript: transcript.text,
                     usage: TranscriptionUsage::Duration { seconds },
                     speaker: transcript.speaker,
+                    engine: transcript.engine,
                 })
             }
             Event::TranscriptFailed { item_id, code, message } => emit(ServerEvent::InputAudioTranscriptionFailed {
@@ -615,6 +651,10 @@ pub fn session_object(session_id: &str, s: &Settings) -> Session {
         ),
         tool_choice: Some(s.tool_choice.as_ref().map_or(WireToolChoice::Mode(ToolChoiceMode::Auto), tool_choice_to_wire)),
         max_output_tokens: Some(s.max_output_tokens.map_or(MaxOutputTokens::Inf, MaxOutputTokens::Limit)),
+        // At its default the extension is left out: standard clients (and the recorded sessions
+        // in fixtures/recordings/) see the session object exactly as before.
+        voxgate: (s.transcript_rendering != TranscriptRendering::default())
+            .then(|| VoxgateSession { transcript_rendering: Some(rendering_name(s.transcript_rendering).to_string()) }),
     }
 }
 
@@ -799,6 +839,37 @@ mod tests {
     }
 
     #[test]
+    fn transcript_rendering_rides_in_the_voxgate_extension() {
+        let update = |session: serde_json::Value| {
+            let event = client(serde_json::json!({"type": "session.update", "event_id": "u2", "session": session}));
+            command(event, AudioFormat::REALTIME_PCM).map(|inbound| match inbound.command {
+                Command::Configure { update, .. } => update.transcript_rendering,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(
+            update(serde_json::json!({"voxgate": {"transcript_rendering": "detailed"}})).unwrap(),
+            Some(TranscriptRendering::Detailed)
+        );
+        assert_eq!(update(serde_json::json!({"voxgate": {"transcript_rendering": "text"}})).unwrap(), Some(TranscriptRendering::Text));
+        assert_eq!(update(serde_json::json!({"voxgate": {}})).unwrap(), None);
+        assert_eq!(update(serde_json::json!({"instructions": "Hi"})).unwrap(), None);
+        let error = update(serde_json::json!({"voxgate": {"transcript_rendering": "verbose"}})).unwrap_err();
+        assert_eq!(
+            (error.code.as_deref(), error.param.as_deref(), error.event_id.as_deref()),
+            (Some("invalid_value"), Some("session.voxgate.transcript_rendering"), Some("u2"))
+        );
+        assert!(error.message.contains("\"verbose\""), "{}", error.message);
+
+        // Echoed under the same extension, and left out at the default.
+        let mut s = settings(AudioFormat::REALTIME_PCM);
+        let echoed = |s: &Settings| serde_json::to_value(session_object("sess_1", s)).unwrap().get("voxgate").cloned();
+        assert_eq!(echoed(&s), None);
+        s.transcript_rendering = TranscriptRendering::Speaker;
+        assert_eq!(echoed(&s), Some(serde_json::json!({"transcript_rendering": "speaker"})));
+    }
+
+    #[test]
     fn session_errors_get_realtime_codes_and_parameter_paths() {
         let error = SessionError::new(ErrorKind::InvalidValue, "threshold 2 is outside 0.0 to 1.0").concerning(Setting::TurnThreshold);
         let wire = realtime_error(SessionError { reply_to: Some("e9".into()), ..error });
@@ -822,6 +893,7 @@ mod tests {
             tool_choice: None,
             max_output_tokens: Some(64),
             transcription: None,
+            transcript_rendering: Default::default(),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The objects Realtime events carry ([`Session`], [`Item`], [`Response`], [`Usage`], errors) and the
 //! ids the server hands out. Field names and nesting follow the official `openai` SDK's
 //! `types/realtime/` models; voxgate's extensions ride in extra fields only, never by renaming
-//! (`words` and `speaker` on input transcriptions, `voxgate` on responses), omitted when unset.
+//! (`words` and `speaker` on input transcriptions, `voxgate` on sessions and responses), omitted when unset.
 
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
@@ -87,6 +87,19 @@ pub struct Session {
     pub tool_choice: Option<ToolChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_output_tokens: Option<MaxOutputTokens>,
+    /// Extension: voxgate's own session settings. Omitted from server events while every one of
+    /// them is at its default, so standard sessions look exactly as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voxgate: Option<VoxgateSession>,
+}
+
+/// Extension on [`Session`] (`session.voxgate`). Unknown fields inside it are ignored, as in `session`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VoxgateSession {
+    /// How the user's spoken turns are written for the model: `text` (the default), `speaker` or
+    /// `detailed` (docs/protocol.md, Extensions). Kept as text here; the mapper checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transcript_rendering: Option<String>,
 }
 
 /// `session.type`.

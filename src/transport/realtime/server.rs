@@ -46,6 +46,9 @@ pub enum ServerEvent {
         /// Extension: the speaker's label, when the engine diarises. Omitted when `None`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         speaker: Option<String>,
+        /// Extension: the engine that heard it (hosted vendors and fallback lists). Omitted when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<String>,
     },
     #[serde(rename = "conversation.item.input_audio_transcription.completed")]
     InputAudioTranscriptionCompleted {
@@ -60,6 +63,9 @@ pub enum ServerEvent {
         /// Extension: the speaker's label. Omitted when `None`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         speaker: Option<String>,
+        /// Extension: the engine that heard it (hosted vendors and fallback lists). Omitted when `None`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        engine: Option<String>,
     },
     #[serde(rename = "conversation.item.input_audio_transcription.failed")]
     InputAudioTranscriptionFailed { event_id: String, item_id: String, content_index: u32, error: RealtimeError },
