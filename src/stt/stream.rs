@@ -233,6 +233,9 @@ struct Span {
     opened_at: Instant,
     /// Whether the vendor said anything since it opened.
     heard: bool,
+    /// The vendor's last word on it was an end of turn, with no guess since: once the session
+    /// ends it too, nothing more is coming.
+    turn_closed: bool,
     finals: Vec<Word>,
     interim: Vec<Word>,
     speaker: Option<String>,
@@ -367,6 +370,7 @@ impl Connection {
                     ended_at: None,
                     opened_at: now,
                     heard: false,
+                    turn_closed: false,
                     finals: Vec::new(),
                     interim: Vec::new(),
                     speaker: None,
@@ -399,9 +403,17 @@ impl Connection {
                 let end_ms = self.sent_ms();
                 let finish = self.finishes;
                 self.finishes += 1;
-                if let Some(span) = self.spans.iter_mut().rev().find(|s| s.ended.is_none()) {
+                if let Some(i) = self.spans.iter().rposition(|s| s.ended.is_none()) {
+                    let span = &mut self.spans[i];
                     span.ended = Some((end_ms, finish));
                     span.ended_at = Some(Instant::now());
+                    // The vendor already ended this turn (Deepgram's endpointing is quicker than
+                    // the session's silence window): its transcript is whole now. A finish
+                    // request would only be answered when audio is still buffered, or not at all.
+                    if span.turn_closed && span.interim.is_empty() {
+                        let span = self.spans.remove(i).expect("the span is there");
+                        let _ = span.out.try_send(SpanOut::Final(Ok(span.transcript(&self.name))));
+                    }
                 }
                 for m in self.protocol.finish() {
                     self.send(m).await;
@@ -512,13 +524,13 @@ impl Connection {
     fn on_words(&mut self, words: Vec<VendorWord>, is_final: bool, end_of_turn: bool, answer: Option<u64>) {
         let now_ms = self.sent_ms();
         // The utterance these words belong to: the one a finish request asked about, else the one
-        // whose audio holds the first word's start, else the oldest one still waiting.
+        // whose audio holds the first word's start.
+        // Words that start before every utterance in flight belong to one already final.
         let index = match (answer, words.first().and_then(|w| w.start_ms)) {
             (Some(n), _) => self.spans.iter().position(|s| s.ended.is_some_and(|(_, f)| f == n)),
-            (None, Some(start)) => {
-                self.spans.iter().rposition(|s| s.vendor_start_ms <= start).or(if self.spans.is_empty() { None } else { Some(0) })
-            }
-            (None, None) => (!self.spans.is_empty()).then_some(0),
+            (None, Some(start)) => self.spans.iter().rposition(|s| s.vendor_start_ms <= start),
+            // No words: an end of turn, for the oldest utterance the session ended, else the open one.
+            (None, None) => self.spans.iter().position(|s| s.ended.is_some()).or((!self.spans.is_empty()).then_some(0)),
         };
         let Some(index) = index else {
             if !words.is_empty() {
@@ -535,8 +547,10 @@ impl Connection {
         if is_final {
             span.finals.extend(converted);
             span.interim.clear();
-        } else {
+            span.turn_closed = end_of_turn;
+        } else if !converted.is_empty() {
             span.interim = converted;
+            span.turn_closed = false;
         }
         let done = span.ended.is_some() && is_final && (end_of_turn || answer.is_some());
         if done {

@@ -66,6 +66,19 @@ async fn speak(ws: &mut Ws, lead_ms: usize) {
     }
 }
 
+/// As [`speak`], at real time: a 20 ms frame every 20 ms, as a microphone sends them.
+async fn speak_paced(ws: &mut Ws, lead_ms: usize) {
+    let mut pcm = audio(lead_ms, false);
+    pcm.extend(audio(1_500, true));
+    pcm.extend(audio(1_000, false));
+    for chunk in pcm.chunks(480) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+        let event = json!({"type": "input_audio_buffer.append", "audio": B64.encode(bytes)});
+        ws.send(Message::text(event.to_string())).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The first speech start and the first completed transcript of a spoken turn.
 async fn one_turn(ws: &mut Ws) -> (Value, Value) {
     speak(ws, 500).await;
@@ -314,4 +327,24 @@ async fn a_client_picks_an_engine_of_the_list_by_its_transcription_model() {
     assert_eq!((dg.connections().len(), backup.connections().len()), (1, 1));
     // The call's Deepgram socket was let go when the client chose another engine.
     assert!(support::eventually(|| dg.connections()[0].closed_politely).await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_turn_the_vendor_already_ended_is_final_when_the_session_ends_it() {
+    // Deepgram's endpointing (300 ms) ends the turn before the session's silence window (500 ms)
+    // does, and its Finalize then has nothing to answer: the transcript must not wait for a
+    // quiet spell on top.
+    let dg = speech_stt::start(Flavour::Deepgram, booking_script()).await;
+    let base = voxgate(&provider("dg", Flavour::Deepgram, &dg), "engines = [\"dg\"]").await;
+    let mut ws = connect(&base).await;
+    speak_paced(&mut ws, 500).await;
+    let events = until(&mut ws, "conversation.item.input_audio_transcription.completed").await;
+    assert_eq!(events.last().unwrap()["transcript"], "book a table for two");
+    // The server's own measure, end of speech to final transcript on its (paused) clock: the
+    // silence window (500 ms) and nothing more; waiting for a quiet vendor would add a second.
+    let m = metrics(&base).await;
+    let within = |le: &str| m.contains(&format!("voxgate_turn_latency_seconds_bucket{{stage=\"stt\",le=\"{le}\"}} 1"));
+    assert!(within("0.5") && !within("0.25"), "{m}");
+    assert_eq!(dg.connections()[0].count("Finalize"), 1);
+    assert!(dg.connections()[0].sent.iter().all(|m| m["from_finalize"] != true), "the endpoint said it all");
 }

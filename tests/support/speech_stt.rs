@@ -229,6 +229,11 @@ async fn serve(shared: Shared, index: usize, model: String, mut socket: WebSocke
                         continue;
                     }
                     (Flavour::Deepgram, "Finalize") => {
+                        // Nothing buffered (the endpoint already said it all): no answer at all,
+                        // as Deepgram does not promise one.
+                        if hearing.voiced.is_none() {
+                            continue;
+                        }
                         let words = finish_line(&shared, &mut hearing, rate);
                         let rest: Vec<_> = words.into_iter().skip(hearing.finals_sent).collect();
                         hearing.finals_sent = 0;
