@@ -255,8 +255,13 @@ async fn chunk(
         };
         let is_final = message["isFinal"].as_bool() == Some(true);
         if audio.is_none() && !is_final {
-            if let Err(e) = vendor.bad_message(&mut bad_in_a_row, "a message with neither audio nor isFinal") {
-                return (Err(e), false);
+            // `{"audio": null, "isFinal": null, …}` says nothing and is no error; a message with
+            // none of the fields of this API is not one of its messages.
+            let known = ["audio", "isFinal", "alignment", "normalizedAlignment"].iter().any(|k| message.get(k).is_some());
+            if !known {
+                if let Err(e) = vendor.bad_message(&mut bad_in_a_row, "a message with none of audio, isFinal or alignment") {
+                    return (Err(e), false);
+                }
             }
             continue;
         }
