@@ -279,6 +279,7 @@ fn assert_session_protocol(kind: &str, recorder: &Recorder) {
         "elevenlabs" => {
             assert!(first.path.ends_with("/stream-input"), "{}", first.path);
             assert!(first.query.contains("output_format=pcm_24000") && first.query.contains("model_id="), "{}", first.query);
+            assert!(first.query.contains("sync_alignment=true"), "alignment with every audio message: {}", first.query);
             let sent = messages(recorder);
             assert_eq!(sent[0]["text"], " ", "the stream opens with a single space: {sent:?}");
             let texts = &sent[1..sent.len() - 1];
