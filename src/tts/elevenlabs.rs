@@ -1,5 +1,6 @@
 //! ElevenLabs text-to-speech over the `stream-input` WebSocket
-//! (`{base}/v1/text-to-speech/{voice_id}/stream-input?model_id=…&output_format=pcm_24000`, key in
+//! (`{base}/v1/text-to-speech/{voice_id}/stream-input?model_id=…&output_format=pcm_24000&
+//! sync_alignment=true`: alignment with every audio message; key in
 //! the `xi-api-key` header). One socket per response: it opens with `{"text":" "}` on the first
 //! chunk, each chunk goes in as `{"text": "… ", "flush": true}`, `{"text":" "}` keeps it open while
 //! the model writes, and `{"text":""}` ends it when the response is over; a cut response closes it.
@@ -96,8 +97,9 @@ impl TextToSpeech for ElevenLabsTts {
                 Some(jobs) => jobs,
                 None => {
                     let key = vendor.key().map_err(|m| vendor.error("unauthorized", m))?.expose().to_string();
-                    let url =
-                        vendor.ws_url(&format!("/v1/text-to-speech/{voice}/stream-input?model_id={model}&output_format=pcm_{RATE_HZ}"));
+                    let url = vendor.ws_url(&format!(
+                        "/v1/text-to-speech/{voice}/stream-input?model_id={model}&output_format=pcm_{RATE_HZ}&sync_alignment=true"
+                    ));
                     let mut socket = vendor.connect(&url, &[("xi-api-key", key)]).await?;
                     let open = json!({"text": " ", "voice_settings": {"stability": 0.5, "similarity_boost": 0.75}});
                     socket
@@ -255,8 +257,13 @@ async fn chunk(
         };
         let is_final = message["isFinal"].as_bool() == Some(true);
         if audio.is_none() && !is_final {
-            if let Err(e) = vendor.bad_message(&mut bad_in_a_row, "a message with neither audio nor isFinal") {
-                return (Err(e), false);
+            // `{"audio": null, "isFinal": null, …}` says nothing and is no error; a message with
+            // none of the fields of this API is not one of its messages.
+            let known = ["audio", "isFinal", "alignment", "normalizedAlignment"].iter().any(|k| message.get(k).is_some());
+            if !known {
+                if let Err(e) = vendor.bad_message(&mut bad_in_a_row, "a message with none of audio, isFinal or alignment") {
+                    return (Err(e), false);
+                }
             }
             continue;
         }

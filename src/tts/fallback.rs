@@ -90,14 +90,12 @@ impl TextToSpeech for FallbackTts {
         Box::pin(async move {
             let n = members.len();
             let first = chunk.context.first_engine().min(n - 1);
-            // A voice that names an engine of the list means each engine's own voice; any other
-            // voice is the first engine's (voices are vendor-specific).
-            let session_voice = chunk.voice.clone().filter(|v| !members.iter().any(|m| &m.name == v));
+            let (order, lead_voice) = plan(&members, chunk.voice.as_deref());
             let mut failures = String::new();
             let mut attempted = false;
-            for i in first..n {
+            for (place, &i) in order.iter().enumerate().skip(first) {
                 let m = &members[i];
-                let last = i == n - 1;
+                let last = place == n - 1;
                 let permit = match m.breaker.try_acquire() {
                     Some(p) => p,
                     None if last && !attempted => Permit { probe: false },
@@ -108,7 +106,7 @@ impl TextToSpeech for FallbackTts {
                     }
                 };
                 attempted = true;
-                let voice = if i == 0 { session_voice.clone() } else { None };
+                let voice = if place == 0 { lead_voice.clone() } else { None };
                 let attempt = Chunk { text: chunk.text.clone(), voice, context: chunk.context.clone() };
                 let deadline = (!last).then_some(ttfb);
                 match attempt_chunk(m, attempt, &out, deadline).await {
@@ -135,7 +133,7 @@ impl TextToSpeech for FallbackTts {
                             return Err(TtsError::Engine(format!("{}: {message}", m.name)));
                         }
                         fell_back(&metrics, &m.name, reason);
-                        chunk.context.set_first_engine(i + 1);
+                        chunk.context.set_first_engine(place + 1);
                         return Ok(());
                     }
                 }
@@ -143,6 +141,27 @@ impl TextToSpeech for FallbackTts {
             let failures = failures.trim_end_matches("; ");
             Err(TtsError::Engine(format!("every text-to-speech engine failed ({failures})")))
         })
+    }
+}
+
+/// The order in which the engines try a chunk, and the voice the first of them speaks with, from
+/// the voice a session asked for: `NAME` or `NAME:VOICE` naming an engine of the list puts it first
+/// (with that voice, or its configured one), the others following in their order; any other voice
+/// goes to the first engine (voices are vendor-specific, so fallbacks keep their own).
+fn plan(members: &[Member], voice: Option<&str>) -> (Vec<usize>, Option<String>) {
+    let in_order = || (0..members.len()).collect::<Vec<_>>();
+    let Some(voice) = voice.filter(|v| !v.is_empty()) else { return (in_order(), None) };
+    let (name, own) = match voice.split_once(':') {
+        Some((name, own)) => (name, Some(own.to_string()).filter(|v| !v.is_empty())),
+        None => (voice, None),
+    };
+    match members.iter().position(|m| m.name == name) {
+        Some(chosen) => {
+            let mut order = vec![chosen];
+            order.extend((0..members.len()).filter(|&i| i != chosen));
+            (order, own)
+        }
+        None => (in_order(), Some(voice.to_string())),
     }
 }
 
@@ -224,11 +243,18 @@ mod tests {
         rate_hz: u32,
         script: std::sync::Mutex<std::collections::VecDeque<&'static str>>,
         calls: std::sync::atomic::AtomicUsize,
+        voices: std::sync::Mutex<Vec<Option<String>>>,
     }
 
     impl Scripted {
         fn new(name: &'static str, rate_hz: u32, script: &[&'static str]) -> Arc<Scripted> {
-            Arc::new(Scripted { name, rate_hz, script: std::sync::Mutex::new(script.iter().copied().collect()), calls: Default::default() })
+            Arc::new(Scripted {
+                name,
+                rate_hz,
+                script: std::sync::Mutex::new(script.iter().copied().collect()),
+                calls: Default::default(),
+                voices: Default::default(),
+            })
         }
         fn calls(&self) -> usize {
             self.calls.load(std::sync::atomic::Ordering::SeqCst)
@@ -242,8 +268,9 @@ mod tests {
         fn rate_hz(&self) -> u32 {
             self.rate_hz
         }
-        fn synthesize(&self, _: String, _: Option<String>, audio: mpsc::Sender<Vec<i16>>) -> BoxFuture<Result<(), TtsError>> {
+        fn synthesize(&self, _: String, voice: Option<String>, audio: mpsc::Sender<Vec<i16>>) -> BoxFuture<Result<(), TtsError>> {
             self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.voices.lock().unwrap().push(voice);
             let step = self.script.lock().unwrap().pop_front().unwrap_or("ok");
             Box::pin(async move {
                 match step {
@@ -279,8 +306,12 @@ mod tests {
 
     /// Speaks one chunk; returns what came out and the result.
     async fn say(tts: &FallbackTts, context: &TtsContext, text: &str) -> (Vec<Spoken>, Result<(), TtsError>) {
+        say_with(tts, context, text, None).await
+    }
+
+    async fn say_with(tts: &FallbackTts, context: &TtsContext, text: &str, voice: Option<&str>) -> (Vec<Spoken>, Result<(), TtsError>) {
         let (tx, mut rx) = mpsc::channel(64);
-        let chunk = Chunk { text: text.into(), voice: None, context: context.clone() };
+        let chunk = Chunk { text: text.into(), voice: voice.map(str::to_string), context: context.clone() };
         let result = tts.speak(chunk, tx).await;
         let mut out = Vec::new();
         while let Ok(s) = rx.try_recv() {
@@ -372,6 +403,30 @@ mod tests {
         tokio::time::advance(Duration::from_secs(31)).await;
         let (out, _) = say(&tts, &context, "Hi. ").await;
         assert_eq!((engines_of(&out), a.calls()), (vec!["cartesia".to_string()], 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_voice_naming_an_engine_puts_it_first_and_other_voices_go_to_the_first_engine() {
+        let metrics = Arc::new(Metrics::default());
+        let a = Scripted::new("a", 16_000, &[]);
+        let b = Scripted::new("b", 16_000, &["error"]);
+        let tts = list(&[("cartesia", a.clone()), ("deepgram", b.clone())], &metrics);
+        let (context, _end) = TtsContext::new();
+        // "deepgram:aura-2-luna-en": Deepgram first with that voice; it fails, Cartesia follows
+        // with its own voice.
+        let (out, result) = say_with(&tts, &context, "Hi. ", Some("deepgram:aura-2-luna-en")).await;
+        result.unwrap();
+        assert_eq!(engines_of(&out), ["cartesia"]);
+        assert_eq!(b.voices.lock().unwrap().clone(), [Some("aura-2-luna-en".to_string())]);
+        assert_eq!(a.voices.lock().unwrap().clone(), [None]);
+        // A name alone: that engine first with its configured voice.
+        let (out, _) = say_with(&tts, &context, "Hi. ", Some("deepgram")).await;
+        assert_eq!(engines_of(&out), ["deepgram"]);
+        assert_eq!(b.voices.lock().unwrap().last().cloned(), Some(None));
+        // Any other voice is the first engine's.
+        let (out, _) = say_with(&tts, &context, "Hi. ", Some("a0e99841")).await;
+        assert_eq!(engines_of(&out), ["cartesia"]);
+        assert_eq!(a.voices.lock().unwrap().last().cloned(), Some(Some("a0e99841".to_string())));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,6 @@
 //! Text-to-speech: text chunks in, audio frames out. The [`chunker`] cuts a token stream at clause and
 //! sentence boundaries so speech starts after the first clause rather than the whole answer.
-//! [`build`] makes the engine `[tts]` names.
+//! [`build`] makes the engines `[tts]` names: one alone, or a [`fallback::FallbackTts`] list.
 //!
 //! # The seam: one call per chunk, one context per response
 //! A response is spoken chunk by chunk: [`TextToSpeech::speak`] takes one [`Chunk`] and resolves when
@@ -8,8 +8,9 @@
 //! vendor that takes text as a stream (ElevenLabs stream-input, Cartesia contexts with
 //! `continue: true`) keeps one vendor context, and its prosody, across the chunks of an answer: the
 //! adapter opens it on the first chunk, sends each later chunk into it, and closes (or cancels) it
-//! when the context ends ([`TtsContext::ended`]: the response finished or was cut). Chunk engines
-//! (Piper, espeak-ng, the fake, OpenAI's HTTP endpoint, Deepgram) ignore the context.
+//! when the context ends ([`TtsContext::ended`]: the response finished or was cut). Deepgram keeps
+//! one socket per answer by it; chunk engines (Piper, espeak-ng, the fake, OpenAI's HTTP endpoint)
+//! ignore it.
 //!
 //! Per chunk and not a per-response stream because everything around an engine already thinks in
 //! chunks: the session releases a chunk's text as its audio starts, the fallback list moves a chunk
@@ -22,16 +23,15 @@
 //! where the vendor aligns them (barge-in then cuts the transcript at the last word played), and the
 //! name of the engine that spoke.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
-
-use std::collections::HashMap;
-use std::time::Duration;
 
 use crate::engine::{absent, Lazy};
 use crate::llm::breaker::Breaker;
@@ -106,7 +106,8 @@ pub struct WordEnd {
 pub struct TtsContext {
     id: Arc<str>,
     ended: CancellationToken,
-    /// The engine of a fallback list this response's chunks start from (one failed mid-answer).
+    /// The place in a fallback list's order (for this response's voice) its chunks start from,
+    /// past an engine that failed mid-answer.
     first_engine: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -130,7 +131,7 @@ impl TtsContext {
         self.first_engine.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Moves the rest of the response to engine `i` of a fallback list (never back).
+    /// Moves the rest of the response to place `i` of a fallback list's order (never back).
     pub fn set_first_engine(&self, i: usize) {
         self.first_engine.fetch_max(i, std::sync::atomic::Ordering::Relaxed);
     }

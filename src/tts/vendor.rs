@@ -127,9 +127,14 @@ impl Vendor {
         format!("{base}{path}")
     }
 
-    /// The voice a chunk asks for: the session's, unless it is none or this vendor's own name (the
-    /// session's default voice is the engine's name), then `configured`.
+    /// The voice a chunk asks for: the session's (`VOICE`, or `NAME:VOICE` with this vendor's
+    /// name), unless it is none or this vendor's own name (the session's default voice is the
+    /// engine's name), then `configured`.
     pub fn voice(&self, asked: Option<String>, configured: &str) -> String {
+        let asked = asked.map(|v| match v.strip_prefix(self.id.as_str()).and_then(|rest| rest.strip_prefix(':')) {
+            Some(own) => own.to_string(),
+            None => v,
+        });
         asked.filter(|v| !v.is_empty() && *v != self.id).unwrap_or_else(|| configured.to_string())
     }
 
@@ -291,6 +296,16 @@ mod tests {
         assert_eq!((v.ws_url("/a"), v.http_url("/a")), ("wss://api.example/a".into(), "https://api.example/a".into()));
         let v = vendor("https://api.example", "k");
         assert_eq!(v.ws_url("/a"), "wss://api.example/a");
+    }
+
+    #[test]
+    fn a_session_voice_may_name_the_vendor() {
+        let v = vendor("http://h", "k");
+        assert_eq!(v.voice(None, "alloy"), "alloy");
+        assert_eq!(v.voice(Some("v".into()), "alloy"), "alloy");
+        assert_eq!(v.voice(Some("v:coral".into()), "alloy"), "coral");
+        assert_eq!(v.voice(Some("coral".into()), "alloy"), "coral");
+        assert_eq!(v.voice(Some("v:".into()), "alloy"), "alloy");
     }
 
     #[test]

@@ -279,6 +279,7 @@ fn assert_session_protocol(kind: &str, recorder: &Recorder) {
         "elevenlabs" => {
             assert!(first.path.ends_with("/stream-input"), "{}", first.path);
             assert!(first.query.contains("output_format=pcm_24000") && first.query.contains("model_id="), "{}", first.query);
+            assert!(first.query.contains("sync_alignment=true"), "alignment with every audio message: {}", first.query);
             let sent = messages(recorder);
             assert_eq!(sent[0]["text"], " ", "the stream opens with a single space: {sent:?}");
             let texts = &sent[1..sent.len() - 1];
@@ -540,4 +541,18 @@ async fn cartesia_reuses_an_idle_socket_and_replaces_one_the_vendor_closed() {
     let (context, _end) = voxgate::tts::TtsContext::new();
     assert_eq!(speak_chunk(tts.as_ref(), &context, "Anything else? ").await.1, 2);
     assert_eq!(upgrades(&recorder).len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_picks_an_engine_of_the_list_by_its_voice() {
+    let (url, recorder) = speech_tts::cartesia::start().await;
+    let base = server("cartesia", &url, r#"["fake", "tts"]"#, "").await;
+    let mut ws = connect(&base).await;
+    send(&mut ws, json!({"type": "session.update", "session": {"type": "realtime", "audio": {"output": {"voice": "tts:voice-7"}}}})).await;
+    assert_eq!(next(&mut ws).await["type"], "session.updated");
+    ask(&mut ws).await;
+    let events = until(&mut ws, "response.done").await;
+    assert_eq!(events.last().unwrap()["response"]["voxgate"]["tts_engine"], "tts");
+    let sent = messages(&recorder);
+    assert!(sent.iter().filter(|m| m["transcript"] != "").all(|m| m["voice"]["id"] == "voice-7"), "{sent:?}");
 }
