@@ -109,6 +109,10 @@ enum BenchCommand {
         /// scripts the fake STT; without one the fake hears the fixture's transcript.
         #[arg(long = "wav", value_name = "PATH")]
         wavs: Vec<PathBuf>,
+        /// Hear through the Deepgram adapter: one WebSocket per call to a fake Deepgram in the
+        /// bench process, with the fake STT's latency (hosted-style speech input).
+        #[arg(long)]
+        stt_vendor: bool,
     },
     /// The embedded speech engines alone on the fixtures: STT real-time factor and commit-to-final
     /// latency, TTS time to first audio and real-time factor.
@@ -202,7 +206,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
-        Command::Bench { what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded, transport, wavs } } => {
+        Command::Bench {
+            what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded, transport, wavs, stt_vendor },
+        } => {
             let options = voxgate::bench::PipelineOptions {
                 sessions,
                 seconds,
@@ -211,6 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 embedded,
                 transport,
                 wavs,
+                stt_vendor,
             };
             let report = voxgate::bench::pipeline(options).await?;
             println!("{report}");

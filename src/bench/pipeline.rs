@@ -27,6 +27,7 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,6 +136,9 @@ pub struct PipelineOptions {
     pub transport: Transport,
     /// Mono WAVs every session speaks, one after another (empty: the `table_booking` fixture).
     pub wavs: Vec<PathBuf>,
+    /// Hear through the Deepgram adapter, one WebSocket per call to a fake vendor in this process
+    /// with the fake STT's latency, instead of the in-process fake STT.
+    pub stt_vendor: bool,
 }
 
 /// Engine times the fakes are configured with: what a turn spends outside the pipeline.
@@ -943,7 +947,14 @@ struct Child {
 
 impl Child {
     /// `script`: the sidecars that script the fake STT, one per utterance spoken.
-    async fn start(max_sessions: usize, precise: bool, embedded: bool, script: &[PathBuf]) -> anyhow::Result<Child> {
+    /// `stt_vendor`: the fake Deepgram the server hears through instead.
+    async fn start(
+        max_sessions: usize,
+        precise: bool,
+        embedded: bool,
+        script: &[PathBuf],
+        stt_vendor: Option<SocketAddr>,
+    ) -> anyhow::Result<Child> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
@@ -952,6 +963,10 @@ impl Child {
         std::fs::create_dir_all(&dir)?;
         let script = script.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ");
         let config_path = dir.join("voxgate.toml");
+        let stt = match stt_vendor {
+            Some(addr) => format!("[providers.dg]\nkind = \"deepgram\"\nbase_url = \"http://{addr}\"\n[stt]\nengines = [\"dg\"]\n"),
+            None => format!("[stt]\nengine = \"fake\"\nscript = [{script}]\nlatency_ms = {STT_LATENCY_MS}\nprecise_timing = {precise}\n"),
+        };
         let config = if embedded {
             // The defaults of `voxgate serve` with no config: embedded STT, LLM (route `default`) and TTS.
             format!("listen = \"127.0.0.1:{port}\"\n[realtime]\nmax_sessions = {max_sessions}\n")
@@ -962,7 +977,7 @@ impl Child {
                  [[models]]\nid = \"bench-voice\"\nprovider = \"fake\"\nupstream = \"slow-{LLM_TTFT_MS}{precise_llm}\"\n\
                  input_usd_per_mtok = 0.4\noutput_usd_per_mtok = 1.6\n\
                  [routes.bench]\nmodels = [\"bench-voice\"]\n\
-                 [stt]\nengine = \"fake\"\nscript = [{script}]\nlatency_ms = {STT_LATENCY_MS}\nprecise_timing = {precise}\n\
+                 {stt}\
                  [tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\nprecise_timing = {precise}\n\
                  [realtime]\nmax_sessions = {max_sessions}\n",
                 precise_llm = if precise { "+precise" } else { "" },
@@ -1018,7 +1033,17 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     let script: Vec<PathBuf> =
         wavs.iter().map(|w| Some(w.with_extension("json")).filter(|s| s.is_file()).unwrap_or_else(|| fixture_path("json"))).collect();
     let holdback_16k = resampler_holdback_16k();
-    let child = Child::start(options.sessions.max(options.idle) + 16, options.precise_engine_timers, options.embedded, &script).await?;
+    let vendor = match options.stt_vendor && !options.embedded {
+        true => {
+            let text = crate::stt::fake::Sidecar::load(&script[0])?.utterances.first().map(|u| u.text.clone()).unwrap_or_default();
+            let latency = Duration::from_millis(STT_LATENCY_MS);
+            Some(super::vendor::start(&text, latency, options.precise_engine_timers).await?)
+        }
+        false => None,
+    };
+    let max_sessions = options.sessions.max(options.idle) + 16;
+    let child =
+        Child::start(max_sessions, options.precise_engine_timers, options.embedded, &script, vendor.as_ref().map(|v| v.addr)).await?;
     let dial = Arc::new(Dial {
         transport: options.transport,
         url: child.ws_url(options.transport),
@@ -1054,6 +1079,13 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     }
     if options.sessions > 0 {
         load(&child, &dial, frames, holdback_16k, &options, cores, &mut out).await?;
+    }
+    if let Some(vendor) = &vendor {
+        let _ = writeln!(
+            out,
+            "\nSTT: the Deepgram adapter, one WebSocket per call to a fake vendor in the bench process ({} transcripts sent)",
+            vendor.finals()
+        );
     }
     let peak = peak_rss_mb(child.pid).map_or("unknown".to_string(), |mb| format!("{mb:.1} MB"));
     let _ = writeln!(out, "\nvoxgate peak resident memory (VmHWM): {peak}");

@@ -131,6 +131,11 @@ impl Protocol for OpenAiStt {
         None
     }
 
+    fn speaks_while_listening(&self) -> bool {
+        // gpt-4o-transcribe and gpt-4o-mini-transcribe send their deltas after the commit.
+        false
+    }
+
     fn read(&mut self, text: &str) -> Vec<Heard> {
         let m: Incoming = match serde_json::from_str(text) {
             Ok(m) => m,

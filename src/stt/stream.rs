@@ -124,6 +124,13 @@ pub trait Protocol: Send + 'static {
 
     /// Reads one text message.
     fn read(&mut self, text: &str) -> Vec<Heard>;
+
+    /// Whether the vendor sends words while the caller speaks. One that does not (OpenAI's
+    /// transcribe models answer after the commit) may be silent through a long utterance: its
+    /// stall is counted from the finish request only.
+    fn speaks_while_listening(&self) -> bool {
+        true
+    }
 }
 
 /// Makes one call's protocol.
@@ -573,6 +580,13 @@ impl Connection {
         self.dead = Some(e);
     }
 
+    /// Since when the vendor has been silent about `span`, for the stall rule; `None` while it
+    /// may rightly be silent (a vendor that answers only when asked, before it is asked).
+    fn stall_since(&self, span: &Span) -> Option<Instant> {
+        let from = if self.protocol.speaks_while_listening() { Some(span.opened_at) } else { span.ended_at };
+        from.map(|from| self.last_heard.max(from))
+    }
+
     /// The next time something is due: a keepalive, a stall, or an utterance to settle.
     fn next_due(&self) -> Option<Instant> {
         self.socket.as_ref()?;
@@ -582,7 +596,9 @@ impl Connection {
             at(self.last_sent + every);
         }
         for span in &self.spans {
-            at(self.last_heard.max(span.opened_at) + self.limits.stall);
+            if let Some(since) = self.stall_since(span) {
+                at(since + self.limits.stall);
+            }
             if let (Some(ended_at), true) = (span.ended_at, span.heard) {
                 at(self.last_heard.max(ended_at) + self.limits.settle);
             }
@@ -604,7 +620,7 @@ impl Connection {
             let span = self.spans.remove(i).expect("the span is there");
             let _ = span.out.try_send(SpanOut::Final(Ok(span.transcript(&self.name))));
         }
-        if self.spans.iter().any(|s| now >= self.last_heard.max(s.opened_at) + self.limits.stall) {
+        if self.spans.iter().any(|s| self.stall_since(s).is_some_and(|since| now >= since + self.limits.stall)) {
             let e = SttError::Stalled(format!(
                 "{}: no word from the vendor for {} ms while audio flowed",
                 self.name,

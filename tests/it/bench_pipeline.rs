@@ -76,3 +76,23 @@ fn bench_pipeline_speaks_a_wav_that_has_no_sidecar() {
     let mic = row(&report, "client: last voiced frame sent → first audio received");
     assert!(mic[1].parse::<u64>().expect("a turn count") >= 1, "{mic:?}");
 }
+
+#[test]
+fn bench_pipeline_hears_through_a_hosted_style_vendor() {
+    // `--stt-vendor`: the child hears through its Deepgram adapter, one WebSocket per call to a fake
+    // vendor in the bench process; every session is still answered with no input frame dropped.
+    let output = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["bench", "pipeline", "--sessions", "2", "--seconds", "6", "--stt-vendor"])
+        .env("VOXGATE_LOG", "warn")
+        .output()
+        .expect("voxgate runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    let summary = report.lines().find(|l| l.starts_with("sessions connected")).unwrap_or_else(|| panic!("{report}"));
+    assert!(summary.starts_with("sessions connected 2/2, answered (audio received) 2,"), "{summary}");
+    assert!(summary.contains("turns timed out 0,") && summary.ends_with("error events 0"), "{summary}");
+    let audio = first_row_under(&report, "input frames sent");
+    assert_eq!(audio[1], "0", "input frames dropped, {audio:?}");
+    let vendor = report.lines().find(|l| l.starts_with("STT: the Deepgram adapter")).unwrap_or_else(|| panic!("{report}"));
+    assert!(!vendor.contains("(0 transcripts"), "{vendor}");
+}

@@ -348,3 +348,16 @@ async fn a_turn_the_vendor_already_ended_is_final_when_the_session_ends_it() {
     assert_eq!(dg.connections()[0].count("Finalize"), 1);
     assert!(dg.connections()[0].sent.iter().all(|m| m["from_finalize"] != true), "the endpoint said it all");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_vendor_that_answers_only_when_asked_is_not_stalled_by_a_long_utterance() {
+    // OpenAI's transcribe models say nothing until the commit: an utterance longer than
+    // stall_ms_max is not a stall.
+    let oa = speech_stt::start(Flavour::OpenAi, booking_script()).await;
+    let base = voxgate(&provider("oa", Flavour::OpenAi, &oa), "engines = [\"oa\"]\nstall_ms_max = 1000").await;
+    let mut ws = connect(&base).await;
+    speak_paced(&mut ws, 500).await;
+    let events = until(&mut ws, "conversation.item.input_audio_transcription.completed").await;
+    assert_eq!(events.last().unwrap()["transcript"], "book a table for two");
+    assert!(events.iter().all(|e| e["type"] != "conversation.item.input_audio_transcription.failed"));
+}

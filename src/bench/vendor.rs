@@ -1,0 +1,108 @@
+//! `bench pipeline --stt-vendor`: a hosted-style speech-to-text vendor in the bench process, so the
+//! server under load hears through its Deepgram adapter over a real WebSocket per call instead of
+//! the in-process fake. It speaks Deepgram's live format as far as the adapter uses it: binary PCM
+//! in; an interim `Results` each second of an utterance; on `Finalize`, after the bench's STT latency, one final `Results` (`from_finalize`) with the
+//! utterance's words in seconds of the audio received; `KeepAlive` taken; `CloseStream` answered
+//! with `Metadata` and a close. The same latency as the in-process fake, so the two runs differ
+//! only by the adapter and its socket.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+
+#[derive(Clone)]
+struct Vendor {
+    words: Arc<Vec<String>>,
+    latency: Duration,
+    precise: bool,
+    finals: Arc<AtomicU64>,
+}
+
+/// A running fake vendor: its address and how many transcripts it sent.
+pub struct FakeDeepgram {
+    pub addr: SocketAddr,
+    finals: Arc<AtomicU64>,
+}
+
+impl FakeDeepgram {
+    pub fn finals(&self) -> u64 {
+        self.finals.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the vendor on loopback; every utterance is heard as `text`, `latency` after `Finalize`.
+pub async fn start(text: &str, latency: Duration, precise: bool) -> anyhow::Result<FakeDeepgram> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let finals = Arc::new(AtomicU64::new(0));
+    let vendor =
+        Vendor { words: Arc::new(text.split_whitespace().map(str::to_string).collect()), latency, precise, finals: finals.clone() };
+    let router = axum::Router::new().route("/v1/listen", get(upgrade)).with_state(vendor);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(FakeDeepgram { addr, finals })
+}
+
+async fn upgrade(State(vendor): State<Vendor>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| serve(vendor, socket))
+}
+
+async fn serve(vendor: Vendor, mut socket: WebSocket) {
+    // Samples received, and where the utterance being heard began.
+    let (mut received, mut began) = (0u64, 0u64);
+    while let Some(Ok(message)) = socket.recv().await {
+        match message {
+            Message::Binary(audio) => {
+                received += audio.len() as u64 / 2;
+                // An interim result each second of an utterance, as `interim_results=true` gives.
+                let second = 16_000;
+                if (received - began) / second > (received - began - audio.len() as u64 / 2) / second {
+                    let interim = serde_json::json!({"type": "Results", "is_final": false, "speech_final": false,
+                        "channel": {"alternatives": [{"transcript": "", "words": []}]}});
+                    if socket.send(Message::Text(interim.to_string().into())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Message::Text(text) if text.contains("\"Finalize\"") => {
+                crate::fake_clock::wait(vendor.latency, vendor.precise).await;
+                let (from, to) = (began as f64 / 16_000.0, received as f64 / 16_000.0);
+                let step = (to - from) / vendor.words.len().max(1) as f64;
+                let words: Vec<serde_json::Value> = vendor
+                    .words
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        let start = from + step * i as f64;
+                        serde_json::json!({"word": w, "punctuated_word": w, "start": start, "end": start + step, "confidence": 0.9})
+                    })
+                    .collect();
+                let results = serde_json::json!({"type": "Results", "is_final": true, "speech_final": false, "from_finalize": true,
+                    "channel": {"alternatives": [{"transcript": vendor.words.join(" "), "confidence": 0.9, "words": words}]}});
+                began = received;
+                if socket.send(Message::Text(results.to_string().into())).await.is_err() {
+                    return;
+                }
+                vendor.finals.fetch_add(1, Ordering::Relaxed);
+            }
+            Message::Text(text) if text.contains("\"CloseStream\"") => {
+                let metadata = serde_json::json!({"type": "Metadata", "request_id": "bench", "duration": received as f64 / 16_000.0});
+                let _ = socket.send(Message::Text(metadata.to_string().into())).await;
+                let _ = socket.send(Message::Close(None)).await;
+                return;
+            }
+            Message::Close(_) => return,
+            _ => {}
+        }
+    }
+}
