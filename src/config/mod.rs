@@ -187,7 +187,7 @@ impl Config {
         // `[providers]` also holds the speech vendors `[stt]` and `[tts]` name.
         let stt = SttConfig::from_raw(&user.stt, &providers).map_err(ConfigError::Invalid)?;
         let tts = TtsConfig::from_raw(&user.tts, &providers).map_err(ConfigError::Invalid)?;
-        let speech_prices = speech_prices(&user.speech, &providers, &stt).map_err(ConfigError::Invalid)?;
+        let speech_prices = speech_prices(&user.speech, &providers, &stt, &tts).map_err(ConfigError::Invalid)?;
         let realtime = RealtimeSettings::from_raw(&user.realtime)?;
         let metering = MeteringSettings::from_raw(&user.metering, env).map_err(ConfigError::Invalid)?;
 
@@ -199,7 +199,12 @@ impl Config {
 /// catalog's `[[speech]]` with the user's laid over it. A vendor engine's price is that of its model
 /// (the adapter's default model when `[stt] engines` names none); a vendor model nobody prices is
 /// recorded without a price (cost 0), with a warning here.
-fn speech_prices(user: &[RawSpeechPrice], providers: &BTreeMap<String, ProviderConfig>, stt: &SttConfig) -> Result<SpeechPrices, String> {
+fn speech_prices(
+    user: &[RawSpeechPrice],
+    providers: &BTreeMap<String, ProviderConfig>,
+    stt: &SttConfig,
+    tts: &TtsConfig,
+) -> Result<SpeechPrices, String> {
     let catalog: RawCatalog = toml::from_str(crate::llm::config::CATALOG_TOML).map_err(|e| format!("built-in catalog: {e}"))?;
     let is_vendor = |stage: Stage, name: &str| {
         providers.get(name).is_some_and(|p| match stage {
@@ -220,8 +225,6 @@ fn speech_prices(user: &[RawSpeechPrice], providers: &BTreeMap<String, ProviderC
     }
     // A provider listed twice with different models (`dg:nova-3`, `dg:nova-2`) runs under one name,
     // so it gets one price: the first entry's (`vendors` is in reverse order, the last set wins).
-    // Text-to-speech vendors: `[tts] engines` does not name any yet; when it does, each is priced the
-    // same way with `Stage::Tts` (`list.vendor_price(Stage::Tts, id, kind, model)`).
     for v in vendors {
         let kind = provider_kind_name(v.provider.kind);
         let model = v.model.clone().unwrap_or_else(|| crate::stt::default_model(v.provider.kind).to_string());
@@ -230,6 +233,16 @@ fn speech_prices(user: &[RawSpeechPrice], providers: &BTreeMap<String, ProviderC
             tracing::warn!(engine = %v.provider.id, %model, "no list price for this speech-to-text model: its cost is recorded as 0; add a [[speech]] entry with usd_per_audio_minute");
         }
         prices.set(Stage::Stt, &v.provider.id, price);
+    }
+    // Text-to-speech vendors, by the model their voice names (the first entry of a provider wins,
+    // as above).
+    for engine in tts.engines.iter().rev() {
+        let (Some(model), crate::tts::config::TtsEngineConfig::Vendor { provider, .. }) = (engine.vendor_model(), engine) else { continue };
+        let price = list.vendor_price(Stage::Tts, &provider.id, provider_kind_name(provider.kind), &model);
+        if price.is_none() {
+            tracing::warn!(engine = %provider.id, %model, "no list price for this text-to-speech model: its cost is recorded as 0; add a [[speech]] entry with usd_per_kchar");
+        }
+        prices.set(Stage::Tts, &provider.id, price);
     }
     Ok(prices)
 }

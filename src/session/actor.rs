@@ -133,6 +133,9 @@ struct Actor {
     active: Option<Active>,
     playback: Option<Playback>,
     releases: Vec<Release>,
+    /// The chunk handed to text-to-speech and not yet charged: charged once the engine that
+    /// speaks it is known.
+    tts_unbilled: Option<String>,
 }
 
 impl Actor {
@@ -176,6 +179,7 @@ impl Actor {
             active: None,
             playback: None,
             releases: Vec::new(),
+            tts_unbilled: None,
         }
     }
 
@@ -518,12 +522,14 @@ impl Actor {
         }
     }
 
-    /// Charges `text` to the text-to-speech engine `engine`, every character as vendors count them
-    /// (spaces included). The seam for the engine that spoke each chunk: until the TTS engines report
-    /// it, every chunk is charged to the configured engine.
-    fn meter_tts(&mut self, engine: &str, text: &str) {
+    /// Charges the chunk handed to text-to-speech and not yet charged to `engine`, the one that
+    /// spoke it (the configured engine when none said so), every character as vendors count them
+    /// (spaces included).
+    fn bill_spoken(&mut self, engine: Option<String>) {
+        let Some(text) = self.tts_unbilled.take() else { return };
+        let engine = engine.unwrap_or_else(|| self.engines.tts.as_ref().map_or("none", |t| t.name()).to_string());
         if let Some(meter) = self.meter.as_mut() {
-            meter.add_tts_chars(engine, text.chars().count() as u64);
+            meter.add_tts_chars(&engine, text.chars().count() as u64);
         }
     }
 
@@ -658,8 +664,10 @@ impl Actor {
                 }
             }
             ResponseMsg::Speak(text) => {
-                let engines = self.engines.clone();
-                self.meter_tts(engines.tts.as_ref().map_or("none", |t| t.name()), &text);
+                // The chunk before was spoken by the engine that spoke last.
+                let engine = active.tts_engine.clone();
+                self.bill_spoken(engine);
+                self.tts_unbilled = Some(text.clone());
                 self.ensure_message();
                 self.ensure_playback();
                 if let Some(p) = self.playback.as_mut() {
@@ -667,10 +675,22 @@ impl Actor {
                 }
             }
             ResponseMsg::Audio { samples, ms } => {
+                let engine = active.tts_engine.clone();
+                self.bill_spoken(engine);
                 self.ensure_playback();
                 if let Some(p) = self.playback.as_mut() {
                     p.audio(samples, ms);
                 }
+            }
+            ResponseMsg::Words(words) => {
+                if let Some(p) = self.playback.as_mut() {
+                    p.words(words);
+                }
+            }
+            ResponseMsg::TtsEngine(engine) => {
+                // Sent before the chunk's audio when another engine speaks it.
+                active.tts_engine = Some(engine.clone());
+                self.bill_spoken(Some(engine));
             }
             ResponseMsg::TtsFirstAudio { ttfb_ms } => {
                 active.tts_first_audio(ttfb_ms);
@@ -785,6 +805,8 @@ impl Actor {
     /// Barge-in, a cancel or a clear: stop the response and the audio, and cut the assistant's item
     /// to what the caller heard.
     fn interrupt(&mut self, reason: CancelReason) {
+        let engine = self.active.as_ref().and_then(|a| a.tts_engine.clone());
+        self.bill_spoken(engine);
         if let Some(active) = self.active.as_ref() {
             active.cancel.cancel();
         }
@@ -814,6 +836,8 @@ impl Actor {
     }
 
     fn finish_response(&mut self, status: ResponseStatus) {
+        let engine = self.active.as_ref().and_then(|a| a.tts_engine.clone());
+        self.bill_spoken(engine);
         let Some(mut active) = self.active.take() else { return };
         let completed = status == ResponseStatus::Completed;
         let response_id = active.id.clone();
@@ -916,6 +940,7 @@ mod tests {
                 usage: None,
                 metadata: None,
                 model: None,
+                tts_engine: None,
                 latencies: Latencies::default(),
                 meter: None,
             }))

@@ -115,8 +115,8 @@ pub struct Entry {
 /// The audio of a spoken assistant item, as far as truncation needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spoken {
-    /// (start in ms, text) for each chunk, in order.
-    pub timeline: Vec<(f64, String)>,
+    /// Each chunk (where it starts, its text, its word times if aligned), in order.
+    pub timeline: Vec<super::playback::Said>,
     /// Where the last chunk's audio ends (sent or not).
     pub total_ms: f64,
     /// How much audio was sent to the client: truncation is clamped to it.

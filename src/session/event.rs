@@ -172,6 +172,8 @@ pub struct ResponseSummary {
     pub metadata: Option<serde_json::Value>,
     /// The model that served (after any fallback); `None` when none answered.
     pub model: Option<String>,
+    /// The TTS engine that spoke the last chunk (after any fallback); `None` without speech.
+    pub tts_engine: Option<String>,
     pub latencies: Latencies,
     /// The session's meter so far, when it is metered.
     pub meter: Option<MeterReading>,

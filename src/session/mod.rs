@@ -117,7 +117,7 @@ impl VoiceEngines {
     pub fn from_config(config: &Config, gateway: Arc<Gateway>) -> Result<VoiceEngines, String> {
         let metrics = gateway.accounts.metrics.clone();
         let stt = crate::stt::build(&config.stt, &config.models_dir, &metrics)?;
-        let tts = crate::tts::build(&config.tts, &config.models_dir)?;
+        let tts = crate::tts::build(&config.tts, &config.models_dir, &metrics)?;
         let speech_prices = Arc::new(config.speech_prices.clone());
         Ok(VoiceEngines { gateway, stt, tts, settings: config.realtime.clone(), metrics, speech_prices })
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::audio::AudioFormat;
+use crate::tts::WordEnd;
 
 /// The most audio one outbound audio event carries. Once a frame is due (within `output_lead_ms` of
 /// being heard), the frames right after it join it up to this much, so a caller may hold up to
@@ -29,7 +30,7 @@ pub struct Playback {
     started: Option<Instant>,
     sent_ms: f64,
     /// Where each spoken chunk starts in the item's audio, for truncation to what was heard.
-    timeline: Vec<(f64, String)>,
+    timeline: Vec<Said>,
     /// The response has finished queueing; playback ends once the queue is empty and played.
     complete: bool,
 }
@@ -37,6 +38,22 @@ pub struct Playback {
 enum Out {
     Speak(String),
     Audio(Vec<i16>, f64),
+    Words(Vec<WordEnd>),
+}
+
+/// A chunk as it was spoken: where its audio starts in the item's audio, its text, and where its
+/// words end when the engine aligned them (empty: the heard share is estimated from the length).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Said {
+    pub start_ms: f64,
+    pub text: String,
+    pub words: Vec<WordEnd>,
+}
+
+impl Said {
+    pub fn new(start_ms: f64, text: impl Into<String>) -> Said {
+        Said { start_ms, text: text.into(), words: Vec::new() }
+    }
 }
 
 /// What a tick of the clock releases, in order.
@@ -60,7 +77,7 @@ pub struct Cut {
     /// The text of what was heard, to whole words.
     pub heard_text: String,
     /// Where each chunk starts, and where the chunk playing at the cut ends.
-    pub timeline: Vec<(f64, String)>,
+    pub timeline: Vec<Said>,
     pub chunk_end_ms: f64,
     pub sent_ms: f64,
     pub started: bool,
@@ -103,13 +120,18 @@ impl Playback {
         self.sent_ms
     }
 
-    pub fn timeline(&self) -> &[(f64, String)] {
+    pub fn timeline(&self) -> &[Said] {
         &self.timeline
     }
 
     /// A chunk's text, released when its audio is about to play.
     pub fn speak(&mut self, text: String) {
         self.queue.push_back(Out::Speak(text));
+    }
+
+    /// Where words of the chunk being spoken end in its audio (the engine's alignment).
+    pub fn words(&mut self, words: Vec<WordEnd>) {
+        self.queue.push_back(Out::Words(words));
     }
 
     /// An engine frame of `ms`.
@@ -123,7 +145,7 @@ impl Playback {
     pub fn due(&self, lead: Duration, responding: bool) -> Option<Instant> {
         let at = |ms: f64| self.started.map(|s| s + Duration::from_secs_f64(ms / 1000.0));
         match self.queue.front() {
-            Some(Out::Speak(_)) => Some(Instant::now()),
+            Some(Out::Speak(_) | Out::Words(_)) => Some(Instant::now()),
             Some(Out::Audio(..)) => Some(at(self.sent_ms).map_or_else(Instant::now, |t| t.checked_sub(lead).unwrap_or(t))),
             // Drained: wake when the caller has heard the last of it.
             None if self.complete && !responding => at(self.sent_ms).or_else(|| Some(Instant::now())),
@@ -140,8 +162,14 @@ impl Playback {
             match self.queue.front() {
                 Some(Out::Speak(_)) => {
                     let Some(Out::Speak(text)) = self.queue.pop_front() else { unreachable!() };
-                    self.timeline.push((self.sent_ms, text.clone()));
+                    self.timeline.push(Said::new(self.sent_ms, text.clone()));
                     out.push(Release::Text(text));
+                }
+                Some(Out::Words(_)) => {
+                    let Some(Out::Words(words)) = self.queue.pop_front() else { unreachable!() };
+                    if let Some(said) = self.timeline.last_mut() {
+                        said.words.extend(words);
+                    }
                 }
                 Some(&Out::Audio(_, next_ms)) => {
                     // A frame right after one sent in this pass joins it, up to OUTPUT_DELTA_MS_MAX.
@@ -178,11 +206,23 @@ impl Playback {
 
     /// Stops playback: what the caller heard by now, by the pacing clock. `responding`: its response
     /// is still producing.
-    pub fn cut(self, responding: bool) -> Cut {
+    pub fn cut(mut self, responding: bool) -> Cut {
         let heard_ms = self.started.map_or(0.0, |s| (s.elapsed().as_secs_f64() * 1000.0).min(self.sent_ms));
         let unheard = self.sent_ms - heard_ms > 0.5 || !self.queue.is_empty() || responding;
-        // The chunk playing at the cut ends after its audio still queued, not where sending stopped.
-        let queued_of_chunk: f64 = self.queue.iter().map_while(|o| if let Out::Audio(_, ms) = o { Some(*ms) } else { None }).sum();
+        // The chunk playing at the cut ends after its audio still queued, not where sending stopped;
+        // its word times still queued count too.
+        let mut queued_of_chunk = 0.0;
+        for o in self.queue.iter() {
+            match o {
+                Out::Audio(_, ms) => queued_of_chunk += ms,
+                Out::Words(words) => {
+                    if let Some(said) = self.timeline.last_mut() {
+                        said.words.extend(words.iter().copied());
+                    }
+                }
+                Out::Speak(_) => break,
+            }
+        }
         let chunk_end_ms = self.sent_ms + queued_of_chunk;
         let heard_text = heard_text(&self.timeline, chunk_end_ms, heard_ms);
         Cut { heard_ms, unheard, heard_text, timeline: self.timeline, chunk_end_ms, sent_ms: self.sent_ms, started: self.started.is_some() }
@@ -190,17 +230,26 @@ impl Playback {
 }
 
 /// The transcript of the first `heard_ms` of an item's audio: whole chunks that were heard, and the
-/// heard share of the chunk playing at the cut, ending at a word boundary.
-pub fn heard_text(timeline: &[(f64, String)], total_ms: f64, heard_ms: f64) -> String {
+/// heard share of the chunk playing at the cut. With the engine's word times that share ends at the
+/// last word whose audio was all played; without them it is estimated from the share of the chunk's
+/// audio played, ending at a word boundary.
+pub fn heard_text(timeline: &[Said], total_ms: f64, heard_ms: f64) -> String {
     let mut out = String::new();
-    for (i, (start, text)) in timeline.iter().enumerate() {
-        if *start >= heard_ms {
+    for (i, said) in timeline.iter().enumerate() {
+        let (start, text) = (said.start_ms, &said.text);
+        if start >= heard_ms {
             break;
         }
-        let end = timeline.get(i + 1).map_or(total_ms, |(s, _)| *s);
+        let end = timeline.get(i + 1).map_or(total_ms, |s| s.start_ms);
         if heard_ms >= end {
             out.push_str(text);
             continue;
+        }
+        if !said.words.is_empty() {
+            let into_ms = heard_ms - start;
+            let chars = said.words.iter().filter(|w| w.end_ms <= into_ms + 0.5).map(|w| w.chars).max().unwrap_or(0);
+            out.push_str(&text[..nonblank_prefix_len(text, chars)]);
+            break;
         }
         let share = ((heard_ms - start) / (end - start).max(1.0)).clamp(0.0, 1.0);
         let cut = (text.chars().count() as f64 * share).floor() as usize;
@@ -217,17 +266,31 @@ pub fn heard_text(timeline: &[(f64, String)], total_ms: f64, heard_ms: f64) -> S
     out
 }
 
+/// The length in bytes of the shortest prefix of `text` holding its first `n` non-blank characters.
+fn nonblank_prefix_len(text: &str, n: usize) -> usize {
+    if n == 0 {
+        return 0;
+    }
+    let mut seen = 0;
+    for (i, c) in text.char_indices() {
+        if !c.is_whitespace() {
+            seen += 1;
+            if seen == n {
+                return i + c.len_utf8();
+            }
+        }
+    }
+    text.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn heard_text_keeps_whole_chunks_and_whole_words() {
-        let timeline = vec![
-            (0.0, "Sure, ".to_string()),
-            (400.0, "your table is booked for seven. ".to_string()),
-            (2000.0, "Anything else?".to_string()),
-        ];
+        let timeline =
+            vec![Said::new(0.0, "Sure, "), Said::new(400.0, "your table is booked for seven. "), Said::new(2000.0, "Anything else?")];
         assert_eq!(heard_text(&timeline, 3000.0, 0.0), "");
         assert_eq!(heard_text(&timeline, 3000.0, 400.0), "Sure, ");
         assert_eq!(heard_text(&timeline, 3000.0, 3000.0), "Sure, your table is booked for seven. Anything else?");
@@ -303,5 +366,40 @@ mod tests {
         assert_eq!(cut.chunk_end_ms, 1000.0);
         // Half of "one two three four " is nine characters, cut back to a whole word.
         assert_eq!(cut.heard_text, "one two");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_word_times_a_cut_ends_at_the_last_word_played() {
+        let lead = Duration::from_millis(100);
+        let mut p = Playback::new("resp_1".into(), "item_1".into(), AudioFormat::REALTIME_PCM);
+        p.speak("one two three four ".into());
+        frames(&mut p, 25);
+        // The engine says "three" ends at 450 ms: the length estimate would stop after "two".
+        let word = |chars, end_ms| WordEnd { chars, end_ms };
+        p.words(vec![word(3, 100.0), word(6, 150.0)]);
+        frames(&mut p, 25);
+        p.words(vec![word(11, 450.0), word(15, 900.0)]);
+        let mut out = Vec::new();
+        p.tick(Instant::now(), lead, true, &mut out);
+        for _ in 0..25 {
+            tokio::time::advance(Duration::from_millis(20)).await;
+            out.clear();
+            p.tick(Instant::now(), lead, true, &mut out);
+        }
+        let cut = p.cut(true);
+        assert!((cut.heard_ms - 500.0).abs() < 1e-6, "{cut:?}");
+        assert_eq!(cut.heard_text, "one two three");
+        assert_eq!(cut.timeline[0].words.len(), 4, "word times still queued at the cut count");
+        // A client's own truncation later reads the same timeline.
+        assert_eq!(heard_text(&cut.timeline, cut.chunk_end_ms, 120.0), "one");
+        assert_eq!(heard_text(&cut.timeline, cut.chunk_end_ms, 50.0), "");
+    }
+
+    #[test]
+    fn word_ends_count_non_blank_characters() {
+        assert_eq!(nonblank_prefix_len("  Hi, there ", 3), 5);
+        assert_eq!(nonblank_prefix_len("Hi", 9), 2);
+        assert_eq!(nonblank_prefix_len("Hi", 0), 0);
+        assert_eq!(nonblank_prefix_len("é b", 1), 2);
     }
 }

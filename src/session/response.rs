@@ -12,7 +12,7 @@ use crate::audio::Resampler;
 use crate::llm::router::Gateway;
 use crate::llm::types::{ChatRequest, Event, FinishReason, Usage};
 use crate::tts::chunker::Chunker;
-use crate::tts::TextToSpeech;
+use crate::tts::{Chunk, Spoken, TextToSpeech, TtsContext, WordEnd};
 
 /// What a response task tells the session actor, in order.
 #[derive(Debug)]
@@ -43,6 +43,10 @@ pub enum ResponseMsg {
         samples: Vec<i16>,
         ms: f64,
     },
+    /// Where words of the chunk being spoken end in its audio (vendor alignment), after its audio.
+    Words(Vec<WordEnd>),
+    /// The TTS engine that speaks the chunks from here on (sent when it changes).
+    TtsEngine(String),
     /// First text handed to TTS to its first audio, once per response.
     TtsFirstAudio {
         ttfb_ms: f64,
@@ -145,31 +149,58 @@ impl ResponseJob {
     }
 }
 
-/// Speaks each chunk in turn: announces its text, then streams its audio converted to the output format.
+/// Speaks each chunk in turn: announces its text, then streams its audio converted to the output
+/// format. The chunks share one [`TtsContext`], which ends when this returns or is dropped.
 async fn speak(speech: Speech, mut chunks: mpsc::Receiver<String>, tx: Tagged) {
-    let engine_hz = speech.tts.rate_hz();
     let out_hz = speech.rate_hz;
-    let mut resampler = if engine_hz == out_hz { None } else { Resampler::new(engine_hz, out_hz).ok() };
+    // (engine rate, its resampler): engines of a fallback list may speak at different rates.
+    let mut resampler: Option<(u32, Option<Resampler>)> = None;
     let mut first_audio_pending = true;
+    let mut engine: Option<String> = None;
+    let (context, _end_context) = TtsContext::new();
     while let Some(text) = chunks.recv().await {
-        let (audio_tx, mut audio_rx) = mpsc::channel::<Vec<i16>>(8);
+        let (out_tx, mut out_rx) = mpsc::channel::<Spoken>(8);
         let began = Instant::now();
-        let synth = speech.tts.synthesize(text.clone(), speech.voice.clone(), audio_tx);
+        let chunk = Chunk { text: text.clone(), voice: speech.voice.clone(), context: context.clone() };
+        let synth = speech.tts.speak(chunk, out_tx);
         tx.send(ResponseMsg::Speak(text)).await;
         // The deadline is on the engine, not on delivery: sending waits while the session's playback
         // queue is full, which for a long chunk is most of its audio's length.
         let frames = async {
             loop {
-                let frame = match tokio::time::timeout(speech.timeout, audio_rx.recv()).await {
-                    Ok(Some(frame)) => frame,
+                let spoken = match tokio::time::timeout(speech.timeout, out_rx.recv()).await {
+                    Ok(Some(spoken)) => spoken,
                     Ok(None) => return Ok(()),
                     Err(_) => return Err(()),
                 };
+                let (frame, engine_hz) = match spoken {
+                    Spoken::Audio { samples, rate_hz } => (samples, rate_hz),
+                    Spoken::Words(words) => {
+                        tx.send(ResponseMsg::Words(words)).await;
+                        continue;
+                    }
+                    Spoken::Engine(name) => {
+                        if engine.as_deref() != Some(name.as_str()) {
+                            engine = Some(name.clone());
+                            tx.send(ResponseMsg::TtsEngine(name)).await;
+                        }
+                        continue;
+                    }
+                };
+                if engine.is_none() {
+                    // An engine alone (no fallback list) does not name itself per chunk.
+                    engine = Some(speech.tts.name().to_string());
+                    tx.send(ResponseMsg::TtsEngine(speech.tts.name().to_string())).await;
+                }
                 if first_audio_pending {
                     first_audio_pending = false;
                     tx.send(ResponseMsg::TtsFirstAudio { ttfb_ms: ms_since(began) }).await;
                 }
-                let samples = match resampler.as_mut() {
+                if resampler.as_ref().is_none_or(|(hz, _)| *hz != engine_hz) {
+                    let r = if engine_hz == out_hz { None } else { Resampler::new(engine_hz, out_hz).ok() };
+                    resampler = Some((engine_hz, r));
+                }
+                let samples = match resampler.as_mut().and_then(|(_, r)| r.as_mut()) {
                     Some(r) => {
                         let mut out = Vec::with_capacity(frame.len() * out_hz as usize / engine_hz.max(1) as usize + 16);
                         r.process(&frame, &mut out);

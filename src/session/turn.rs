@@ -34,6 +34,8 @@ pub struct Active {
     message: Option<MessageState>,
     calls: BTreeMap<u32, CallState>,
     model: Option<String>,
+    /// The TTS engine that spoke the last chunk (after any fallback).
+    pub tts_engine: Option<String>,
     ttft_ms: Option<f64>,
     tts_ttfb_ms: Option<f64>,
     first_audio_at: Option<Instant>,
@@ -95,6 +97,7 @@ impl Active {
             message: None,
             calls: BTreeMap::new(),
             model: None,
+            tts_engine: None,
             ttft_ms: None,
             tts_ttfb_ms: None,
             first_audio_at: None,
@@ -250,6 +253,7 @@ impl Active {
             usage: self.usage,
             metadata: self.metadata,
             model: self.model,
+            tts_engine: self.tts_engine,
             latencies,
             meter,
         }

@@ -29,6 +29,7 @@ mod realtime_session;
 mod replay;
 mod speech_context;
 mod speech_stt;
+mod speech_tts;
 mod twilio;
 mod wire_recording;
 

@@ -54,19 +54,22 @@ fn the_openai_python_sdk_works_against_voxgate() {
     assert!(stdout.contains("realtime SDK checks passed"), "{stdout}");
 }
 
-/// The SDK's realtime client holds a spoken turn while the server hears through a hosted vendor:
-/// a fake Deepgram on loopback (`tests/support/speech_stt.rs`), one WebSocket for the call.
+/// The SDK's realtime client holds a spoken turn while the server hears and speaks through hosted
+/// vendors: a fake Deepgram (`tests/support/speech_stt.rs`, one WebSocket for the call) and a fake
+/// ElevenLabs (`tests/support/speech_tts.rs`), on loopback.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_realtime_client_holds_a_turn_on_a_hosted_speech_vendor() {
     use crate::support::speech_stt::{booking_script, start, Flavour};
 
     let deepgram = start(Flavour::Deepgram, booking_script()).await;
+    let (elevenlabs, voice_log) = crate::support::speech_tts::elevenlabs::start().await;
     let dir = env!("CARGO_MANIFEST_DIR");
     let base_config = std::fs::read_to_string(format!("{dir}/tests/sdk/voxgate.toml")).unwrap();
     let (before_stt, _) = base_config.split_once("[stt]").expect("the SDK config has an [stt] section");
     let config = format!(
         "{before_stt}[providers.dg]\nkind = \"deepgram\"\nbase_url = \"{}\"\napi_key = \"dg-sdk-test\"\n\
-         [stt]\nengines = [\"dg\"]\n[tts]\nengine = \"fake\"\nttfb_ms = 20\nms_per_char = 40\n",
+         [providers.el]\nkind = \"elevenlabs\"\nbase_url = \"{elevenlabs}\"\napi_key = \"el-sdk-test\"\n\
+         [stt]\nengines = [\"dg\"]\n[tts]\nengines = [\"el\"]\n",
         deepgram.url
     );
     let temp = crate::support::temp_dir("sdk-vendor");
@@ -118,4 +121,7 @@ async fn the_openai_sdk_realtime_client_holds_a_turn_on_a_hosted_speech_vendor()
     let connections = deepgram.connections();
     assert_eq!(connections.len(), 1, "one socket for the call");
     assert_eq!(connections[0].header("authorization"), Some("Token dg-sdk-test"));
+    // The answer was spoken by the vendor, with the key in its header.
+    let upgrades = crate::support::speech_tts::upgrades(&voice_log);
+    assert!(!upgrades.is_empty() && upgrades.iter().all(|u| u.header("xi-api-key") == Some("el-sdk-test")), "{upgrades:?}");
 }

@@ -760,12 +760,14 @@ fn response_lifecycle_events_serialise() {
     // The voxgate extension appears only when set, as an extra field of the response.
     done.voxgate = Some(VoxgateResponseInfo {
         model: Some("groq/llama-3.1-8b-instant".into()),
+        tts_engine: Some("cartesia".into()),
         latency_ms: StageLatencies { stt: Some(212.5), llm_ttft: Some(180.0), tts_ttfb: Some(95.25), voice_to_voice: Some(540.0) },
         meter: Some(MeterInfo { billed_seconds: 9, amount_usd: "0.011250000000".into() }),
     });
     let mut extended_json = done_json;
     extended_json["voxgate"] = json!({
         "model": "groq/llama-3.1-8b-instant",
+        "tts_engine": "cartesia",
         "latency_ms": {"stt": 212.5, "llm_ttft": 180.0, "tts_ttfb": 95.25, "voice_to_voice": 540.0},
         "meter": {"billed_seconds": 9, "amount_usd": "0.011250000000"}
     });
@@ -776,6 +778,7 @@ fn response_lifecycle_events_serialise() {
     // Stages that did not run are left out.
     done.voxgate = Some(VoxgateResponseInfo {
         model: Some("fake/echo".into()),
+        tts_engine: None,
         latency_ms: StageLatencies { llm_ttft: Some(1.0), ..Default::default() },
         meter: None,
     });

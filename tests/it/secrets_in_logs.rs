@@ -120,3 +120,49 @@ async fn speech_vendor_keys_never_appear_in_logs_metrics_or_errors() {
     assert_eq!(dg.connections()[0].header("authorization"), Some(format!("Token {SECRET}").as_str()));
     assert_eq!(aai.connections()[0].header("authorization"), Some(SECRET));
 }
+
+// Text-to-speech vendors: refused (on the upgrade or in a message that echoes the key), cut and
+// garbled answers, each vendor alone so every failure reaches the client as `tts_failed`.
+#[tokio::test(flavor = "current_thread")]
+async fn text_to_speech_vendor_keys_never_appear_in_trace_logs_events_or_metrics() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber =
+        tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(move || writer.clone()).with_ansi(false).finish();
+    let _logs = tracing::subscriber::set_default(subscriber);
+
+    let mut seen = String::new();
+    for kind in ["openai", "elevenlabs", "cartesia", "deepgram"] {
+        let (url, _) = match kind {
+            "openai" => support::speech_tts::openai::start().await,
+            "elevenlabs" => support::speech_tts::elevenlabs::start().await,
+            "cartesia" => support::speech_tts::cartesia::start().await,
+            _ => support::speech_tts::deepgram::start().await,
+        };
+        let busy = format!("{url}/busy");
+        for (base_url, scenario) in [(&url, "unauthorized"), (&url, "rate_limited"), (&url, "cut"), (&url, "malformed"), (&busy, "ok")] {
+            let config = format!(
+                "{}[routes.voice]\nmodels = [\"echo\"]\n[providers.tts]\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\napi_key = \"env:K\"\n\
+                 [stt]\nengine = \"none\"\n[tts]\nengines = [\"tts:{scenario}\"]\n",
+                support::FAKE_ECHO
+            );
+            let (base, _) = support::start_voxgate(&config, &[("K", SECRET)]).await;
+            let url = format!("{}/v1/realtime?model=voice", base.replace("http://", "ws://"));
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+            let item = json!({"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello there, how are you?"}]});
+            ws.send(Message::text(json!({"type": "conversation.item.create", "item": item}).to_string())).await.unwrap();
+            ws.send(Message::text(json!({"type": "response.create"}).to_string())).await.unwrap();
+            let events = support::events_until(&mut ws, "response.done").await;
+            seen.push_str(&serde_json::to_string(&events).unwrap());
+            seen.push_str(&reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap());
+        }
+    }
+    let logs = String::from_utf8_lossy(&buffer.0.lock().unwrap()).to_string();
+    assert!(logs.contains("response failed"), "the failures were logged at all");
+    assert!(seen.contains("tts_failed"), "the failures reached the client");
+    assert!(!logs.contains(SECRET), "a speech vendor's key reached the logs");
+    assert!(!seen.contains(SECRET), "a speech vendor's key reached a client or /metrics");
+}

@@ -17,6 +17,11 @@ import wave
 
 from openai import AsyncOpenAI
 
+# The whole check's limit (the offline engines on a loaded 2-core machine take well under it).
+TIMEOUT_S = 300
+# The events of the session so far, for the message when the limit is reached.
+SEEN = []
+
 
 def pcm24_from_wav(path):
     with wave.open(path, "rb") as w:
@@ -62,6 +67,7 @@ async def main(base_url, api_key, fixture, route, offline):
             await conn.input_audio_buffer.append(audio=base64.b64encode(audio[i : i + chunk]).decode())
 
         seen, transcript, spoken, audio_bytes, done = [], None, "", 0, None
+        SEEN[:] = [seen]
         async for event in conn:
             seen.append(event.type)
             if event.type == "error":
@@ -104,4 +110,8 @@ if __name__ == "__main__":
         del args[i : i + 2]
     if len(args) != 3:
         sys.exit(__doc__)
-    asyncio.run(main(args[0], args[1], args[2], route, offline))
+    try:
+        # A server that never answers fails the check instead of hanging it.
+        asyncio.run(asyncio.wait_for(main(args[0], args[1], args[2], route, offline), TIMEOUT_S))
+    except asyncio.TimeoutError:
+        sys.exit(f"no response.done within {TIMEOUT_S} s; events seen: {SEEN[0] if SEEN else []}")

@@ -19,6 +19,7 @@
 //! - `malformed`: a frame that is not JSON, before any content;
 //! - `midstream_error`: "Hel", then the vendor's in-band error event.
 pub mod speech_stt;
+pub mod speech_tts;
 pub mod vendors;
 
 use std::net::SocketAddr;

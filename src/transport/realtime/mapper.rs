@@ -712,6 +712,7 @@ fn response_object(summary: ResponseSummary) -> Response {
     let l = summary.latencies;
     let voxgate = (summary.model.is_some() || meter.is_some()).then_some(VoxgateResponseInfo {
         model: summary.model,
+        tts_engine: summary.tts_engine,
         latency_ms: StageLatencies { stt: l.stt, llm_ttft: l.llm_ttft, tts_ttfb: l.tts_ttfb, voice_to_voice: l.voice_to_voice },
         meter,
     });
@@ -991,6 +992,7 @@ mod tests {
             usage: None,
             metadata: None,
             model: Some("echo".into()),
+            tts_engine: None,
             latencies: Latencies { llm_ttft: Some(12.5), ..Latencies::default() },
             meter: Some(MeterReading { billed_seconds: 3, amount: crate::metering::amount(3, 4_500_000) }),
         };

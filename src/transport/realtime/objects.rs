@@ -647,6 +647,10 @@ pub struct VoxgateResponseInfo {
     /// no model answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The text-to-speech engine that spoke the last chunk (after any fallback), by its `[tts]`
+    /// name; absent without speech.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_engine: Option<String>,
     #[serde(default)]
     pub latency_ms: StageLatencies,
     /// The session's meter so far: what it costs at its flat rate up to this response.
