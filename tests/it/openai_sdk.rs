@@ -64,12 +64,15 @@ async fn the_openai_sdk_realtime_client_holds_a_turn_on_a_hosted_speech_vendor()
     let deepgram = start(Flavour::Deepgram, booking_script()).await;
     let (elevenlabs, voice_log) = crate::support::speech_tts::elevenlabs::start().await;
     let dir = env!("CARGO_MANIFEST_DIR");
+    // Generous limits: this checks the SDK's view of a turn, and the whole suite's embedded engines
+    // may be loading the machine beside it.
     let base_config = std::fs::read_to_string(format!("{dir}/tests/sdk/voxgate.toml")).unwrap();
     let (before_stt, _) = base_config.split_once("[stt]").expect("the SDK config has an [stt] section");
     let config = format!(
         "{before_stt}[providers.dg]\nkind = \"deepgram\"\nbase_url = \"{}\"\napi_key = \"dg-sdk-test\"\n\
          [providers.el]\nkind = \"elevenlabs\"\nbase_url = \"{elevenlabs}\"\napi_key = \"el-sdk-test\"\n\
-         [stt]\nengines = [\"dg\"]\n[tts]\nengines = [\"el\"]\n",
+         [stt]\nengines = [\"dg\"]\nstall_ms_max = 60000\n[tts]\nengines = [\"el\"]\nttfb_ms_max = 60000\n\
+         [realtime]\nstt_timeout_ms = 60000\ntts_timeout_ms = 60000\n",
         deepgram.url
     );
     let temp = crate::support::temp_dir("sdk-vendor");

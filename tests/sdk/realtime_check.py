@@ -72,6 +72,8 @@ async def main(base_url, api_key, fixture, route, offline):
             seen.append(event.type)
             if event.type == "error":
                 raise AssertionError(f"server error: {event.error}")
+            if event.type == "conversation.item.input_audio_transcription.failed":
+                raise AssertionError(f"transcription failed: {event.error}")
             if event.type == "conversation.item.input_audio_transcription.completed":
                 transcript = event.transcript
             elif event.type == "response.output_audio_transcript.delta":
