@@ -448,7 +448,7 @@ impl Connection {
         let uri = request.uri().clone();
         let host = format!("{}://{}{}", uri.scheme_str().unwrap_or("ws"), uri.authority().map_or("", |a| a.as_str()), uri.path());
         // No Nagle: a Finalize or a 40 ms frame must not wait for the last one's ACK.
-        let connecting = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connecting = tokio_tungstenite::connect_async_with_config(request, Some(crate::engine::vendor_ws_config()), true);
         let (mut socket, _) = match tokio::time::timeout(self.limits.connect, connecting).await {
             Err(_) => return Err(self.error(format!("no connection to {host} within {} ms", self.limits.connect.as_millis()))),
             Ok(Err(e)) => return Err(self.error(format!("cannot connect to {host}: {}", describe(&e)))),

@@ -166,7 +166,7 @@ impl Vendor {
             let value = HeaderValue::from_str(value).map_err(|_| self.error("connect", format!("the {name} header is not valid")))?;
             request.headers_mut().insert(name, value);
         }
-        let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(crate::engine::vendor_ws_config()), true);
         match tokio::time::timeout(self.connect_timeout, connect).await {
             Err(_) => Err(self.error("connect", format!("no WebSocket within {} ms", self.connect_timeout.as_millis()))),
             Ok(Ok((socket, _))) => Ok(socket),
