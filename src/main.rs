@@ -113,6 +113,10 @@ enum BenchCommand {
         /// bench process, with the fake STT's latency (hosted-style speech input).
         #[arg(long)]
         stt_vendor: bool,
+        /// Speak through the OpenAI TTS adapter: one request per chunk to a fake
+        /// `/v1/audio/speech` in the bench process, with the fake TTS's time to first audio.
+        #[arg(long)]
+        tts_vendor: bool,
     },
     /// The embedded speech engines alone on the fixtures: STT real-time factor and commit-to-final
     /// latency, TTS time to first audio and real-time factor.
@@ -207,7 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
-            what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded, transport, wavs, stt_vendor },
+            what: BenchCommand::Pipeline { sessions, seconds, idle, tokio_timers, embedded, transport, wavs, stt_vendor, tts_vendor },
         } => {
             let options = voxgate::bench::PipelineOptions {
                 sessions,
@@ -218,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 transport,
                 wavs,
                 stt_vendor,
+                tts_vendor,
             };
             let report = voxgate::bench::pipeline(options).await?;
             println!("{report}");

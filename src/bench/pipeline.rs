@@ -139,6 +139,9 @@ pub struct PipelineOptions {
     /// Hear through the Deepgram adapter, one WebSocket per call to a fake vendor in this process
     /// with the fake STT's latency, instead of the in-process fake STT.
     pub stt_vendor: bool,
+    /// Speak through the OpenAI TTS adapter, one request per chunk to a fake `/v1/audio/speech` in
+    /// this process with the fake TTS's time to first audio.
+    pub tts_vendor: bool,
 }
 
 /// Engine times the fakes are configured with: what a turn spends outside the pipeline.
@@ -954,6 +957,7 @@ impl Child {
         embedded: bool,
         script: &[PathBuf],
         stt_vendor: Option<SocketAddr>,
+        tts_vendor: Option<SocketAddr>,
     ) -> anyhow::Result<Child> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -967,6 +971,10 @@ impl Child {
             Some(addr) => format!("[providers.dg]\nkind = \"deepgram\"\nbase_url = \"http://{addr}\"\n[stt]\nengines = [\"dg\"]\n"),
             None => format!("[stt]\nengine = \"fake\"\nscript = [{script}]\nlatency_ms = {STT_LATENCY_MS}\nprecise_timing = {precise}\n"),
         };
+        let tts = match tts_vendor {
+            Some(addr) => format!("[providers.voice]\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\napi_key = \"bench\"\n[tts]\nengines = [\"voice\"]\n"),
+            None => format!("[tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\nprecise_timing = {precise}\n"),
+        };
         let config = if embedded {
             // The defaults of `voxgate serve` with no config: embedded STT, LLM (route `default`) and TTS.
             format!("listen = \"127.0.0.1:{port}\"\n[realtime]\nmax_sessions = {max_sessions}\n")
@@ -978,7 +986,7 @@ impl Child {
                  input_usd_per_mtok = 0.4\noutput_usd_per_mtok = 1.6\n\
                  [routes.bench]\nmodels = [\"bench-voice\"]\n\
                  {stt}\
-                 [tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\nprecise_timing = {precise}\n\
+                 {tts}\
                  [realtime]\nmax_sessions = {max_sessions}\n",
                 precise_llm = if precise { "+precise" } else { "" },
             )
@@ -1041,9 +1049,13 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
         }
         false => None,
     };
+    let tts_vendor = match options.tts_vendor && !options.embedded {
+        true => Some(super::vendor::start_tts(Duration::from_millis(TTS_TTFB_MS), options.precise_engine_timers).await?),
+        false => None,
+    };
     let max_sessions = options.sessions.max(options.idle) + 16;
-    let child =
-        Child::start(max_sessions, options.precise_engine_timers, options.embedded, &script, vendor.as_ref().map(|v| v.addr)).await?;
+    let stt_vendor = vendor.as_ref().map(|v| v.addr);
+    let child = Child::start(max_sessions, options.precise_engine_timers, options.embedded, &script, stt_vendor, tts_vendor).await?;
     let dial = Arc::new(Dial {
         transport: options.transport,
         url: child.ws_url(options.transport),
@@ -1079,6 +1091,9 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     }
     if options.sessions > 0 {
         load(&child, &dial, frames, holdback_16k, &options, cores, &mut out).await?;
+    }
+    if tts_vendor.is_some() {
+        let _ = writeln!(out, "\nTTS: the OpenAI adapter, one request per chunk to a fake `/v1/audio/speech` in the bench process");
     }
     if let Some(vendor) = &vendor {
         let _ = writeln!(

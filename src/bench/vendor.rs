@@ -1,4 +1,7 @@
-//! `bench pipeline --stt-vendor`: a hosted-style speech-to-text vendor in the bench process, so the
+//! `bench pipeline --stt-vendor` and `--tts-vendor`: hosted-style speech vendors in the bench
+//! process.
+//!
+//! `--stt-vendor`: a speech-to-text vendor, so the
 //! server under load hears through its Deepgram adapter over a real WebSocket per call instead of
 //! the in-process fake. It speaks Deepgram's live format as far as the adapter uses it: binary PCM
 //! in; an interim `Results` each second of an utterance; on `Finalize`, after the bench's STT latency, one final `Results` (`from_finalize`) with the
@@ -105,4 +108,36 @@ async fn serve(vendor: Vendor, mut socket: WebSocket) {
             _ => {}
         }
     }
+}
+
+/// `--tts-vendor`: OpenAI's `POST /v1/audio/speech` with `response_format: "pcm"`, so the server
+/// speaks through its OpenAI adapter, one request per chunk: after `ttfb`, the chunk's audio (24 kHz
+/// PCM16, 60 ms of a quiet tone per non-blank character, as the in-process fake makes) in 20 ms
+/// pieces of a chunked body.
+pub async fn start_tts(ttfb: Duration, precise: bool) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = axum::Router::new().route("/v1/audio/speech", axum::routing::post(speech)).with_state((ttfb, precise));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(addr)
+}
+
+async fn speech(State((ttfb, precise)): State<(Duration, bool)>, body: axum::body::Bytes) -> Response {
+    let text =
+        serde_json::from_slice::<serde_json::Value>(&body).ok().and_then(|v| v["input"].as_str().map(str::to_string)).unwrap_or_default();
+    let ms = (text.chars().filter(|c| !c.is_whitespace()).count() as u64 * 60).max(20);
+    let samples = (ms * 24) as usize;
+    let pcm: Vec<u8> = (0..samples).flat_map(|i| (((i as f64 * 0.0576).sin() * 2_000.0) as i16).to_le_bytes()).collect();
+    let pieces: Vec<Result<axum::body::Bytes, std::io::Error>> =
+        pcm.chunks(960).map(|c| Ok(axum::body::Bytes::copy_from_slice(c))).collect();
+    crate::fake_clock::wait(ttfb, precise).await;
+    Response::builder()
+        .header("content-type", "audio/pcm")
+        .body(axum::body::Body::from_stream(futures::stream::iter(pieces)))
+        .unwrap_or_default()
 }

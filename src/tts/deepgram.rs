@@ -40,15 +40,11 @@ struct Job {
 impl DeepgramTts {
     pub fn new(vendor: Vendor, voice: Option<String>) -> Result<DeepgramTts, String> {
         let model = voice.unwrap_or_else(|| DEFAULT_MODEL.to_string());
-        if !model_name(&model) {
+        if !super::vendor::url_safe(&model) {
             return Err(format!("tts: provider {:?}: an Aura model name is letters, digits, '-' and '_'", vendor.id));
         }
         Ok(DeepgramTts { vendor, model, sockets: Arc::default() })
     }
-}
-
-fn model_name(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl TextToSpeech for DeepgramTts {
@@ -69,7 +65,7 @@ impl TextToSpeech for DeepgramTts {
         let sockets = self.sockets.clone();
         let model = vendor.voice(chunk.voice.clone(), &self.model);
         Box::pin(async move {
-            if !model_name(&model) {
+            if !super::vendor::url_safe(&model) {
                 return Err(vendor.error("bad_request", "an Aura model name is letters, digits, '-' and '_'"));
             }
             let id = chunk.context.id().to_string();

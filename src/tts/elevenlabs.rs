@@ -58,15 +58,11 @@ impl ElevenLabsTts {
             Some((m, v)) => (m.to_string(), v.to_string()),
             None => (DEFAULT_MODEL.to_string(), voice.unwrap_or_else(|| DEFAULT_VOICE.to_string())),
         };
-        if !url_safe(&voice) || !url_safe(&model) {
+        if !super::vendor::url_safe(&voice) || !super::vendor::url_safe(&model) {
             return Err(format!("tts: provider {:?}: voice and model ids are letters, digits, '-' and '_'", vendor.id));
         }
         Ok(ElevenLabsTts { vendor, voice, model, contexts: Arc::default() })
     }
-}
-
-fn url_safe(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 impl TextToSpeech for ElevenLabsTts {
@@ -88,7 +84,7 @@ impl TextToSpeech for ElevenLabsTts {
         let voice = vendor.voice(chunk.voice.clone(), &self.voice);
         let model = self.model.clone();
         Box::pin(async move {
-            if !url_safe(&voice) {
+            if !super::vendor::url_safe(&voice) {
                 return Err(vendor.error("bad_request", "a voice id is letters, digits, '-' and '_'"));
             }
             let id = chunk.context.id().to_string();

@@ -206,6 +206,12 @@ fn describe_ws_error(e: &tokio_tungstenite::tungstenite::Error) -> String {
     }
 }
 
+/// Whether `s` can go into a URL path or query as it is: a vendor's voice or model id (letters,
+/// digits, `-` and `_`).
+pub fn url_safe(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
 /// A vendor's HTTP status as a fallback reason.
 pub fn status_reason(status: u16) -> &'static str {
     match status {

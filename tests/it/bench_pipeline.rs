@@ -78,11 +78,13 @@ fn bench_pipeline_speaks_a_wav_that_has_no_sidecar() {
 }
 
 #[test]
-fn bench_pipeline_hears_through_a_hosted_style_vendor() {
+fn bench_pipeline_hears_and_speaks_through_hosted_style_vendors() {
     // `--stt-vendor`: the child hears through its Deepgram adapter, one WebSocket per call to a fake
-    // vendor in the bench process; every session is still answered with no input frame dropped.
+    // vendor in the bench process; `--tts-vendor`: it speaks through its OpenAI adapter, a request
+    // per chunk to a fake `/v1/audio/speech`. Every session is still answered with no input frame
+    // dropped.
     let output = Command::new(env!("CARGO_BIN_EXE_voxgate"))
-        .args(["bench", "pipeline", "--sessions", "2", "--seconds", "6", "--stt-vendor"])
+        .args(["bench", "pipeline", "--sessions", "2", "--seconds", "6", "--stt-vendor", "--tts-vendor"])
         .env("VOXGATE_LOG", "warn")
         .output()
         .expect("voxgate runs");
@@ -95,4 +97,5 @@ fn bench_pipeline_hears_through_a_hosted_style_vendor() {
     assert_eq!(audio[1], "0", "input frames dropped, {audio:?}");
     let vendor = report.lines().find(|l| l.starts_with("STT: the Deepgram adapter")).unwrap_or_else(|| panic!("{report}"));
     assert!(!vendor.contains("(0 transcripts"), "{vendor}");
+    assert!(report.lines().any(|l| l.starts_with("TTS: the OpenAI adapter")), "{report}");
 }
