@@ -21,6 +21,10 @@ use crate::metrics::Metrics;
 /// Frames queued for one engine's utterance (as the session queues them).
 const QUEUE_FRAMES: usize = 1024;
 
+/// The most of an utterance kept for the engine that takes it over: its last minute (2 MB). A
+/// longer utterance (a client that never commits) is handed over from a minute before.
+const REPLAY_MAX_SAMPLES: usize = 60 * super::STT_RATE_HZ as usize;
+
 /// An engine of the list with its breaker.
 pub struct Slot {
     /// The list's entry that names it (`dg:nova-3`, `embedded`).
@@ -144,8 +148,10 @@ impl SpeechToText for FallbackCall {
     fn transcribe(&self, mut utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
         let call = self.inner.clone();
         Box::pin(async move {
-            // The utterance's audio so far, for the engine that takes it over.
-            let mut heard: Vec<Vec<i16>> = Vec::new();
+            // The utterance's audio so far (its last minute), for the engine that takes it over,
+            // and how much of its start no longer is.
+            let mut heard: std::collections::VecDeque<Vec<i16>> = std::collections::VecDeque::new();
+            let (mut kept, mut dropped) = (0usize, 0u64);
             let mut audio_open = true;
             let mut last_error = None;
             let mut i = call.at();
@@ -159,13 +165,15 @@ impl SpeechToText for FallbackCall {
                     continue;
                 }
                 let (tx, rx) = mpsc::channel(QUEUE_FRAMES);
-                for frame in &heard {
-                    let _ = tx.try_send(frame.clone());
+                // The replay in one-second pieces, so a long utterance fits the queue.
+                let replay: Vec<i16> = heard.iter().flatten().copied().collect();
+                for piece in replay.chunks(super::STT_RATE_HZ as usize) {
+                    let _ = tx.try_send(piece.to_vec());
                 }
+                let start_ms = utterance.start_ms + dropped * 1000 / u64::from(super::STT_RATE_HZ);
                 let (part_tx, mut part_rx) = mpsc::channel(8);
                 let pause = utterance.pause.clone().or_else(|| Some(watch::channel(None).1));
-                let work =
-                    engine.transcribe(Utterance { start_ms: utterance.start_ms, ordinal: utterance.ordinal, audio: rx, pause }, part_tx);
+                let work = engine.transcribe(Utterance { start_ms, ordinal: utterance.ordinal, audio: rx, pause }, part_tx);
                 tokio::pin!(work);
                 let mut tx = audio_open.then_some(tx);
                 let result = loop {
@@ -175,7 +183,13 @@ impl SpeechToText for FallbackCall {
                                 if let Some(tx) = &tx {
                                     let _ = tx.try_send(frame.clone());
                                 }
-                                heard.push(frame);
+                                kept += frame.len();
+                                heard.push_back(frame);
+                                while kept > REPLAY_MAX_SAMPLES {
+                                    let Some(old) = heard.pop_front() else { break };
+                                    kept -= old.len();
+                                    dropped += old.len() as u64;
+                                }
                             }
                             None => {
                                 audio_open = false;
@@ -211,5 +225,74 @@ impl SpeechToText for FallbackCall {
             }
             Err(last_error.unwrap_or_else(|| SttError::Unavailable("no speech-to-text engine is configured".into())))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails once it has heard `fail_after` samples; otherwise reports what it heard, as text.
+    struct Probe {
+        name: &'static str,
+        fail_after: Option<usize>,
+    }
+
+    impl SpeechToText for Probe {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        fn transcribe(&self, mut utterance: Utterance, _partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
+            let fail_after = self.fail_after;
+            Box::pin(async move {
+                let mut heard = 0;
+                while let Some(frame) = utterance.audio.recv().await {
+                    heard += frame.len();
+                    if fail_after.is_some_and(|n| heard >= n) {
+                        return Err(SttError::Engine("cut".into()));
+                    }
+                }
+                Ok(Transcript { text: format!("{heard} samples from {} ms", utterance.start_ms), ..Transcript::default() })
+            })
+        }
+    }
+
+    fn list(first_fails_after: usize) -> FallbackStt {
+        let slot = |name: &'static str, fail_after: Option<usize>| Slot {
+            label: name.to_string(),
+            engine: Arc::new(Probe { name, fail_after }),
+            breaker: Breaker::new(3, std::time::Duration::from_secs(30)),
+        };
+        FallbackStt::new(vec![slot("first", Some(first_fails_after)), slot("second", None)], Arc::new(Metrics::default()))
+    }
+
+    async fn transcribe(stt: &FallbackStt, seconds: usize) -> Transcript {
+        let (tx, rx) = mpsc::channel(8);
+        let (partials, _p) = mpsc::channel(8);
+        let work = tokio::spawn(
+            stt.for_call(&CallOptions::default())
+                .unwrap()
+                .transcribe(Utterance { start_ms: 1_000, ordinal: 0, audio: rx, pause: None }, partials),
+        );
+        for _ in 0..seconds * 50 {
+            tx.send(vec![0; 320]).await.unwrap();
+        }
+        drop(tx);
+        work.await.unwrap().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_next_engine_hears_the_utterance_from_its_first_frame() {
+        // The first engine fails 2 s in; the second hears all 5 s, from the utterance's start.
+        let t = transcribe(&list(32_000), 5).await;
+        assert_eq!((t.text.as_str(), t.engine.as_deref()), ("80000 samples from 1000 ms", Some("second")));
+    }
+
+    #[tokio::test]
+    async fn an_utterance_longer_than_a_minute_is_handed_over_from_its_last_minute() {
+        // The first engine fails 70 s in: the second gets the last minute, and knows where it begins.
+        let t = transcribe(&list(70 * 16_000), 71).await;
+        assert_eq!(t.text, "976000 samples from 11000 ms");
     }
 }
