@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::Request;
@@ -160,7 +160,7 @@ impl VendorStt {
         let mut connection = Connection::new(self.name.clone(), (self.make)(), self.limits, self.metrics.clone());
         connection.vendor_turns = vendor_turns;
         tokio::spawn(connection.run(rx));
-        Arc::new(VendorCall { name: self.name.clone(), tx })
+        Arc::new(VendorCall { name: self.name.clone(), tx, last_ended: std::sync::Mutex::new(None) })
     }
 }
 
@@ -201,6 +201,9 @@ enum SpanOut {
 pub struct VendorCall {
     name: String,
     tx: mpsc::Sender<CallIn>,
+    /// Resolves when the last utterance given to the call has sent its end: the next one's audio
+    /// goes out only then, or the two would interleave when the first one's task runs late.
+    last_ended: std::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl SpeechToText for VendorCall {
@@ -211,7 +214,15 @@ impl SpeechToText for VendorCall {
     fn transcribe(&self, mut utterance: Utterance, partials: mpsc::Sender<Transcript>) -> BoxFuture<Result<Transcript, SttError>> {
         let tx = self.tx.clone();
         let name = self.name.clone();
+        // Utterances come in the order the session opens them (`transcribe` is called then).
+        let (ended_tx, ended_rx) = oneshot::channel::<()>();
+        let previous = self.last_ended.lock().unwrap_or_else(|p| p.into_inner()).replace(ended_rx);
         Box::pin(async move {
+            if let Some(previous) = previous {
+                // Ok or dropped: either way the previous utterance sends nothing more.
+                let _ = previous.await;
+            }
+            let mut ended = Some(ended_tx);
             let gone = || SttError::Engine(format!("{name}: the connection ended"));
             let (out_tx, mut out_rx) = mpsc::channel(16);
             tx.send(CallIn::Open { start_ms: utterance.start_ms, out: out_tx }).await.map_err(|_| gone())?;
@@ -223,6 +234,7 @@ impl SpeechToText for VendorCall {
                         None => {
                             audio_open = false;
                             tx.send(CallIn::End).await.map_err(|_| gone())?;
+                            ended.take();
                         }
                     },
                     out = out_rx.recv() => match out {
