@@ -349,6 +349,11 @@ impl Input {
                         let _ = events.try_send(SttMsg::Partial { item_id: id.clone(), transcript });
                     }
                     result = &mut work => {
+                        // Partials the engine gave before its final (a burst of vendor messages
+                        // read in one poll) still go first.
+                        while let Ok(transcript) = partial_rx.try_recv() {
+                            let _ = events.try_send(SttMsg::Partial { item_id: id.clone(), transcript });
+                        }
                         let _ = events.send(SttMsg::Final { item_id: id, result }).await;
                         return;
                     }

@@ -205,6 +205,11 @@ impl SpeechToText for FallbackCall {
                 };
                 match result {
                     Ok(mut transcript) => {
+                        // Partials read in the same poll as the final still reach the session first.
+                        while let Ok(mut t) = part_rx.try_recv() {
+                            t.engine = Some(engine.name().to_string());
+                            let _ = partials.try_send(t);
+                        }
                         slot.breaker.record_success();
                         call.serve_from(i);
                         transcript.engine = Some(engine.name().to_string());

@@ -81,10 +81,17 @@ async fn speak_paced(ws: &mut Ws, lead_ms: usize) {
 
 /// The first speech start and the first completed transcript of a spoken turn.
 async fn one_turn(ws: &mut Ws) -> (Value, Value) {
+    let (started, completed, _) = one_turn_with_deltas(ws).await;
+    (started, completed)
+}
+
+/// [`one_turn`], with the turn's `transcription.delta` events.
+async fn one_turn_with_deltas(ws: &mut Ws) -> (Value, Value, Vec<Value>) {
     speak(ws, 500).await;
     let events = until(ws, "conversation.item.input_audio_transcription.completed").await;
     let started = events.iter().find(|e| e["type"] == "input_audio_buffer.speech_started").expect("speech started").clone();
-    (started, events.last().unwrap().clone())
+    let deltas = events.iter().filter(|e| e["type"] == "conversation.item.input_audio_transcription.delta").cloned().collect();
+    (started, events.last().unwrap().clone(), deltas)
 }
 
 fn texts(completed: &Value) -> Vec<&str> {
@@ -97,7 +104,7 @@ async fn every_vendor_transcribes_a_turn_with_its_own_words_times_confidences_an
         let vendor = speech_stt::start(flavour, booking_script()).await;
         let base = voxgate(&provider("v", flavour, &vendor), "engines = [\"v\"]").await;
         let mut ws = connect(&base).await;
-        let (started, completed) = one_turn(&mut ws).await;
+        let (started, completed, deltas) = one_turn_with_deltas(&mut ws).await;
         let what = format!("{flavour:?}: {completed}");
         assert_eq!(completed["transcript"], "book a table for two", "{what}");
         assert_eq!(texts(&completed), ["book", "a", "table", "for", "two"], "{what}");
@@ -123,6 +130,24 @@ async fn every_vendor_transcribes_a_turn_with_its_own_words_times_confidences_an
                 assert!((490..=530).contains(&first), "{what}");
                 let speaker = if flavour == Flavour::Deepgram { "1" } else { "B" };
                 assert_eq!(completed["speaker"], speaker, "{what}");
+                // Partials too: every word of every delta is a word of one of the vendor's interim
+                // results, with its own times (moved by the same origin) and confidence.
+                let interim = vendor_interim_words(flavour, &connection.sent);
+                assert!(!interim.is_empty(), "{what}: the fake sent interim results");
+                let delta_words: Vec<&Value> = deltas.iter().filter_map(|d| d["words"].as_array()).flatten().collect();
+                assert!(!delta_words.is_empty(), "{flavour:?}: the deltas carry words");
+                for w in delta_words {
+                    let heard = (
+                        w["text"].as_str().unwrap().to_string(),
+                        w["start_ms"].as_u64().unwrap() - origin,
+                        w["end_ms"].as_u64().unwrap() - origin,
+                        w["confidence"].as_f64().unwrap(),
+                    );
+                    assert!(
+                        interim.iter().any(|v| v.0 == heard.0 && v.1 == heard.1 && v.2 == heard.2 && (v.3 - heard.3).abs() < 1e-6),
+                        "{flavour:?}: delta word {heard:?} is none of the vendor's interim words {interim:?}"
+                    );
+                }
             }
             Flavour::OpenAi => {
                 // No word times from this vendor: the words share the utterance's audio, in order.
@@ -168,6 +193,26 @@ async fn every_vendor_transcribes_a_turn_with_its_own_words_times_confidences_an
         }
         assert_eq!(vendor.connections().len(), 1, "{flavour:?}: one socket for the call");
     }
+}
+
+/// (text, start, end, confidence) of the words the fake sent in interim results, in the vendor's
+/// clock: Deepgram's `is_final: false` Results and AssemblyAI's Turns before the end of turn.
+fn vendor_interim_words(flavour: Flavour, sent: &[Value]) -> Vec<(String, u64, u64, f64)> {
+    let mut out = Vec::new();
+    for m in sent {
+        let (words, text, seconds) = match flavour {
+            Flavour::Deepgram if m["type"] == "Results" && m["is_final"] == false => {
+                (&m["channel"]["alternatives"][0]["words"], "word", true)
+            }
+            Flavour::AssemblyAi if m["type"] == "Turn" && m["end_of_turn"] == false => (&m["words"], "text", false),
+            _ => continue,
+        };
+        for w in words.as_array().unwrap() {
+            let ms = |v: &Value| if seconds { (v.as_f64().unwrap() * 1000.0).round() as u64 } else { v.as_u64().unwrap() };
+            out.push((w[text].as_str().unwrap().to_string(), ms(&w["start"]), ms(&w["end"]), w["confidence"].as_f64().unwrap()));
+        }
+    }
+    out
 }
 
 /// (start, end) ms of the words the fake sent as final, in the vendor's clock.
