@@ -4,6 +4,12 @@
 //! Deepgram `Results` and an AssemblyAI `Turn` with five words, an OpenAI `completed`). Each call
 //! is timed on its own: `cargo bench --bench speech_adapters` prints p50, p99 and the worst per
 //! chunk.
+//!
+//! The text-to-speech adapters work inside their sockets, so they are timed per chunk through one:
+//! each chunk of an answer spoken by the ElevenLabs adapter over its `stream-input` WebSocket (and
+//! by the OpenAI adapter over `/v1/audio/speech`) to the bench's fake vendor on loopback, which
+//! answers at once. A chunk's time includes the loopback round trip and the fake's own work
+//! (encoding the audio), so it is an upper bound on what the adapter adds.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -19,7 +25,7 @@ const ROUNDS: usize = 50_000;
 fn percentiles(name: &str, mut ns: Vec<u64>) {
     ns.sort_unstable();
     let at = |q: f64| ns[((ns.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
-    println!("{name:<34} p50 {:>7.2} µs   p99 {:>7.2} µs   max {:>8.2} µs", at(0.5), at(0.99), at(1.0));
+    println!("{name:<38} p50 {:>7.2} µs   p99 {:>7.2} µs   max {:>8.2} µs", at(0.5), at(0.99), at(1.0));
 }
 
 fn time(name: &str, mut f: impl FnMut()) {
@@ -82,4 +88,65 @@ fn main() {
         black_box(openai.read(black_box(committed)));
         black_box(openai.read(black_box(completed)));
     });
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+    runtime.block_on(tts_chunks());
+}
+
+/// Chunks of answers through each socket-speaking TTS adapter, timed one by one.
+async fn tts_chunks() {
+    use voxgate::bench::vendor::{start_tts, start_tts_ws};
+    use voxgate::llm::config::{ProviderConfig, ProviderKind};
+    use voxgate::tts::{Chunk, Spoken, TtsContext};
+
+    const CHUNKS: usize = 4_000;
+    const PER_ANSWER: usize = 4;
+    let sentence = "Your table is booked.";
+    let instant = std::time::Duration::ZERO;
+    let vendors = [
+        (
+            "elevenlabs: chunk over its WebSocket",
+            ProviderKind::Elevenlabs,
+            format!("http://{}", start_tts_ws(instant, false).await.unwrap()),
+        ),
+        ("openai: chunk over /v1/audio/speech", ProviderKind::Openai, format!("http://{}/v1", start_tts(instant, false).await.unwrap())),
+    ];
+    for (name, kind, base_url) in vendors {
+        let provider = ProviderConfig {
+            id: "bench".into(),
+            kind,
+            base_url,
+            api_key: Some(Secret::new("bench-key")),
+            model_path: None,
+            connect_timeout_ms: 1_000,
+            diarize: false,
+        };
+        let tts = voxgate::tts::vendor::build(&provider, None, Default::default()).expect("an adapter");
+        let mut ns = Vec::with_capacity(CHUNKS);
+        let mut samples = 0usize;
+        for answer in 0..(CHUNKS + 200) / PER_ANSWER {
+            let (context, _guard) = TtsContext::new();
+            for _ in 0..PER_ANSWER {
+                let (out, mut spoken) = tokio::sync::mpsc::channel(256);
+                let chunk = Chunk { text: sentence.to_string(), voice: None, context: context.clone() };
+                let started = Instant::now();
+                let speaking = tts.speak(chunk, out);
+                let drain = async {
+                    while let Some(s) = spoken.recv().await {
+                        if let Spoken::Audio { samples: s, .. } = s {
+                            samples += s.len();
+                        }
+                    }
+                };
+                let (result, ()) = tokio::join!(speaking, drain);
+                result.expect("the chunk is spoken");
+                // The first 50 answers warm the sockets, caches and allocator.
+                if answer >= 50 {
+                    ns.push(started.elapsed().as_nanos() as u64);
+                }
+            }
+        }
+        assert!(samples > 0, "{name}: no audio");
+        percentiles(name, ns);
+    }
 }

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 #[cfg(all(feature = "embedded-stt", feature = "embedded-tts"))]
 pub mod engines;
 pub mod pipeline;
+pub mod soak;
 pub mod vendor;
 pub use pipeline::{pipeline, PipelineOptions};
 

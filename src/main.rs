@@ -113,14 +113,28 @@ enum BenchCommand {
         /// bench process, with the fake STT's latency (hosted-style speech input).
         #[arg(long)]
         stt_vendor: bool,
-        /// Speak through the OpenAI TTS adapter: one request per chunk to a fake
-        /// `/v1/audio/speech` in the bench process, with the fake TTS's time to first audio.
-        #[arg(long)]
-        tts_vendor: bool,
+        /// Speak through a hosted TTS adapter to a fake vendor in the bench process, with the fake
+        /// TTS's time to first audio: `openai` (the default: one `/v1/audio/speech` request per
+        /// chunk) or `elevenlabs` (its `stream-input` WebSocket, one per answer, with alignment).
+        #[arg(long, value_name = "VENDOR", num_args = 0..=1, default_missing_value = "openai")]
+        tts_vendor: Option<voxgate::bench::vendor::TtsVendor>,
     },
     /// The embedded speech engines alone on the fixtures: STT real-time factor and commit-to-final
     /// latency, TTS time to first audio and real-time factor.
     Engines,
+    /// Calls for a long time on the fake engines (Realtime and Twilio, barge-ins, marks never
+    /// echoed, calls that vanish without a close): the server's memory and open files over time.
+    Soak {
+        /// Concurrent clients, each calling again when its call ends.
+        #[arg(long, default_value_t = 200)]
+        sessions: usize,
+        /// How long to run.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Seconds between samples of memory and open files.
+        #[arg(long, default_value_t = 30)]
+        sample_seconds: u64,
+    },
 }
 
 fn init_tracing() {
@@ -229,6 +243,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench { what: BenchCommand::Engines } => bench_engines().await,
+        Command::Bench { what: BenchCommand::Soak { sessions, minutes, sample_seconds } } => {
+            let report = voxgate::bench::soak::soak(voxgate::bench::soak::SoakOptions { sessions, minutes, sample_seconds }).await?;
+            println!("{report}");
+            Ok(())
+        }
     }
 }
 

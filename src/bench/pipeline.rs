@@ -139,9 +139,9 @@ pub struct PipelineOptions {
     /// Hear through the Deepgram adapter, one WebSocket per call to a fake vendor in this process
     /// with the fake STT's latency, instead of the in-process fake STT.
     pub stt_vendor: bool,
-    /// Speak through the OpenAI TTS adapter, one request per chunk to a fake `/v1/audio/speech` in
-    /// this process with the fake TTS's time to first audio.
-    pub tts_vendor: bool,
+    /// Speak through a hosted TTS adapter to a fake vendor in this process with the fake TTS's time
+    /// to first audio: OpenAI's (a request per chunk) or ElevenLabs' (a WebSocket per answer).
+    pub tts_vendor: Option<super::vendor::TtsVendor>,
 }
 
 /// Engine times the fakes are configured with: what a turn spends outside the pipeline.
@@ -299,23 +299,23 @@ fn resampler_holdback_16k() -> u64 {
 /// The utterances as ready-to-send input frames, and one frame of silence: whole
 /// `input_audio_buffer.append` events for Realtime; for Twilio the base64 μ-law payloads, which each
 /// call puts in its own numbered `media` frames.
-struct Frames {
-    utterances: Vec<Utterance>,
-    silence: Utf8Bytes,
+pub(super) struct Frames {
+    pub(super) utterances: Vec<Utterance>,
+    pub(super) silence: Utf8Bytes,
 }
 
 /// One WAV, as the frames that carry it.
-struct Utterance {
+pub(super) struct Utterance {
     /// The file's name, for the report.
     name: String,
-    speech: Vec<Utf8Bytes>,
+    pub(super) speech: Vec<Utf8Bytes>,
     /// Twilio: the frame, counted from the utterance's first, that completes the server's silence window.
     window_frame: Option<u64>,
     /// The frame, counted from the utterance's first, that carries its last voiced sample ([`last_voiced_sample`]).
     last_voiced_frame: usize,
     /// Where that sample is, and the utterance's length, in ms.
     last_voiced_ms: f64,
-    duration_ms: f64,
+    pub(super) duration_ms: f64,
 }
 
 fn append_event(samples: &[i16]) -> Utf8Bytes {
@@ -352,7 +352,7 @@ pub fn last_voiced_sample(pcm: &[i16], rate_hz: u32) -> Option<usize> {
     Some(((last + 1) * window).min(pcm.len()) - 1)
 }
 
-fn load_frames(wavs: &[PathBuf], transport: Transport) -> anyhow::Result<Frames> {
+pub(super) fn load_frames(wavs: &[PathBuf], transport: Transport) -> anyhow::Result<Frames> {
     let frame_samples = (u64::from(transport.rate_hz()) * FRAME_MS / 1000) as usize;
     let encode: fn(&[i16]) -> Utf8Bytes = match transport {
         Transport::Realtime => append_event,
@@ -418,7 +418,7 @@ fn window_completing_frame(pcm_8k: &[i16]) -> Option<u64> {
 }
 
 /// `fixtures/audio/` from the working directory, else from the source tree this binary was built from.
-fn fixture_path(ext: &str) -> PathBuf {
+pub(super) fn fixture_path(ext: &str) -> PathBuf {
     let relative = PathBuf::from(format!("{FIXTURE}.{ext}"));
     if relative.exists() {
         return std::fs::canonicalize(&relative).unwrap_or(relative);
@@ -493,18 +493,18 @@ struct ResponseInfo {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How the clients reach voxgate.
-struct Dial {
-    transport: Transport,
-    url: String,
+pub(super) struct Dial {
+    pub(super) transport: Transport,
+    pub(super) url: String,
     /// The route a Twilio call asks for in its `start` frame (a Realtime session's is in the URL).
-    route: &'static str,
+    pub(super) route: &'static str,
     /// Realtime: the event a session sends first (`--embedded`).
-    setup: Option<&'static str>,
+    pub(super) setup: Option<&'static str>,
 }
 
 /// Connects client `index` and opens its session: a Realtime session once `session.created` has
 /// come; a Twilio call once `connected` and `start` have gone (Twilio's protocol answers neither).
-async fn connect(dial: &Dial, index: usize) -> anyhow::Result<(Ws, Line)> {
+pub(super) async fn connect(dial: &Dial, index: usize) -> anyhow::Result<(Ws, Line)> {
     // The same small read buffer as the server's: the load generator shares its cores.
     let config =
         tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(crate::transport::WS_READ_BUFFER_BYTES);
@@ -528,13 +528,13 @@ async fn connect(dial: &Dial, index: usize) -> anyhow::Result<(Ws, Line)> {
 
 /// What a client's transport adds to the shared loop: nothing for Realtime; a Twilio call numbers
 /// its messages and owes mark echoes.
-enum Line {
+pub(super) enum Line {
     Realtime,
     Twilio(Call),
 }
 
 /// A Twilio call's own state.
-struct Call {
+pub(super) struct Call {
     stream_sid: String,
     /// The last `sequenceNumber` sent: Twilio numbers every message of a stream, `start` being 1.
     sequence: u64,
@@ -588,7 +588,7 @@ impl Call {
 
 impl Line {
     /// The message that carries input frame `frame` (see [`Frames`]).
-    fn input(&mut self, frame: &Utf8Bytes) -> Utf8Bytes {
+    pub(super) fn input(&mut self, frame: &Utf8Bytes) -> Utf8Bytes {
         match self {
             Line::Realtime => frame.clone(),
             Line::Twilio(call) => call.media(frame),
@@ -939,25 +939,25 @@ async fn run_client(
 }
 
 /// voxgate as a child process with the bench's config.
-struct Child {
+pub(super) struct Child {
     child: tokio::process::Child,
-    pid: u32,
+    pub(super) pid: u32,
     base: String,
     dir: PathBuf,
     /// The route sessions ask for.
-    route: &'static str,
+    pub(super) route: &'static str,
 }
 
 impl Child {
     /// `script`: the sidecars that script the fake STT, one per utterance spoken.
     /// `stt_vendor`: the fake Deepgram the server hears through instead.
-    async fn start(
+    pub(super) async fn start(
         max_sessions: usize,
         precise: bool,
         embedded: bool,
         script: &[PathBuf],
         stt_vendor: Option<SocketAddr>,
-        tts_vendor: Option<SocketAddr>,
+        tts_vendor: Option<(super::vendor::TtsVendor, SocketAddr)>,
     ) -> anyhow::Result<Child> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -972,7 +972,12 @@ impl Child {
             None => format!("[stt]\nengine = \"fake\"\nscript = [{script}]\nlatency_ms = {STT_LATENCY_MS}\nprecise_timing = {precise}\n"),
         };
         let tts = match tts_vendor {
-            Some(addr) => format!("[providers.voice]\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\napi_key = \"bench\"\n[tts]\nengines = [\"voice\"]\n"),
+            Some((super::vendor::TtsVendor::Openai, addr)) => {
+                format!("[providers.voice]\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\napi_key = \"bench\"\n[tts]\nengines = [\"voice\"]\n")
+            }
+            Some((super::vendor::TtsVendor::Elevenlabs, addr)) => {
+                format!("[providers.voice]\nkind = \"elevenlabs\"\nbase_url = \"http://{addr}\"\napi_key = \"bench\"\n[tts]\nengines = [\"voice\"]\n")
+            }
             None => format!("[tts]\nengine = \"fake\"\nttfb_ms = {TTS_TTFB_MS}\nprecise_timing = {precise}\n"),
         };
         let config = if embedded {
@@ -1001,7 +1006,7 @@ impl Child {
         Ok(child)
     }
 
-    fn ws_url(&self, transport: Transport) -> String {
+    pub(super) fn ws_url(&self, transport: Transport) -> String {
         let base = self.base.replace("http://", "ws://");
         match transport {
             Transport::Realtime => format!("{base}/v1/realtime?model={}", self.route),
@@ -1009,7 +1014,7 @@ impl Child {
         }
     }
 
-    fn rss_mb(&self) -> Option<f64> {
+    pub(super) fn rss_mb(&self) -> Option<f64> {
         status_kb(self.pid, "VmRSS:").map(|kb| kb / 1024.0)
     }
 
@@ -1018,7 +1023,7 @@ impl Child {
         Some(metric_total(&text, "voxgate_audio_frames_dropped_total"))
     }
 
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         let _ = self.child.kill().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -1049,9 +1054,13 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
         }
         false => None,
     };
-    let tts_vendor = match options.tts_vendor && !options.embedded {
-        true => Some(super::vendor::start_tts(Duration::from_millis(TTS_TTFB_MS), options.precise_engine_timers).await?),
-        false => None,
+    let ttfb = Duration::from_millis(TTS_TTFB_MS);
+    let tts_vendor = match options.tts_vendor.filter(|_| !options.embedded) {
+        Some(kind @ super::vendor::TtsVendor::Openai) => Some((kind, super::vendor::start_tts(ttfb, options.precise_engine_timers).await?)),
+        Some(kind @ super::vendor::TtsVendor::Elevenlabs) => {
+            Some((kind, super::vendor::start_tts_ws(ttfb, options.precise_engine_timers).await?))
+        }
+        None => None,
     };
     let max_sessions = options.sessions.max(options.idle) + 16;
     let stt_vendor = vendor.as_ref().map(|v| v.addr);
@@ -1092,8 +1101,17 @@ pub async fn pipeline(options: PipelineOptions) -> anyhow::Result<String> {
     if options.sessions > 0 {
         load(&child, &dial, frames, holdback_16k, &options, cores, &mut out).await?;
     }
-    if tts_vendor.is_some() {
-        let _ = writeln!(out, "\nTTS: the OpenAI adapter, one request per chunk to a fake `/v1/audio/speech` in the bench process");
+    match tts_vendor.map(|(kind, _)| kind) {
+        Some(super::vendor::TtsVendor::Openai) => {
+            let _ = writeln!(out, "\nTTS: the OpenAI adapter, one request per chunk to a fake `/v1/audio/speech` in the bench process");
+        }
+        Some(super::vendor::TtsVendor::Elevenlabs) => {
+            let _ = writeln!(
+                out,
+                "\nTTS: the ElevenLabs adapter, one `stream-input` WebSocket per answer to a fake vendor in the bench process"
+            );
+        }
+        None => {}
     }
     if let Some(vendor) = &vendor {
         let _ = writeln!(

@@ -19,6 +19,25 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 
+/// Which hosted TTS adapter `--tts-vendor` speaks through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TtsVendor {
+    Openai,
+    Elevenlabs,
+}
+
+impl std::str::FromStr for TtsVendor {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "openai" => Ok(TtsVendor::Openai),
+            "elevenlabs" => Ok(TtsVendor::Elevenlabs),
+            _ => Err(format!("unknown TTS vendor {s:?}: openai or elevenlabs")),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Vendor {
     words: Arc<Vec<String>>,
@@ -140,4 +159,66 @@ async fn speech(State((ttfb, precise)): State<(Duration, bool)>, body: axum::bod
         .header("content-type", "audio/pcm")
         .body(axum::body::Body::from_stream(futures::stream::iter(pieces)))
         .unwrap_or_default()
+}
+
+/// `--tts-vendor elevenlabs`: ElevenLabs' `stream-input` WebSocket, so the server speaks through
+/// its ElevenLabs adapter, one socket per answer. Each text the adapter sends with `flush` is
+/// spoken after `ttfb`: 60 ms of a quiet tone per non-blank character (24 kHz PCM16, base64 in
+/// JSON), one message per character with its `alignment` (a blank character's alignment goes with
+/// the next), as the vendor's `sync_alignment` does. `{"text": ""}` ends the input: the fake sends
+/// `isFinal` and closes.
+pub async fn start_tts_ws(ttfb: Duration, precise: bool) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = axum::Router::new().route("/v1/text-to-speech/{voice}/stream-input", get(tts_ws_upgrade)).with_state((ttfb, precise));
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    Ok(addr)
+}
+
+async fn tts_ws_upgrade(State((ttfb, precise)): State<(Duration, bool)>, ws: WebSocketUpgrade) -> Response {
+    ws.on_upgrade(move |socket| tts_ws_serve(socket, ttfb, precise))
+}
+
+async fn tts_ws_serve(mut socket: WebSocket, ttfb: Duration, precise: bool) {
+    use base64::Engine as _;
+    const SAMPLES_PER_CHAR: usize = 60 * 24;
+    let tone: Vec<u8> = (0..SAMPLES_PER_CHAR).flat_map(|i| (((i as f64 * 0.0576).sin() * 2_000.0) as i16).to_le_bytes()).collect();
+    let audio = base64::engine::general_purpose::STANDARD.encode(&tone);
+    while let Some(Ok(message)) = socket.recv().await {
+        let Message::Text(text) = message else { continue };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let said = value["text"].as_str().unwrap_or(" ");
+        if said.is_empty() {
+            let _ = socket.send(Message::Text(serde_json::json!({"isFinal": true}).to_string().into())).await;
+            let _ = socket.send(Message::Close(None)).await;
+            return;
+        }
+        if value["flush"] != true || said.trim().is_empty() {
+            continue; // the opening space and keep-alives
+        }
+        crate::fake_clock::wait(ttfb, precise).await;
+        let mut blanks = String::new();
+        for c in said.chars() {
+            if c.is_whitespace() {
+                blanks.push(c);
+                continue;
+            }
+            let mut chars: Vec<String> = blanks.drain(..).map(String::from).collect();
+            let mut starts = vec![0.0; chars.len()];
+            let mut durations = vec![0.0; chars.len()];
+            chars.push(c.to_string());
+            starts.push(0.0);
+            durations.push(60.0);
+            let message = serde_json::json!({"audio": audio, "isFinal": null, "normalizedAlignment": null,
+                "alignment": {"chars": chars, "charStartTimesMs": starts, "charDurationsMs": durations}});
+            if socket.send(Message::Text(message.to_string().into())).await.is_err() {
+                return;
+            }
+        }
+    }
 }

@@ -99,3 +99,20 @@ fn bench_pipeline_hears_and_speaks_through_hosted_style_vendors() {
     assert!(!vendor.contains("(0 transcripts"), "{vendor}");
     assert!(report.lines().any(|l| l.starts_with("TTS: the OpenAI adapter")), "{report}");
 }
+
+#[test]
+fn bench_pipeline_speaks_through_the_elevenlabs_websocket() {
+    // `--tts-vendor elevenlabs`: the child speaks through its ElevenLabs adapter, one
+    // `stream-input` WebSocket per answer with alignment, and every session is still answered.
+    let output = Command::new(env!("CARGO_BIN_EXE_voxgate"))
+        .args(["bench", "pipeline", "--sessions", "1", "--seconds", "4", "--tts-vendor", "elevenlabs"])
+        .env("VOXGATE_LOG", "warn")
+        .output()
+        .expect("voxgate runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    let summary = report.lines().find(|l| l.starts_with("sessions connected")).unwrap_or_else(|| panic!("{report}"));
+    assert!(summary.starts_with("sessions connected 1/1, answered (audio received) 1,"), "{summary}");
+    assert!(summary.contains("turns timed out 0,") && summary.ends_with("error events 0"), "{summary}");
+    assert!(report.lines().any(|l| l.starts_with("TTS: the ElevenLabs adapter")), "{report}");
+}
