@@ -366,3 +366,53 @@ async fn the_dashboard_keeps_the_key_out_of_urls() {
     assert!(page.contains("sessionStorage") && page.contains("location.hash"), "no key in a header from sessionStorage");
     assert!(page.contains("\"Authorization\"] = \"Bearer \""), "the key goes in the Authorization header");
 }
+
+// Defect 11, in a real browser: on a server with keys, `/dashboard#key=KEY` draws from every endpoint
+// (the key goes out as a header), and the key leaves the address bar for the tab's sessionStorage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_on_a_keyed_server_sends_its_key_as_a_header_in_chromium() {
+    let dir = crate::support::temp_dir("dashboard-keyed");
+    let config = dir.join("voxgate.toml");
+    let browser_config = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/voxgate.toml")).unwrap();
+    std::fs::write(&config, format!("[auth]\napi_keys = [\"vk-dash-1\"]\n{browser_config}")).unwrap();
+    let stack = crate::browser_demo::start_stack_with("dashboard-keyed", config.to_str().unwrap());
+    let port = stack.port;
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().status(), 401, "the server has keys");
+
+    let (base, profile) = stack.browser(&http, "dashboard-keyed", &["--window-size=1200,1700".to_string()]).await;
+    http.post(format!("{base}/url"))
+        .json(&json!({"url": format!("http://127.0.0.1:{port}/dashboard#key=vk-dash-1")}))
+        .send()
+        .await
+        .unwrap();
+    let read = "return Object.assign({href: location.href, stored: sessionStorage.getItem('voxgate-key'), \
+                formHidden: document.getElementById('key-form')?.hidden}, window.voxgateDashboard);";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let v: Value = http
+            .post(format!("{base}/execute/sync"))
+            .json(&json!({"script": read, "args": []}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let state = v["value"].clone();
+        let settled = state["refreshes"].as_u64().unwrap_or(0) > 0 || state["errors"].as_array().is_some_and(|e| !e.is_empty());
+        if settled || std::time::Instant::now() > deadline {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let _ = http.delete(&base).send().await;
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(state["errors"].as_array().is_some_and(|e| e.is_empty()), "the dashboard could not read the API: {state}");
+    assert!(state["refreshes"].as_u64().unwrap_or(0) > 0, "{state}");
+    assert_eq!(state["href"], format!("http://127.0.0.1:{port}/dashboard"), "the key left the address bar");
+    assert_eq!(state["stored"], "vk-dash-1");
+    assert_eq!(state["formHidden"], true, "no key form when the key works");
+    // A key sees only its own usage row (no admin keys): the page says so instead of failing.
+    assert_eq!(state["ownUsageOnly"], true, "{state}");
+}
