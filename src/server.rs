@@ -72,6 +72,10 @@ impl Server {
             sink_ledger.record_request_nowait(record);
         }));
         let state = Arc::new(AppState::new(config, gateway, Arc::new(voice), ledger));
+        // The port a loopback listener answers to in `Host` (the config may say 0).
+        if let Ok(addr) = listener.local_addr() {
+            let _ = state.local_addr.set(addr);
+        }
         Ok(Server { listener, state })
     }
 

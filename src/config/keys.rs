@@ -44,7 +44,7 @@ pub struct RawKey {
 }
 
 /// A string read straight into a [`Secret`], so a literal key in the file never prints.
-fn optional_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+pub(super) fn optional_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
     Ok(Some(Secret::new(String::deserialize(d)?)))
 }
 

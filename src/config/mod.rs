@@ -3,7 +3,9 @@
 //! environment and hands each part its section; the part owns the section's types and checks:
 //! the gateway (`[gateway]`, `[providers]`, `[[models]]`, `[routes]`, laid over the built-in
 //! catalog) in [`crate::llm::config`], `[stt]` in [`crate::stt::config`], `[tts]` in
-//! [`crate::tts::config`], `[metering]` in [`crate::metering::config`], `[auth]` in [`keys`].
+//! [`crate::tts::config`], `[metering]` in [`crate::metering::config`], `[auth]` in [`keys`];
+//! `[server]`, `[phone]` and `[metrics]` (who may reach the server from a browser, Twilio's
+//! signatures, who may read `/metrics`) here, as [`EdgeSettings`].
 
 pub mod keys;
 
@@ -63,6 +65,98 @@ pub struct RawConfig {
     pub realtime: RawRealtime,
     #[serde(default)]
     pub metering: RawMetering,
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub phone: RawPhone,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[server]`: who may reach the server from a web page.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Web origins (`https://app.example.com`, scheme, host and port only) whose pages may open
+    /// voice sessions and call the API from a browser, besides the server's own pages (always
+    /// allowed). `["*"]` allows every origin. Default: none but the server's own.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Host names (`name` or `name:port`) a loopback listener answers to besides localhost,
+    /// 127.0.0.1 and [::1] with its port: a TLS proxy on the same machine that passes its public
+    /// `Host` through. Default: none.
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[phone]`: Twilio.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPhone {
+    /// The Twilio account's auth token (`env:TWILIO_AUTH_TOKEN`): when set, the TwiML webhook and
+    /// the Media Streams upgrade must carry a valid `X-Twilio-Signature` (else 403).
+    #[serde(default, deserialize_with = "keys::optional_secret")]
+    pub twilio_auth_token: Option<crate::secret::Secret>,
+}
+
+/// `[metrics]`: `/metrics`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    /// Serve `/metrics` without a key even when `[auth]` has keys (default false: a gateway key is
+    /// needed, as `Authorization: Bearer`).
+    pub public: Option<bool>,
+}
+
+/// The validated `[server]`, `[phone]` and `[metrics]`: what the HTTP edge checks before a request
+/// reaches a handler.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EdgeSettings {
+    /// Origins allowed besides the server's own, lowercase `scheme://host[:port]`.
+    pub allowed_origins: Vec<String>,
+    /// `allowed_origins = ["*"]`: any origin.
+    pub any_origin: bool,
+    /// Host names a loopback listener answers to besides its loopback names, lowercase.
+    pub allowed_hosts: Vec<String>,
+    pub twilio_auth_token: Option<crate::secret::Secret>,
+    pub metrics_public: bool,
+}
+
+impl EdgeSettings {
+    fn from_raw(
+        server: &RawServer,
+        phone: &RawPhone,
+        metrics: &RawMetrics,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut edge = EdgeSettings { metrics_public: metrics.public.unwrap_or(false), ..EdgeSettings::default() };
+        for (i, origin) in server.allowed_origins.iter().flatten().enumerate() {
+            if origin == "*" {
+                edge.any_origin = true;
+                continue;
+            }
+            let normal = crate::http::origin::normalize_origin(origin).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "server.allowed_origins[{i}] = {origin:?} is not an origin like \"https://app.example.com\" (scheme, host and optional port; no path), or \"*\""
+                ))
+            })?;
+            edge.allowed_origins.push(normal);
+        }
+        for (i, host) in server.allowed_hosts.iter().flatten().enumerate() {
+            let normal = crate::http::origin::normalize_host(host).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "server.allowed_hosts[{i}] = {host:?} is not a host name like \"voice.example.com\" or \"voice.example.com:8443\""
+                ))
+            })?;
+            edge.allowed_hosts.push(normal);
+        }
+        if let Some(token) = &phone.twilio_auth_token {
+            let token = crate::secret::Secret::from_config(token.expose(), env, "phone.twilio_auth_token").map_err(ConfigError::Invalid)?;
+            if token.expose().trim().is_empty() {
+                return Err(ConfigError::Invalid("phone.twilio_auth_token is empty".to_string()));
+            }
+            edge.twilio_auth_token = Some(token);
+        }
+        Ok(edge)
+    }
 }
 
 /// `[realtime]`: limits of `/v1/realtime` sessions.
@@ -104,6 +198,8 @@ pub struct Config {
     pub speech_prices: SpeechPrices,
     pub realtime: RealtimeSettings,
     pub metering: MeteringSettings,
+    /// `[server]`, `[phone]`, `[metrics]`.
+    pub edge: EdgeSettings,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -190,8 +286,9 @@ impl Config {
         let speech_prices = speech_prices(&user.speech, &providers, &stt, &tts).map_err(ConfigError::Invalid)?;
         let realtime = RealtimeSettings::from_raw(&user.realtime)?;
         let metering = MeteringSettings::from_raw(&user.metering, env).map_err(ConfigError::Invalid)?;
+        let edge = EdgeSettings::from_raw(&user.server, &user.phone, &user.metrics, env)?;
 
-        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, speech_prices, realtime, metering })
+        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, speech_prices, realtime, metering, edge })
     }
 }
 
@@ -421,6 +518,33 @@ ttft_ms_max = 1200
         // A model nobody prices is recorded without a price, not refused.
         let c = Config::from_toml("[providers.dg]\nkind = \"deepgram\"\n[stt]\nengines = [\"dg:whatever\"]\n", &no_env).unwrap();
         assert_eq!(c.speech_prices.price(Stage::Stt, "dg"), None);
+    }
+
+    #[test]
+    fn edge_settings_default_closed_and_validate() {
+        let c = Config::from_raw(RawConfig::default(), &no_env).unwrap();
+        assert_eq!(c.edge, EdgeSettings::default());
+        assert!(!c.edge.metrics_public && c.edge.twilio_auth_token.is_none() && !c.edge.any_origin);
+        let text = "[server]\nallowed_origins = [\"HTTPS://App.Example.com:443/\", \"http://localhost:3000\"]\n\
+                    allowed_hosts = [\"Voice.Example.com\"]\n[phone]\ntwilio_auth_token = \"env:TW\"\n[metrics]\npublic = true\n";
+        let env = |k: &str| (k == "TW").then(|| "tok".to_string());
+        let c = Config::from_toml(text, &env).unwrap();
+        assert_eq!(c.edge.allowed_origins, ["https://app.example.com", "http://localhost:3000"]);
+        assert_eq!(c.edge.allowed_hosts, ["voice.example.com"]);
+        assert_eq!(c.edge.twilio_auth_token.as_ref().map(|t| t.expose()), Some("tok"));
+        assert!(c.edge.metrics_public);
+        assert!(!format!("{c:?}").contains("tok\""), "the auth token never prints");
+        assert!(Config::from_toml("[server]\nallowed_origins = [\"*\"]\n", &no_env).unwrap().edge.any_origin);
+        for (text, want) in [
+            ("[server]\nallowed_origins = [\"app.example.com\"]\n", "server.allowed_origins[0]"),
+            ("[server]\nallowed_hosts = [\"a b\"]\n", "server.allowed_hosts[0]"),
+            ("[phone]\ntwilio_auth_token = \"env:NOPE\"\n", "NOPE"),
+            ("[phone]\ntwilio_auth_token = \" \"\n", "is empty"),
+            ("[metrics]\nopen = true\n", "unknown field"),
+        ] {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! The HTTP API: axum router, gateway-key auth, OpenAI-style errors, `/metrics`, and serving
-//! with `TCP_NODELAY` and graceful shutdown.
+//! with `TCP_NODELAY` and graceful shutdown. Every request first passes [`origin::check`] (browser
+//! origins, and `Host` on a loopback listener); `/metrics` follows `[auth]` unless
+//! `[metrics] public = true`.
 
 pub mod chat;
 pub mod error;
 pub mod keys;
 pub mod ledger;
+pub mod origin;
 pub mod phone;
 pub mod realtime;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -23,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, EdgeSettings};
 use crate::llm::router::Gateway;
 use crate::metering::ledger::Ledger;
 use crate::session::VoiceEngines;
@@ -48,6 +51,15 @@ pub struct AppState {
     pub ledger: Ledger,
     /// The flat rate of a voice session for keys without their own.
     pub rate_microusd_per_hour: u64,
+    /// `[server]`, `[phone]`, `[metrics]`: origins, hosts, Twilio's auth token, `/metrics` access.
+    pub edge: EdgeSettings,
+    /// The listener's address as bound (the config may say port 0); set by `Server::bind`.
+    pub local_addr: OnceLock<SocketAddr>,
+    /// The configured listen address (its IP says whether the listener is loopback).
+    pub listen: SocketAddr,
+    /// Twilio streams upgraded before their key is known (it comes in `start`): they wait here, not
+    /// in `session_slots`, so keyless sockets cannot starve voice sessions.
+    pub phone_pending: Arc<Semaphore>,
 }
 
 pub type Shared = Arc<AppState>;
@@ -64,7 +76,18 @@ impl AppState {
             sessions_cancel: CancellationToken::new(),
             ledger,
             rate_microusd_per_hour: config.metering.rate_microusd_per_hour,
+            edge: config.edge.clone(),
+            local_addr: OnceLock::new(),
+            listen: config.listen,
+            phone_pending: Arc::new(Semaphore::new(phone::MAX_PENDING_STREAMS)),
         }
+    }
+
+    /// The listener's port when it listens on a loopback address (0 when not yet known), for the
+    /// `Host` check; `None` for any other listener.
+    pub fn loopback_port(&self) -> Option<u16> {
+        let addr = self.local_addr.get().copied().unwrap_or(self.listen);
+        addr.ip().is_loopback().then_some(addr.port())
     }
 }
 
@@ -154,6 +177,7 @@ pub fn router(state: Shared) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "invalid_request_error", "This path does not accept that HTTP method.")
                 .code("method_not_allowed")
         })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count_requests))
         .with_state(state)
 }
@@ -178,6 +202,17 @@ async fn auth(State(state): State<Shared>, mut request: Request, next: Next) -> 
             next.run(request).await
         }
         Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// Browser origins and, on a loopback listener, the `Host` ([`origin`]), before any handler.
+async fn edge(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    match origin::check(&state.edge, state.loopback_port(), request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            tracing::info!(code = refusal.code.as_deref().unwrap_or(""), "request refused at the edge");
+            refusal.into_response()
+        }
     }
 }
 
@@ -236,6 +271,99 @@ async fn usage(
     axum::Json(json!({"object": "list", "data": rows, "total_cost_usd": total_cost_usd})).into_response()
 }
 
-async fn metrics(State(state): State<Shared>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.gateway.accounts.metrics.render())
+/// `GET /metrics`: needs a gateway key (`Authorization: Bearer`) when keys are configured, unless
+/// `[metrics] public = true`.
+async fn metrics(State(state): State<Shared>, headers: axum::http::HeaderMap) -> Response {
+    if !state.edge.metrics_public {
+        if let Err(refusal) = authenticate(
+            &state.keys,
+            bearer(&headers),
+            "send it as `Authorization: Bearer <key>` (or set [metrics] public = true for an open /metrics)",
+        ) {
+            return refusal.into_response();
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.gateway.accounts.metrics.render()).into_response()
+}
+
+/// A server WebSocket that answers a message over its size limit with a close frame (1009 and
+/// `reason`) before ending, instead of dropping the connection without a word (the WebSocket
+/// library only returns an error). Transports read and write it like the socket itself.
+pub struct ClosesWhenTooLarge {
+    inner: axum::extract::ws::WebSocket,
+    reason: &'static str,
+    state: TooLarge,
+}
+
+enum TooLarge {
+    Open,
+    Closing(Option<axum::Error>),
+    Flushing(Option<axum::Error>),
+    Done,
+}
+
+impl ClosesWhenTooLarge {
+    pub fn new(inner: axum::extract::ws::WebSocket, reason: &'static str) -> Self {
+        ClosesWhenTooLarge { inner, reason, state: TooLarge::Open }
+    }
+}
+
+fn is_too_large(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>()).is_some_and(|e| matches!(e, WsError::Capacity(_)))
+}
+
+impl futures::Stream for ClosesWhenTooLarge {
+    type Item = Result<axum::extract::ws::Message, axum::Error>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use futures::Sink;
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                TooLarge::Open => match std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_next(cx)) {
+                    Some(Err(e)) if is_too_large(&e) => this.state = TooLarge::Closing(Some(e)),
+                    other => return Poll::Ready(other),
+                },
+                TooLarge::Closing(error) => {
+                    let error = error.take();
+                    let mut inner = std::pin::Pin::new(&mut this.inner);
+                    match std::task::ready!(inner.as_mut().poll_ready(cx)) {
+                        Ok(()) if inner.start_send(crate::transport::close_frame(1009, this.reason)).is_ok() => {
+                            this.state = TooLarge::Flushing(error)
+                        }
+                        _ => {
+                            this.state = TooLarge::Done;
+                            return Poll::Ready(error.map(Err));
+                        }
+                    }
+                }
+                TooLarge::Flushing(error) => {
+                    let _ = std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_flush(cx));
+                    let error = error.take();
+                    this.state = TooLarge::Done;
+                    return Poll::Ready(error.map(Err));
+                }
+                TooLarge::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl futures::Sink<axum::extract::ws::Message> for ClosesWhenTooLarge {
+    type Error = axum::Error;
+
+    fn poll_ready(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_ready(cx)
+    }
+    fn start_send(self: std::pin::Pin<&mut Self>, item: axum::extract::ws::Message) -> Result<(), Self::Error> {
+        std::pin::Pin::new(&mut self.get_mut().inner).start_send(item)
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_close(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_close(cx)
+    }
 }

@@ -43,8 +43,8 @@ fn find_program(names: &[&str]) -> String {
 }
 
 /// voxgate (fake engines, its own ledger) and chromedriver, each killed when dropped.
-struct Stack {
-    port: u16,
+pub(crate) struct Stack {
+    pub(crate) port: u16,
     wd: String,
     chromium: String,
     _server: Killed,
@@ -52,13 +52,18 @@ struct Stack {
 }
 
 fn start_stack(what: &str) -> Stack {
+    start_stack_with(what, "tests/browser/voxgate.toml")
+}
+
+/// [`start_stack`] with another config file (a path from the crate's root, or absolute).
+pub(crate) fn start_stack_with(what: &str, config: &str) -> Stack {
     let chromium = find_program(&["chromium", "chromium-browser", "google-chrome"]);
     let driver = find_program(&["chromedriver"]);
     let port = free_port();
     let server = Killed(
         Command::new(env!("CARGO_BIN_EXE_voxgate"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["serve", "--config", "tests/browser/voxgate.toml", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["serve", "--config", config, "--listen", &format!("127.0.0.1:{port}")])
             .env("VOXGATE_LEDGER", std::env::temp_dir().join(format!("voxgate-{what}-{}.sqlite", std::process::id())))
             .env("VOXGATE_LOG", "warn")
             .stdout(Stdio::null())
@@ -82,7 +87,7 @@ fn start_stack(what: &str) -> Stack {
 impl Stack {
     /// A headless Chromium session with the flags this machine's closed network needs, plus `extra`;
     /// returns the WebDriver session's base URL and the profile folder to remove afterwards.
-    async fn browser(&self, http: &reqwest::Client, what: &str, extra: &[String]) -> (String, std::path::PathBuf) {
+    pub(crate) async fn browser(&self, http: &reqwest::Client, what: &str, extra: &[String]) -> (String, std::path::PathBuf) {
         let profile = std::env::temp_dir().join(format!("voxgate-chromium-{what}-{}", std::process::id()));
         let mut args: Vec<String> = [
             "--headless=new",

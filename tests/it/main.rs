@@ -11,8 +11,10 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-// The gateway: HTTP API, vendor adapters, fallback, keys and limits.
+// The gateway: HTTP API, vendor adapters, fallback, keys and limits; the server's edge (origins,
+// hosts, Twilio's signatures, frame limits).
 mod conformance;
+mod edge;
 mod fallback;
 mod fixture_streams;
 mod gateway_http;
