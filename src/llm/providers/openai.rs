@@ -40,9 +40,7 @@ impl OpenAi {
         if stream {
             Ok(decode_sse(response, StreamDecoder::default()))
         } else {
-            let body = http::read_body(response).await?;
-            let events = decode_completion_body(&body)?;
-            Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))))
+            Ok(http::whole_body(response, decode_completion_body))
         }
     }
 }
@@ -210,6 +208,8 @@ impl SseDecoder for StreamDecoder {
     fn end(&mut self) -> Result<Vec<Event>, ProviderError> {
         if self.finished {
             Ok(Vec::new())
+        } else if self.done {
+            Err(ProviderError::stream("upstream sent [DONE] without a finish reason (truncated answer)"))
         } else {
             Err(ProviderError::stream("upstream closed the stream before finishing"))
         }
