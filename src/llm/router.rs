@@ -702,6 +702,14 @@ impl Answer {
                 }
                 Some(Ok(e))
             }
+            Err(e) if self.finished => {
+                // The answer was complete (its finish reason went out); only what follows it,
+                // usage, was lost. It ends as a complete answer, its tokens estimated if need be.
+                tracing::warn!(model = %self.model, error = %e, "the upstream broke after the finish reason; the answer stands");
+                self.stream = None;
+                self.accounting.finish(Outcome::Ok);
+                None
+            }
             Err(e) => {
                 // Drop the upstream at once; the provider failed mid-answer.
                 self.stream = None;

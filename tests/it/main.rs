@@ -14,6 +14,7 @@ mod support;
 // The gateway: HTTP API, vendor adapters, fallback, keys and limits.
 mod conformance;
 mod fallback;
+mod faults;
 mod fixture_streams;
 mod gateway_http;
 mod keys_limits;
