@@ -235,6 +235,9 @@ async fn whole_response(mut answer: Answer, mut charge: TokenCharge) -> Result<R
         match event {
             Ok(e) => completion.push(&e),
             Err(e) => {
+                if let Some((usage, _)) = answer.booked_usage() {
+                    charge.set(&usage);
+                }
                 // Nothing has reached the client yet, but the serving model is fixed: report it.
                 let mut api =
                     ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("model {} failed mid-answer: {e}", answer.model))
@@ -337,6 +340,9 @@ impl StreamState {
                 }
                 Some(Err(e)) => {
                     self.phase = Phase::Ended;
+                    if let Some((usage, _)) = self.answer.booked_usage() {
+                        self.charge.set(&usage);
+                    }
                     let err = json!({"error": {
                         "message": format!("model {} failed mid-answer: {e}", self.answer.model),
                         "type": "upstream_error",
