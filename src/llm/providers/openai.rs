@@ -651,6 +651,15 @@ mod tests {
     }
 
     #[test]
+    fn done_without_a_finish_reason_is_a_truncated_answer() {
+        let mut d = StreamDecoder::default();
+        feed(&mut d, &[r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#, "[DONE]"]);
+        assert!(d.is_done());
+        let e = d.end().unwrap_err();
+        assert!(e.to_string().contains("[DONE] without a finish reason"), "{e}");
+    }
+
+    #[test]
     fn in_band_errors_end_the_stream() {
         let mut d = StreamDecoder::default();
         let e = d.event(SseEvent { event: None, data: r#"{"object":"error","message":"boom"}"#.into() }).unwrap_err();
