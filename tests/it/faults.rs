@@ -173,6 +173,8 @@ async fn headers_then_a_stall_falls_back_at_idle_ms_max() {
     }
     assert!(crate::support::eventually(|| upstream.released() == 2).await);
     assert_eq!(vg.breaker("primary"), BreakerState::Closed, "two failures of three");
+    let rows = vg.ledger_rows(2).await;
+    assert!(rows.iter().all(|r| r.model == "echo" && r.outcome == "ok"), "failed attempts are not billed: {rows:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -191,7 +193,8 @@ async fn a_200_json_error_body_on_a_stream_is_an_upstream_error() {
     let v: Value = r.json().await.unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("currently overloaded"), "{v}");
     let rows = vg.ledger_rows(2).await;
-    assert_eq!(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>(), ["ok", "error"], "{rows:?}");
+    assert_eq!(rows.iter().map(|r| (r.model.as_str(), r.outcome.as_str())).collect::<Vec<_>>(), [("echo", "ok"), ("alone", "error")]);
+    assert_eq!(vg.breaker("primary"), BreakerState::Closed, "two failures of three");
 }
 
 #[tokio::test(start_paused = true)]
@@ -232,6 +235,12 @@ async fn done_without_a_finish_reason_is_never_a_complete_answer() {
     let mut body = ask("twice", true);
     body["models"] = json!(["primary-b", "echo"]);
     assert_fell_back(&vg, &body, "primary-b=stream, echo=ok").await;
+    let rows = vg.ledger_rows(2).await;
+    assert_eq!((rows[1].model.as_str(), rows[1].outcome.as_str()), ("echo", "ok"), "{rows:?}");
+    // Both truncations counted against the provider: two failures of three.
+    assert_eq!(vg.breaker("primary"), BreakerState::Closed);
+    assert_fell_back(&vg, &body, "primary-b=stream, echo=ok").await;
+    assert_eq!(vg.breaker("primary"), BreakerState::Open, "the third truncation opens it");
 }
 
 #[tokio::test(start_paused = true)]
@@ -302,6 +311,7 @@ async fn a_redirect_is_never_followed_and_falls_back() {
     assert_eq!(upstream.count(), 2);
     assert_eq!(upstream.requests()[0].header("x-api-key").as_deref(), Some(KEY), "the primary did get its key");
     assert_eq!(elsewhere.count(), 0, "the redirect's target must never be called");
+    assert_eq!(vg.breaker("primary"), BreakerState::Closed, "two failures of three");
     let rows = vg.ledger_rows(2).await;
     assert!(rows.iter().all(|r| r.model == "echo" && r.outcome == "ok"), "{rows:?}");
 }
@@ -360,6 +370,10 @@ async fn a_body_over_16_mib_is_refused_without_reading_it_all() {
     body["models"] = json!(["primary-b", "echo"]);
     assert_fell_back(&vg, &body, "primary-b=stream, echo=ok").await;
     assert!(crate::support::eventually(|| upstream.released() == 1).await, "the declared body was never read");
+    let rows = vg.ledger_rows(3).await;
+    let rows: Vec<_> = rows.iter().map(|r| (r.model.as_str(), r.outcome.as_str())).collect();
+    assert_eq!(rows, [("echo", "ok"), ("alone", "error"), ("echo", "ok")]);
+    assert_eq!(vg.breaker("primary"), BreakerState::Open, "three failures");
 }
 
 #[tokio::test(start_paused = true)]
@@ -375,6 +389,10 @@ async fn an_sse_line_of_5_mib_is_refused_at_the_event_limit() {
     assert_error_says(&vg, true, 502, "larger than 4 MiB").await;
     // Refused at the limit, and the connection dropped rather than read on.
     assert!(crate::support::eventually(|| upstream.released() == 2).await, "released {}", upstream.released());
+    let rows = vg.ledger_rows(2).await;
+    let rows: Vec<_> = rows.iter().map(|r| (r.model.as_str(), r.outcome.as_str())).collect();
+    assert_eq!(rows, [("echo", "ok"), ("alone", "error")]);
+    assert_eq!(vg.breaker("primary"), BreakerState::Closed, "two failures of three");
 }
 
 /// One vendor's refusal of our key or quota, as it writes it.
@@ -496,6 +514,10 @@ async fn a_refusing_provider_is_never_tried_twice_in_one_request() {
     assert_eq!(upstream.count(), 2);
     let v: Value = r.json().await.unwrap();
     assert!(!v.to_string().contains(&KEY[..8]), "the vendor's echo of the key must not reach the client: {v}");
+    let rows = vg.ledger_rows(2).await;
+    let rows: Vec<_> = rows.iter().map(|r| (r.model.as_str(), r.outcome.as_str())).collect();
+    assert_eq!(rows, [("echo", "ok"), ("primary", "error")]);
+    assert_eq!(vg.breaker("primary"), BreakerState::Open);
 }
 
 #[tokio::test(start_paused = true)]
@@ -518,6 +540,15 @@ async fn a_client_that_stops_reading_releases_the_upstream_after_idle_ms_max() {
         body.len()
     );
     client.write_all(request.as_bytes()).await.unwrap();
+    // It reads the status and headers, then nothing more.
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tokio::io::AsyncReadExt::read(&mut client, &mut byte).await.unwrap(), 1, "{}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200") && head.contains("x-voxgate-attempts: primary=ok"), "{head}");
 
     let t0 = Instant::now();
     while upstream.released() == 0 {
