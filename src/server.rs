@@ -57,12 +57,13 @@ impl Server {
         let ledger = open_ledger(config).await?;
         let sink_ledger = ledger.clone();
         let _ = gateway.accounts.sink.set(Arc::new(move |done: crate::llm::router::FinishedRequest| {
+            let outcome = done.ledger_outcome();
             let record = crate::metering::ledger::RequestRecord {
                 id: done.id,
                 ts_ms: sink_ledger.now_unix_ms(),
                 key_id: done.key,
                 model: done.model,
-                outcome: done.outcome.as_str().to_string(),
+                outcome,
                 input_tokens: done.usage.input_tokens,
                 output_tokens: done.usage.output_tokens,
                 cached_tokens: done.usage.cached_input_tokens,

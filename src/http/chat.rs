@@ -1,7 +1,10 @@
 //! `POST /v1/chat/completions`: validate the body, run it through the gateway, and answer as a
 //! `chat.completion` object or as an SSE stream of `chat.completion.chunk`s ending in `[DONE]`.
 //! A failure after content has been streamed is sent in-band as `data: {"error":…}` with no
-//! `[DONE]`, so clients cannot mistake a broken answer for a finished one.
+//! `[DONE]`, so clients cannot mistake a broken answer for a finished one (an upstream that
+//! ends without a finish reason is such a failure). A client that leaves a streamed answer
+//! unread for the route's `idle_ms_max` loses it: the upstream is dropped and the request is
+//! recorded as cancelled.
 
 // ApiError is large but only built on the error path, once per refused request.
 #![allow(clippy::result_large_err)]
@@ -186,8 +189,14 @@ impl UsageBody {
     }
 }
 
-fn usage_json(u: &Usage) -> Value {
-    json!(UsageBody::new(u))
+/// `usage` as OpenAI writes it; an estimate (the upstream never sent its count) says so in an
+/// extra field, `"estimated": true`.
+fn usage_json(u: &Usage, estimated: bool) -> Value {
+    let mut v = json!(UsageBody::new(u));
+    if estimated {
+        v["estimated"] = Value::Bool(true);
+    }
+    v
 }
 
 /// A non-streaming answer: a `chat.completion` object, written straight from these fields.
@@ -224,13 +233,11 @@ async fn whole_response(mut answer: Answer, mut charge: TokenCharge) -> Result<R
     let mut completion = Completion::default();
     while let Some(event) = answer.next().await {
         match event {
-            Ok(e) => {
-                if let Event::Usage(u) = &e {
-                    charge.set(u);
-                }
-                completion.push(&e)
-            }
+            Ok(e) => completion.push(&e),
             Err(e) => {
+                if let Some((usage, _)) = answer.booked_usage() {
+                    charge.set(&usage);
+                }
                 // Nothing has reached the client yet, but the serving model is fixed: report it.
                 let mut api =
                     ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", format!("model {} failed mid-answer: {e}", answer.model))
@@ -240,6 +247,9 @@ async fn whole_response(mut answer: Answer, mut charge: TokenCharge) -> Result<R
             }
         }
     }
+    // What the answer was booked at: the upstream's count, or an estimate when it sent none.
+    let (usage, estimated) = answer.booked_usage().unwrap_or((completion.usage.unwrap_or_default(), false));
+    charge.set(&usage);
     let tool_calls: Vec<_> = completion.tool_calls.iter().filter(|c| !c.id.is_empty()).collect();
     let content = if completion.text.is_empty() && !tool_calls.is_empty() { None } else { Some(completion.text.as_str()) };
     let body = CompletionBody {
@@ -252,11 +262,18 @@ async fn whole_response(mut answer: Answer, mut charge: TokenCharge) -> Result<R
             index: 0,
             message: MessageBody { role: "assistant", content, refusal: None, tool_calls },
             logprobs: None,
+            // The gateway only completes answers that carry a finish reason.
             finish_reason: completion.finish_reason.map_or("stop", |f| f.as_str()),
         }],
-        usage: UsageBody::new(&completion.usage.unwrap_or_default()),
+        usage: UsageBody::new(&usage),
     };
-    let mut response = (StatusCode::OK, axum::Json(body)).into_response();
+    let mut response = if estimated {
+        let mut v = json!(body);
+        v["usage"] = usage_json(&usage, true);
+        (StatusCode::OK, axum::Json(v)).into_response()
+    } else {
+        (StatusCode::OK, axum::Json(body)).into_response()
+    };
     for (k, v) in meta_headers(&answer) {
         response.headers_mut().insert(k, v);
     }
@@ -274,8 +291,6 @@ struct StreamState {
     answer: Answer,
     include_usage: bool,
     phase: Phase,
-    finished: bool,
-    usage: Option<Usage>,
     charge: TokenCharge,
 }
 
@@ -317,20 +332,17 @@ impl StreamState {
                         Event::ToolCallArgs { index, arguments } => {
                             json!({"tool_calls": [{"index": index, "function": {"arguments": arguments}}]})
                         }
-                        Event::Finish(reason) => {
-                            self.finished = true;
-                            return Some(self.chunk(json!({}), Some(reason.as_str())));
-                        }
-                        Event::Usage(u) => {
-                            self.charge.set(&u);
-                            self.usage = Some(u);
-                            continue;
-                        }
+                        Event::Finish(reason) => return Some(self.chunk(json!({}), Some(reason.as_str()))),
+                        // Sent at the end, as booked (the upstream's or an estimate).
+                        Event::Usage(_) => continue,
                     };
                     return Some(self.chunk(delta, None));
                 }
                 Some(Err(e)) => {
                     self.phase = Phase::Ended;
+                    if let Some((usage, _)) = self.answer.booked_usage() {
+                        self.charge.set(&usage);
+                    }
                     let err = json!({"error": {
                         "message": format!("model {} failed mid-answer: {e}", self.answer.model),
                         "type": "upstream_error",
@@ -340,12 +352,12 @@ impl StreamState {
                     return Some(format!("data: {err}\n\n"));
                 }
                 None => {
+                    // The answer ended with its finish reason (the gateway turns an end
+                    // without one into an error, above).
                     self.phase = Phase::Ended;
                     let mut out = String::new();
-                    if !self.finished {
-                        // Never leave a client without a finish reason (agents loop on that).
-                        out.push_str(&self.chunk(json!({}), Some("stop")));
-                    }
+                    let (usage, estimated) = self.answer.booked_usage().unwrap_or_default();
+                    self.charge.set(&usage);
                     if self.include_usage {
                         let u = json!({
                             "id": self.answer.id,
@@ -354,7 +366,7 @@ impl StreamState {
                             "model": self.answer.model,
                             "system_fingerprint": null,
                             "choices": [],
-                            "usage": usage_json(&self.usage.unwrap_or_default()),
+                            "usage": usage_json(&usage, estimated),
                         });
                         out.push_str(&format!("data: {u}\n\n"));
                     }
@@ -368,12 +380,19 @@ impl StreamState {
 
 fn stream_response(answer: Answer, include_usage: bool, charge: TokenCharge) -> Response {
     let headers = meta_headers(&answer);
-    let state = StreamState { answer, include_usage, phase: Phase::Start, finished: false, usage: None, charge };
-    // When the client goes away, hyper drops this stream, which drops the Answer and with it
-    // the upstream connection (and records the request as cancelled).
-    let stream = futures::stream::unfold(state, |mut s| async move {
-        s.step().await.map(|frame| (Ok::<Bytes, std::convert::Infallible>(Bytes::from(frame)), s))
-    });
+    let idle = answer.idle();
+    let state = StreamState { answer, include_usage, phase: Phase::Start, charge };
+    // One frame in flight: the writer takes the next one from the upstream only once the client
+    // has taken the last. A client that stops reading holds the frame; after `idle_ms_max` the
+    // writer gives up, which drops the Answer and with it the upstream connection (recorded as
+    // cancelled). When the client goes away, hyper drops the body, and the writer sees it.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    tokio::spawn(write_frames(state, tx, idle));
+    let stream =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|frame| (Ok::<Bytes, std::convert::Infallible>(frame), rx)) },
+        );
     let mut response = Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/event-stream")
@@ -384,6 +403,33 @@ fn stream_response(answer: Answer, include_usage: bool, charge: TokenCharge) -> 
         response.headers_mut().insert(k, v);
     }
     response
+}
+
+/// Moves an answer's frames to the response body, one at a time, until the answer ends, the
+/// client goes away, or the client leaves a frame unread for `idle`.
+async fn write_frames(mut state: StreamState, tx: tokio::sync::mpsc::Sender<Bytes>, idle: std::time::Duration) {
+    loop {
+        let permit = match tokio::time::timeout(idle, tx.reserve()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::info!(
+                    model = %state.answer.model,
+                    idle_ms = idle.as_millis() as u64,
+                    "the client stopped reading the stream; dropping the upstream"
+                );
+                return;
+            }
+        };
+        let frame = tokio::select! {
+            frame = state.step() => frame,
+            () = tx.closed() => return,
+        };
+        match frame {
+            Some(frame) => permit.send(Bytes::from(frame)),
+            None => return,
+        }
+    }
 }
 
 /// Parse and check a request body, with errors that say which field is wrong and how.

@@ -93,6 +93,16 @@ impl Breaker {
         }
     }
 
+    /// Open at once, whatever the count: the provider refused our credentials or our quota is
+    /// spent, so every request to it would fail the same way until an operator acts (or the
+    /// cooldown's probe finds it fixed).
+    pub fn trip(&self) {
+        let mut inner = self.lock();
+        inner.consecutive_failures = inner.consecutive_failures.max(self.failures_max);
+        inner.probe_in_flight = false;
+        inner.open_until = Some(Instant::now() + self.cooldown);
+    }
+
     /// The probe ended without a verdict (the client went away, or the request itself was
     /// at fault): free the slot for the next probe. Only the probe's holder calls this.
     pub fn release(&self, permit: Permit) {
@@ -131,6 +141,18 @@ mod tests {
         b.record_success();
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(b.try_acquire().is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trip_opens_at_once_and_the_cooldown_probes() {
+        let b = Breaker::new(3, Duration::from_secs(30));
+        b.trip();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.try_acquire().is_none());
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(b.try_acquire(), Some(Permit { probe: true }));
+        b.record_success();
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]

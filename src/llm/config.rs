@@ -17,6 +17,10 @@ pub const CATALOG_TOML: &str = include_str!("catalog.toml");
 pub const DEFAULT_TTFT_MS_MAX: u64 = 30_000;
 pub const DEFAULT_IDLE_MS_MAX: u64 = 30_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
+/// How long an attempt waits for the upstream's status line and headers. A streaming upstream
+/// sends them at once; a non-streaming one only when the whole answer is written, so this also
+/// bounds a non-streaming answer's generation.
+pub const DEFAULT_HEADERS_MS_MAX: u64 = 60_000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +149,9 @@ pub struct RawRoute {
     pub idle_ms_max: Option<u64>,
     /// Whole-answer limit for non-streaming requests (default 300000).
     pub timeout_ms: Option<u64>,
+    /// Fall back when the upstream has not sent its status and headers this long after the
+    /// attempt began (default 60000; streaming or not).
+    pub headers_ms_max: Option<u64>,
 }
 
 /// The gateway's validated config: what `Gateway::new` builds the gateway from.
@@ -198,6 +205,7 @@ pub struct RouteConfig {
     pub ttft_ms_max: u64,
     pub idle_ms_max: u64,
     pub timeout_ms: u64,
+    pub headers_ms_max: u64,
 }
 
 impl GatewayConfig {
@@ -267,7 +275,12 @@ impl GatewayConfig {
                     ));
                 }
             }
-            for (field, v) in [("ttft_ms_max", r.ttft_ms_max), ("idle_ms_max", r.idle_ms_max), ("timeout_ms", r.timeout_ms)] {
+            for (field, v) in [
+                ("ttft_ms_max", r.ttft_ms_max),
+                ("idle_ms_max", r.idle_ms_max),
+                ("timeout_ms", r.timeout_ms),
+                ("headers_ms_max", r.headers_ms_max),
+            ] {
                 if v == Some(0) {
                     return Err(format!("routes.{name}.{field} = 0 would time out every attempt; leave it out for the default"));
                 }
@@ -280,6 +293,7 @@ impl GatewayConfig {
                     ttft_ms_max: r.ttft_ms_max.unwrap_or(DEFAULT_TTFT_MS_MAX),
                     idle_ms_max: r.idle_ms_max.unwrap_or(DEFAULT_IDLE_MS_MAX),
                     timeout_ms: r.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS),
+                    headers_ms_max: r.headers_ms_max.unwrap_or(DEFAULT_HEADERS_MS_MAX),
                 },
             );
         }

@@ -2,6 +2,20 @@
 
 use std::time::Duration;
 
+/// What a failed attempt means for the rest of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The provider is unhealthy (connect error, timeout, 408, 409, 429, 3xx, 5xx, a broken
+    /// stream): count a breaker failure and try the next model (or wait out `Retry-After` once).
+    Retry,
+    /// Our account at this provider cannot serve (401, 403, 404, quota or billing): open the
+    /// provider's breaker and move on to the next model of a *different* provider, never to this
+    /// one again.
+    OtherProvider,
+    /// The request itself is wrong (400, 413, 422 …): every provider would refuse it the same way.
+    Stop,
+}
+
 /// A failed attempt at one provider. Providers build these; the router classifies them.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
@@ -38,6 +52,10 @@ pub enum ProviderError {
     Engine(String),
 }
 
+/// The code of an error that says the key itself is invalid, whatever its status (OpenAI's name;
+/// Gemini answers a bad key with a 400).
+pub const INVALID_API_KEY: &str = "invalid_api_key";
+
 /// The code a context-length error carries, whatever the vendor called it (OpenAI's name).
 pub const CONTEXT_LENGTH_EXCEEDED: &str = "context_length_exceeded";
 
@@ -66,16 +84,28 @@ impl ProviderError {
         ProviderError::Stream { message: message.into(), code: None }
     }
 
-    /// Whether the router may move on to the next model (or retry) after this error.
+    /// What the router does after this error: the one classification of failures.
+    pub fn verdict(&self) -> Verdict {
+        match self {
+            ProviderError::Connect(_) | ProviderError::Timeout(_) | ProviderError::Stream { .. } | ProviderError::Engine(_) => {
+                Verdict::Retry
+            }
+            ProviderError::Invalid(_) => Verdict::Stop,
+            ProviderError::Http { quota: true, .. } | ProviderError::Http { status: 401 | 403 | 404, .. } => Verdict::OtherProvider,
+            ProviderError::Http { code: Some(c), .. } if c == INVALID_API_KEY => Verdict::OtherProvider,
+            // A redirect is never followed (it could carry our key to another host): the
+            // provider is misconfigured or moved, which says nothing good about its health.
+            ProviderError::Http { status: 300..=399 | 408 | 409 | 429 | 500..=599, .. } => Verdict::Retry,
+            ProviderError::Http { .. } => Verdict::Stop,
+        }
+    }
+
+    /// Whether the router may retry this provider or move on to the next model after this error.
     /// Never retried: 400, 401, 403, 404, 413, 422 and quota or billing errors; the same request
     /// would fail the same way, and a hidden retry only delays the error the user must fix.
+    /// (401, 403, 404 and quota errors still move to a *different* provider: see [`Verdict`].)
     pub fn is_retryable(&self) -> bool {
-        match self {
-            ProviderError::Connect(_) | ProviderError::Timeout(_) | ProviderError::Stream { .. } => true,
-            ProviderError::Engine(_) => true,
-            ProviderError::Invalid(_) => false,
-            ProviderError::Http { status, quota, .. } => !quota && matches!(status, 408 | 409 | 429 | 500..=599),
-        }
+        self.verdict() == Verdict::Retry
     }
 
     /// The prompt does not fit this model; a model with a larger context may take it.
@@ -92,6 +122,11 @@ impl ProviderError {
             ProviderError::Http { status: 429, .. } => "rate_limited",
             ProviderError::Http { status: 529, .. } => "overloaded",
             ProviderError::Http { status: 500..=599, .. } => "server_error",
+            ProviderError::Http { status: 401, .. } => "unauthorized",
+            ProviderError::Http { code: Some(c), .. } if c == INVALID_API_KEY => "unauthorized",
+            ProviderError::Http { status: 403, .. } => "forbidden",
+            ProviderError::Http { status: 404, .. } => "not_found",
+            ProviderError::Http { status: 300..=399, .. } => "redirect",
             e if e.is_context_length() => "context_length",
             ProviderError::Http { .. } => "client_error",
             ProviderError::Stream { .. } => "stream",
@@ -197,5 +232,17 @@ mod tests {
         let quota = ProviderError::Http { status: 429, message: "q".into(), code: None, retry_after: None, quota: true };
         assert!(!quota.is_retryable());
         assert_eq!(quota.kind(), "quota");
+        assert_eq!(quota.verdict(), Verdict::OtherProvider);
+        for (s, kind) in [(401, "unauthorized"), (403, "forbidden"), (404, "not_found")] {
+            assert_eq!(ProviderError::http(s, "x").verdict(), Verdict::OtherProvider, "{s}");
+            assert_eq!(ProviderError::http(s, "x").kind(), kind);
+        }
+        for s in [400, 413, 422] {
+            assert_eq!(ProviderError::http(s, "x").verdict(), Verdict::Stop, "{s}");
+        }
+        for s in [301, 302, 307, 308] {
+            assert_eq!(ProviderError::http(s, "x").verdict(), Verdict::Retry, "a redirect is an upstream failure: {s}");
+            assert_eq!(ProviderError::http(s, "x").kind(), "redirect");
+        }
     }
 }

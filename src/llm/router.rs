@@ -6,7 +6,15 @@
 //!   in-band error or cut before content, no first token within `ttft_ms_max` (streaming) or
 //!   no answer within `timeout_ms` (non-streaming), and a quiet stream over `idle_ms_max`
 //!   before the first token;
-//! - 400, 401, 403, 404, 413, 422 and quota/billing errors end the request at once;
+//! - 400, 413, 422 end the request at once (the request itself is wrong);
+//! - 401, 403, 404 and quota/billing errors (our account at that provider cannot serve) open the
+//!   provider's breaker and move on to the next model of a *different* provider, never to the
+//!   same one; with none left they end the request;
+//! - a redirect is never followed (it could carry our key to another host): a 3xx is an upstream
+//!   failure like a 5xx;
+//! - no status and headers within `headers_ms_max`, streaming or not, is a timeout;
+//! - a stream that ends without a finish reason is broken, never a short answer: before content
+//!   it falls back, after content it ends the answer with an error;
 //! - once content has been handed on, there is no fallback: a failure ends the answer with an
 //!   error, which the HTTP layer sends in-band with no `[DONE]`;
 //! - a `Retry-After` / `retryDelay` up to `retry_after_ms_max` is waited out and the last model
@@ -23,12 +31,13 @@ use tokio::time::{timeout, Instant};
 
 use super::breaker::{Breaker, Permit};
 use super::config::{
-    GatewayConfig, GatewaySettings, ModelConfig, ProviderKind, RouteConfig, DEFAULT_IDLE_MS_MAX, DEFAULT_TIMEOUT_MS, DEFAULT_TTFT_MS_MAX,
+    GatewayConfig, GatewaySettings, ModelConfig, ProviderKind, RouteConfig, DEFAULT_HEADERS_MS_MAX, DEFAULT_IDLE_MS_MAX,
+    DEFAULT_TIMEOUT_MS, DEFAULT_TTFT_MS_MAX,
 };
-use super::error::ProviderError;
+use super::error::{ProviderError, Verdict};
 use super::providers::{self, EventStream, HttpSettings, Provider};
 use super::types::{ChatRequest, Event, Usage};
-use super::usage::{cost_picousd, Outcome, Record, UsageBook};
+use super::usage::{cost_picousd, estimate_tokens, Outcome, Record, UsageBook};
 use crate::metrics::Metrics;
 
 /// A provider with its breaker.
@@ -59,6 +68,22 @@ pub struct FinishedRequest {
     pub usage: Usage,
     pub cost_picousd: u128,
     pub latency: Duration,
+    /// The upstream never reported usage (the stream was cut after its finish reason, or the
+    /// client went away first): `usage` is voxgate's estimate from the text, about 4 characters
+    /// a token.
+    pub usage_estimated: bool,
+}
+
+impl FinishedRequest {
+    /// The outcome as the ledger stores it: `ok`, `error`, `cancelled`, with `_estimated` added
+    /// when the tokens are voxgate's estimate rather than the upstream's count.
+    pub fn ledger_outcome(&self) -> String {
+        if self.usage_estimated {
+            format!("{}_estimated", self.outcome.as_str())
+        } else {
+            self.outcome.as_str().to_string()
+        }
+    }
 }
 
 pub type RequestSink = Arc<dyn Fn(FinishedRequest) + Send + Sync>;
@@ -121,6 +146,7 @@ pub struct Plan {
     pub ttft: Duration,
     pub idle: Duration,
     pub timeout: Duration,
+    pub headers: Duration,
 }
 
 pub struct Gateway {
@@ -140,11 +166,7 @@ impl Gateway {
         for (id, p) in provider_configs.iter().filter(|(_, p)| p.kind.serves_llm()) {
             let connect_timeout = Duration::from_millis(p.connect_timeout_ms);
             let pool_idle_timeout = Duration::from_secs(90);
-            let client = reqwest::Client::builder()
-                .connect_timeout(connect_timeout)
-                .tcp_nodelay(true)
-                .pool_idle_timeout(pool_idle_timeout)
-                .build()
+            let client = providers::http_client(connect_timeout, pool_idle_timeout)
                 .map_err(|e| GatewayError::Invalid(format!("provider {id}: cannot build HTTP client: {e}")))?;
             let http = HttpSettings::new(p.base_url.clone(), p.api_key.clone(), client).with_plain_http(connect_timeout, pool_idle_timeout);
             let provider = match p.kind {
@@ -203,6 +225,7 @@ impl Gateway {
             ttft: Duration::from_millis(route.map_or(DEFAULT_TTFT_MS_MAX, |r| r.ttft_ms_max)),
             idle: Duration::from_millis(route.map_or(DEFAULT_IDLE_MS_MAX, |r| r.idle_ms_max)),
             timeout: Duration::from_millis(route.map_or(DEFAULT_TIMEOUT_MS, |r| r.timeout_ms)),
+            headers: Duration::from_millis(route.map_or(DEFAULT_HEADERS_MS_MAX, |r| r.headers_ms_max)),
         })
     }
 
@@ -240,6 +263,9 @@ impl Gateway {
         };
         let mut attempts: Vec<Attempt> = Vec::new();
         let mut last: Option<ProviderError> = None;
+        // Providers that refused our credentials or quota during this request: never again.
+        let mut refused: Vec<String> = Vec::new();
+        let input_chars = request_chars(request);
 
         // First pass honours breakers; if every candidate was skipped, try them anyway rather
         // than answer with an error nobody tried to avoid.
@@ -250,6 +276,17 @@ impl Gateway {
             for (i, model_id) in plan.candidates.iter().enumerate() {
                 let model = &self.models[model_id];
                 let Some(slot) = self.providers.get(&model.provider).cloned() else { continue };
+                if refused.contains(&slot.id) {
+                    attempts.push(Attempt {
+                        model: model_id.clone(),
+                        provider: slot.id.clone(),
+                        result: "skipped_provider_refused".into(),
+                        status: None,
+                        message: Some("this provider refused voxgate's credentials or quota earlier in this request".into()),
+                        elapsed: Duration::ZERO,
+                    });
+                    continue;
+                }
                 let permit = if respect_breakers { slot.breaker.try_acquire() } else { Some(Permit { probe: false }) };
                 let Some(permit) = permit else {
                     attempts.push(Attempt {
@@ -305,8 +342,12 @@ impl Gateway {
                                     ttft: Some(ttft),
                                     fell_back,
                                     usage: Usage::default(),
+                                    usage_seen: false,
+                                    input_chars,
+                                    output_chars: 0,
                                     done: false,
                                 },
+                                finished: false,
                             });
                         }
                         Err(error) => {
@@ -330,9 +371,33 @@ impl Gateway {
                                 last = Some(error);
                                 break;
                             }
-                            if !error.is_retryable() {
-                                // Our client's request (or our account) is at fault; the
-                                // provider is healthy, so the breaker is left alone.
+                            let verdict = error.verdict();
+                            if verdict == Verdict::OtherProvider {
+                                // Our key is revoked or our quota spent there: every request
+                                // to this provider fails alike until an operator acts.
+                                slot.breaker.trip();
+                                refused.push(slot.id.clone());
+                                let other = plan.candidates[i + 1..].iter().any(|m| {
+                                    self.models
+                                        .get(m)
+                                        .is_some_and(|m| self.providers.contains_key(&m.provider) && !refused.contains(&m.provider))
+                                });
+                                tracing::warn!(
+                                    model = %model_id,
+                                    provider = %slot.id,
+                                    kind = error.kind(),
+                                    error = %error,
+                                    moving_on = other,
+                                    "the provider refused voxgate's credentials or quota; its breaker is open"
+                                );
+                                if other {
+                                    last = Some(error);
+                                    break;
+                                }
+                            }
+                            if verdict != Verdict::Retry {
+                                // The request itself is at fault (the provider is healthy, so
+                                // its breaker is left alone), or no other provider is left.
                                 self.count_attempts(&attempts);
                                 self.record_failure(key, &plan.requested, began, in_session);
                                 return Err(GatewayError::Rejected { model: model_id.clone(), error, attempts });
@@ -391,6 +456,7 @@ impl Gateway {
             fell_back: false,
             ttft: None,
             latency,
+            usage_estimated: false,
         });
         if let (false, Some(sink)) = (in_session, self.accounts.sink.get()) {
             sink(FinishedRequest {
@@ -401,6 +467,7 @@ impl Gateway {
                 usage: Usage::default(),
                 cost_picousd: 0,
                 latency,
+                usage_estimated: false,
             });
         }
     }
@@ -415,34 +482,39 @@ impl Drop for ProbeRelease {
 }
 
 /// Call one model and wait for its first content event (holding back role-only and empty
-/// frames), within the deadlines of the plan.
+/// frames), within the deadlines of the plan. A whole (non-streaming) answer is read to its end
+/// before it is committed, so that an answer that turns out broken can still fall back.
 async fn attempt(
     slot: &ProviderSlot,
     model: &ModelConfig,
     request: &ChatRequest,
     plan: &Plan,
 ) -> Result<(VecDeque<Event>, EventStream), ProviderError> {
-    // Non-streaming answers arrive whole, so only `timeout_ms` applies to them.
-    let idle = if request.stream { plan.idle } else { plan.timeout };
     let until_content = async {
-        let mut stream = slot.provider.send(request, &model.upstream, request.stream).await?;
+        let sent = timeout(plan.headers, slot.provider.send(request, &model.upstream, request.stream)).await;
+        let mut stream = sent.map_err(|_| {
+            ProviderError::Timeout(format!("no response status and headers within headers_ms_max ({} ms)", plan.headers.as_millis()))
+        })??;
         let mut held = VecDeque::new();
+        let mut finished = false;
         loop {
-            match timeout(idle, stream.next()).await {
+            match timeout(plan.idle, stream.next()).await {
                 Err(_) => {
                     return Err(ProviderError::Timeout(format!(
                         "the stream went quiet for {} ms before its first token (idle_ms_max)",
-                        idle.as_millis()
+                        plan.idle.as_millis()
                     )));
                 }
-                // Ended without content: an empty answer is still an answer.
+                // Ended: an empty answer is still an answer, an unfinished one is broken.
                 // (The provider's stream is finished and must not be polled again.)
-                Ok(None) => return Ok((held, Box::pin(futures::stream::empty()) as EventStream)),
+                Ok(None) if finished => return Ok((held, Box::pin(futures::stream::empty()) as EventStream)),
+                Ok(None) => return Err(unfinished()),
                 Ok(Some(Err(e))) => return Err(e),
                 Ok(Some(Ok(event))) => {
+                    finished |= matches!(event, Event::Finish(_));
                     let content = event.is_content();
                     held.push_back(event);
-                    if content {
+                    if content && request.stream {
                         return Ok((held, stream));
                     }
                 }
@@ -457,6 +529,36 @@ async fn attempt(
     }
 }
 
+/// The error of an answer whose stream ended without a finish reason.
+fn unfinished() -> ProviderError {
+    ProviderError::stream("the upstream ended the answer without a finish reason (truncated)")
+}
+
+/// The characters of a request's text (messages, tool calls, tool definitions' names and
+/// descriptions are left out): what the input tokens are estimated from when the upstream never
+/// reports usage.
+fn request_chars(request: &ChatRequest) -> usize {
+    use super::types::Message;
+    request
+        .messages
+        .iter()
+        .map(|m| match m {
+            Message::System { content, .. } | Message::User { content, .. } | Message::Tool { content, .. } => content_chars(content),
+            Message::Assistant { content, tool_calls, .. } => {
+                content.as_ref().map_or(0, content_chars)
+                    + tool_calls.iter().flatten().map(|c| c.function.name.len() + c.function.arguments.len()).sum::<usize>()
+            }
+        })
+        .sum()
+}
+
+fn content_chars(content: &super::types::Content) -> usize {
+    match content {
+        super::types::Content::Text(s) => s.len(),
+        super::types::Content::Parts(parts) => parts.iter().filter_map(|p| p.text.as_ref()).map(String::len).sum(),
+    }
+}
+
 struct Accounting {
     accounts: Arc<Accounts>,
     slot: Arc<ProviderSlot>,
@@ -468,6 +570,11 @@ struct Accounting {
     ttft: Option<Duration>,
     fell_back: bool,
     usage: Usage,
+    /// The upstream reported `usage` (else it is estimated when the request is recorded).
+    usage_seen: bool,
+    input_chars: usize,
+    /// Text and tool-call characters handed on so far.
+    output_chars: usize,
     done: bool,
 }
 
@@ -477,6 +584,21 @@ impl Accounting {
             return;
         }
         self.done = true;
+        let estimated = !self.usage_seen;
+        if estimated {
+            // The upstream answered (and will bill) but its count never arrived.
+            self.usage = Usage {
+                input_tokens: estimate_tokens(self.input_chars),
+                output_tokens: estimate_tokens(self.output_chars),
+                ..Usage::default()
+            };
+            tracing::info!(
+                model = %self.prices.id,
+                input_tokens = self.usage.input_tokens,
+                output_tokens = self.usage.output_tokens,
+                "the upstream reported no usage; the tokens are estimated"
+            );
+        }
         let cost = cost_picousd(&self.usage, &self.prices);
         let model = self.prices.id.as_str();
         let m = &self.accounts.metrics;
@@ -508,6 +630,7 @@ impl Accounting {
             fell_back: self.fell_back,
             ttft: self.ttft,
             latency,
+            usage_estimated: estimated,
         });
         if !self.in_session {
             if let Some(sink) = self.accounts.sink.get() {
@@ -519,6 +642,7 @@ impl Accounting {
                     usage: self.usage,
                     cost_picousd: cost,
                     latency,
+                    usage_estimated: estimated,
                 });
             }
         }
@@ -537,6 +661,8 @@ pub struct Answer {
     stream: Option<EventStream>,
     idle: Duration,
     accounting: Accounting,
+    /// A finish reason has been handed on.
+    finished: bool,
 }
 
 impl Answer {
@@ -549,11 +675,13 @@ impl Answer {
                 let stream = self.stream.as_mut()?;
                 match timeout(self.idle, stream.next()).await {
                     Ok(Some(r)) => r,
-                    Ok(None) => {
+                    Ok(None) if self.finished => {
                         self.stream = None;
                         self.accounting.finish(Outcome::Ok);
                         return None;
                     }
+                    // A truncated answer must never look complete.
+                    Ok(None) => Err(unfinished()),
                     Err(_) => Err(ProviderError::Timeout(format!("the stream went quiet for {} ms (idle_ms_max)", self.idle.as_millis()))),
                 }
             }
@@ -561,9 +689,27 @@ impl Answer {
         match event {
             Ok(Event::Usage(u)) => {
                 self.accounting.usage = u;
+                self.accounting.usage_seen = true;
                 Some(Ok(Event::Usage(u)))
             }
-            Ok(e) => Some(Ok(e)),
+            Ok(e) => {
+                match &e {
+                    Event::Text(t) => self.accounting.output_chars += t.len(),
+                    Event::ToolCallStart { name, .. } => self.accounting.output_chars += name.len(),
+                    Event::ToolCallArgs { arguments, .. } => self.accounting.output_chars += arguments.len(),
+                    Event::Finish(_) => self.finished = true,
+                    Event::Usage(_) => {}
+                }
+                Some(Ok(e))
+            }
+            Err(e) if self.finished => {
+                // The answer was complete (its finish reason went out); only what follows it,
+                // usage, was lost. It ends as a complete answer, its tokens estimated if need be.
+                tracing::warn!(model = %self.model, error = %e, "the upstream broke after the finish reason; the answer stands");
+                self.stream = None;
+                self.accounting.finish(Outcome::Ok);
+                None
+            }
             Err(e) => {
                 // Drop the upstream at once; the provider failed mid-answer.
                 self.stream = None;
@@ -578,6 +724,18 @@ impl Answer {
     /// `model=result` for each attempt, for the `x-voxgate-attempts` header.
     pub fn attempts_header(&self) -> String {
         attempts_header(&self.attempts)
+    }
+
+    /// The route's `idle_ms_max` for a streamed answer (`timeout_ms` for a whole one): also how
+    /// long the HTTP layer lets a client leave a streamed answer unread before it drops it.
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The usage booked for this answer once it has ended (`None` before): the upstream's count,
+    /// or an estimate (`true`) when it sent none.
+    pub fn booked_usage(&self) -> Option<(Usage, bool)> {
+        self.accounting.done.then_some((self.accounting.usage, !self.accounting.usage_seen))
     }
 }
 

@@ -151,6 +151,30 @@ mod tests {
     }
 
     #[test]
+    fn a_line_over_the_limit_is_an_error_before_the_buffer_grows_much_past_it() {
+        let mut p = SseParser::new();
+        p.push(b"data: ").unwrap();
+        let piece = vec![b'a'; 64 * 1024];
+        let mut pushed = 0;
+        let err = loop {
+            match p.push(&piece) {
+                Ok(events) => {
+                    assert!(events.is_empty());
+                    pushed += piece.len();
+                    assert!(pushed <= MAX_EVENT_BYTES, "{pushed} bytes taken without an error");
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+        // Many data lines of one event count together.
+        let mut p = SseParser::new();
+        let line = [b"data: ".as_slice(), &vec![b'b'; 1_000_000], b"\n"].concat();
+        let results: Vec<_> = (0..5).map(|_| p.push(&line).is_ok()).collect();
+        assert_eq!(results, [true, true, true, true, false]);
+    }
+
+    #[test]
     fn unterminated_last_event_is_kept() {
         assert_eq!(parse_all(&[b"data: {\"x\":1}"]), vec![SseEvent { event: None, data: "{\"x\":1}".into() }]);
     }

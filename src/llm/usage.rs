@@ -63,6 +63,17 @@ pub struct Record {
     pub fell_back: bool,
     pub ttft: Option<Duration>,
     pub latency: Duration,
+    /// `usage` is voxgate's estimate: the upstream never reported its count.
+    pub usage_estimated: bool,
+}
+
+/// Characters per token in an estimate: the usual rule of thumb for English with BPE tokenizers.
+pub const CHARS_PER_TOKEN_ESTIMATE: usize = 4;
+
+/// Tokens in `chars` characters of text, rounded up, for an answer whose upstream never sent
+/// its usage (the count is billed, so a cut must not make it free).
+pub fn estimate_tokens(chars: usize) -> u64 {
+    chars.div_ceil(CHARS_PER_TOKEN_ESTIMATE) as u64
 }
 
 const SAMPLES_MAX: usize = 10_000;
@@ -269,6 +280,11 @@ mod tests {
     }
 
     #[test]
+    fn estimates_round_up() {
+        assert_eq!((estimate_tokens(0), estimate_tokens(1), estimate_tokens(4), estimate_tokens(5)), (0, 1, 1, 2));
+    }
+
+    #[test]
     fn percentiles_and_grouping() {
         let book = UsageBook::default();
         for i in 1..=100u64 {
@@ -281,6 +297,7 @@ mod tests {
                 fell_back: i % 2 == 0,
                 ttft: Some(Duration::from_millis(i)),
                 latency: Duration::from_millis(i * 2),
+                usage_estimated: false,
             });
         }
         let rows = book.rows();

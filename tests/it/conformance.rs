@@ -270,9 +270,16 @@ async fn client_errors_are_not_retried_and_keep_their_meaning() {
         let e: Value = r.json().await.unwrap();
         assert!(e["error"]["message"].as_str().unwrap().contains("bad_request"), "{v:?}: {e}");
 
-        // The vendor rejecting voxgate's key is voxgate's problem, not the client's: 502.
+        // The vendor rejecting voxgate's key is voxgate's problem, not the client's: another
+        // provider answers when the route has one, else 502.
         let r = post(&base, &body("unauthorized_with_backup", false)).await;
+        assert_eq!(r.status(), 200, "{v:?}");
+        assert_eq!(r.headers()["x-voxgate-attempts"], "unauthorized=unauthorized, backup-text=ok", "{v:?}");
+        // The first refusal opened the provider's breaker; with nothing else to try, the
+        // model is tried anyway.
+        let r = post(&base, &body("unauthorized", false)).await;
         assert_eq!(r.status(), 502, "{v:?}");
+        assert_eq!(r.headers()["x-voxgate-attempts"], "unauthorized=skipped_breaker_open, unauthorized=unauthorized", "{v:?}");
     }
 }
 

@@ -16,6 +16,7 @@ mod support;
 mod conformance;
 mod edge;
 mod fallback;
+mod faults;
 mod fixture_streams;
 mod gateway_http;
 mod keys_limits;

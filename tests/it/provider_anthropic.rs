@@ -328,8 +328,9 @@ async fn cut_stream_is_an_error_not_a_short_answer() {
     assert!(matches!(err, ProviderError::Stream { .. }), "{err:?}");
     assert!(err.is_retryable());
 
-    // Non-streaming: a body cut half-way is an error too.
-    assert!(p.send(&request(json!({})), "cut", false).await.is_err());
+    // Non-streaming: a body cut half-way is an error too (read once the headers are in).
+    let whole = p.send(&request(json!({})), "cut", false).await.unwrap();
+    assert!(collect(whole).await.1.is_some());
 }
 
 #[tokio::test]
@@ -340,7 +341,8 @@ async fn malformed_frame_is_an_error() {
     let err = err.expect("a malformed frame must end in an error");
     assert!(matches!(&err, ProviderError::Stream { message, .. } if message.contains("malformed")), "{err:?}");
 
-    let e = p.send(&request(json!({})), "malformed", false).await.err().expect("malformed body");
+    let whole = p.send(&request(json!({})), "malformed", false).await.unwrap();
+    let e = collect(whole).await.1.expect("malformed body");
     assert!(matches!(e, ProviderError::Stream { .. }), "{e:?}");
 }
 

@@ -18,6 +18,7 @@
 //! - `cut`: "Hel", then the connection breaks;
 //! - `malformed`: a frame that is not JSON, before any content;
 //! - `midstream_error`: "Hel", then the vendor's in-band error event.
+pub mod faults;
 pub mod speech_stt;
 pub mod speech_tts;
 pub mod vendors;

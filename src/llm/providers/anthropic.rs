@@ -65,9 +65,7 @@ impl Anthropic {
         if stream {
             Ok(decode_sse(response, StreamDecoder::new(json_tool)))
         } else {
-            let value = http::read_json(response).await?;
-            let events = decode_message(&value, json_tool)?;
-            Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))))
+            Ok(http::whole_body(response, move |body| decode_message(&http::parse_json(body)?, json_tool)))
         }
     }
 }

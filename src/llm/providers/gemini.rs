@@ -67,9 +67,7 @@ impl Gemini {
         if stream {
             Ok(decode_sse(response, StreamDecoder::default()))
         } else {
-            let value = http::read_json(response).await?;
-            let events = decode_response(&value)?;
-            Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))))
+            Ok(http::whole_body(response, |body| decode_response(&http::parse_json(body)?)))
         }
     }
 }
@@ -280,10 +278,12 @@ fn generation_config(request: &ChatRequest) -> Map<String, Value> {
 ///
 /// - `retry_after` comes from a `google.rpc.RetryInfo` detail, else the `Retry-After` header.
 /// - A daily quota (`QuotaFailure` with a `quotaId` containing `PerDay`) will not clear in
-///   seconds: the error stays retryable, so the router fails over, but without a wait, so it
-///   does not come back to this model.
+///   seconds: a quota error, so the router opens the breaker and moves to another provider
+///   without waiting.
 /// - Billing not enabled (outside 429) is a quota error: no other attempt at this key can work.
-///   Other 400/403s (an invalid key, say) are classified by their status alone.
+/// - A key Google calls invalid or expired (400 with `ErrorInfo` reason `API_KEY_INVALID`) gets
+///   the code `invalid_api_key`: a credential error like a 401. Other 400/403s are classified by
+///   their status alone.
 pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderError {
     let mut value: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     if let Value::Array(items) = &mut value {
@@ -311,7 +311,10 @@ pub fn parse_error(status: u16, headers: &HeaderMap, body: &str) -> ProviderErro
     let billing_reason =
         of_type("google.rpc.ErrorInfo").filter_map(|d| d.get("reason").and_then(Value::as_str)).any(|r| r.contains("BILLING"));
     // A 429's message also mentions "billing details"; only outside 429 does it mean "not enabled".
-    let quota = status != 429 && (billing_reason || message.to_ascii_lowercase().contains("billing"));
+    let quota = per_day || status != 429 && (billing_reason || message.to_ascii_lowercase().contains("billing"));
+    if of_type("google.rpc.ErrorInfo").filter_map(|d| d.get("reason").and_then(Value::as_str)).any(|r| r == "API_KEY_INVALID") {
+        code = Some(crate::llm::error::INVALID_API_KEY.to_string());
+    }
 
     ProviderError::Http { status, message, code, retry_after, quota }
 }
@@ -656,8 +659,8 @@ mod tests {
         let e = parse_error(429, &HeaderMap::new(), &body);
         let ProviderError::Http { retry_after, quota, .. } = &e else { panic!("{e:?}") };
         assert_eq!(*retry_after, None);
-        assert!(!quota);
-        assert!(e.is_retryable());
+        assert!(quota, "a daily quota moves to another provider");
+        assert_eq!(e.verdict(), crate::llm::error::Verdict::OtherProvider);
     }
 
     #[test]
@@ -677,8 +680,10 @@ mod tests {
             &h,
             r#"{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}"#,
         );
-        assert!(matches!(&key, ProviderError::Http { quota: false, code: Some(c), .. } if c == "INVALID_ARGUMENT"));
+        assert!(matches!(&key, ProviderError::Http { quota: false, code: Some(c), .. } if c == "invalid_api_key"));
         assert!(!key.is_retryable());
+        assert_eq!(key.verdict(), crate::llm::error::Verdict::OtherProvider, "a bad key is a credential error");
+        assert_eq!(key.kind(), "unauthorized");
 
         // Array-wrapped bodies and non-JSON bodies still give a status and a message.
         let wrapped = parse_error(403, &h, r#"[{"error":{"code":403,"message":"Permission denied","status":"PERMISSION_DENIED"}}]"#);

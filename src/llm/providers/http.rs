@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http_body_util::BodyExt;
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE};
 
@@ -16,8 +17,9 @@ use crate::llm::types::Event;
 
 /// Largest error body we read (the rest is dropped).
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
-/// Largest non-streaming answer we read.
-const MAX_RESPONSE_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest non-streaming answer we read; a longer one is an upstream error (never truncated,
+/// never read further). Streams are bounded per event instead (`sse::MAX_EVENT_BYTES`).
+pub const MAX_RESPONSE_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Turns a vendor's error status and body into a `ProviderError`; one per provider.
 pub type ErrorParser = fn(status: u16, headers: &HeaderMap, body: &str) -> ProviderError;
@@ -102,9 +104,11 @@ pub async fn post_json(
         return Ok(response);
     }
     let headers = response.headers().clone();
-    let body = read_limited(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
+    let mut response = response;
+    let body = read_limited(&mut response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
     let mut error = on_error(status, &headers, &String::from_utf8_lossy(&body));
     if let ProviderError::Http { status: 401 | 403, message, .. } = &mut error {
+        // (Gemini's 400 for a bad key quotes no key, so it keeps its words.)
         // Vendors echo part of the rejected key ("Incorrect API key provided: sk-…abcd"):
         // never pass that on to clients or logs.
         *message = format!("the provider rejected voxgate's credentials (HTTP {status}): check this provider's api_key");
@@ -117,9 +121,43 @@ pub async fn read_json(response: Response) -> Result<serde_json::Value, Provider
     parse_json(&read_body(response).await?)
 }
 
-/// Read a whole (non-streaming) answer's bytes, for a provider that decodes them itself.
-pub async fn read_body(response: Response) -> Result<Vec<u8>, ProviderError> {
-    read_limited(response, MAX_RESPONSE_BODY_BYTES).await
+/// Read a whole (non-streaming) answer's bytes, for a provider that decodes them itself. An
+/// answer over [`MAX_RESPONSE_BODY_BYTES`] (declared or read) is an error, not a truncated parse.
+pub async fn read_body(mut response: Response) -> Result<Vec<u8>, ProviderError> {
+    let too_long =
+        || ProviderError::stream(format!("the upstream's answer is larger than the {} MiB limit", MAX_RESPONSE_BODY_BYTES >> 20));
+    let declared = response.headers().get(reqwest::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_RESPONSE_BODY_BYTES as u64) {
+        return Err(too_long());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await {
+        let chunk = chunk.map_err(|e| ProviderError::stream(format!("connection lost while reading body: {e}")))?;
+        if out.len() + chunk.len() > MAX_RESPONSE_BODY_BYTES {
+            return Err(too_long());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// A whole (non-streaming) answer as an event stream that reads and decodes the body when first
+/// polled: the provider's `send` resolves with the status and headers (so the router's
+/// `headers_ms_max` applies to them alone), and the body is read under the router's deadlines.
+pub fn whole_body<F>(response: Response, decode: F) -> EventStream
+where
+    F: FnOnce(&[u8]) -> Result<Vec<Event>, ProviderError> + Send + 'static,
+{
+    let read = async move {
+        let body = read_body(response).await?;
+        decode(&body)
+    };
+    Box::pin(futures::stream::once(read).flat_map(|result| {
+        futures::stream::iter(match result {
+            Ok(events) => events.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        })
+    }))
 }
 
 /// A whole answer's bytes as a JSON value; what [`read_json`] returns.
@@ -169,7 +207,7 @@ fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
     msg
 }
 
-async fn read_limited(mut response: Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
+async fn read_limited(response: &mut Response, limit: usize) -> Result<Vec<u8>, ProviderError> {
     let mut out = Vec::new();
     while let Some(chunk) = response.chunk().await {
         let chunk = chunk.map_err(|e| ProviderError::stream(format!("connection lost while reading body: {e}")))?;
@@ -207,6 +245,26 @@ pub fn short(body: &str) -> String {
     format!("{}…", &t[..end])
 }
 
+/// A 200 whose body is JSON where an event stream was asked for (a proxy or host that reports
+/// errors that way): read (bounded) and turned into a stream error with the vendor's message.
+async fn json_instead_of_events(response: &mut Response) -> ProviderError {
+    let body = read_limited(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    let value = value.as_array().and_then(|a| a.first()).unwrap_or(&value);
+    let err = value.get("error").filter(|e| e.is_object()).unwrap_or(value);
+    let message = err.get("message").and_then(serde_json::Value::as_str).map(short).unwrap_or_else(|| short(&text));
+    let code = ["code", "type", "status"].iter().find_map(|k| err.get(*k).and_then(serde_json::Value::as_str)).map(str::to_string);
+    ProviderError::Stream { message: format!("the upstream answered 200 with a JSON body instead of an event stream: {message}"), code }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
 /// A vendor's stream format: SSE events in, [`Event`]s out. One per streaming provider.
 pub trait SseDecoder: Send + 'static {
     /// Decode one SSE event. An `Err` ends the stream (an in-band vendor error, a malformed frame).
@@ -228,6 +286,7 @@ pub fn decode_sse<D: SseDecoder>(response: Response, decoder: D) -> EventStream 
         events: VecDeque::new(),
         body_ended: false,
         finished: false,
+        started: false,
     };
     Box::pin(futures::stream::unfold(stream, |mut stream| async move {
         let item = stream.next().await?;
@@ -246,12 +305,21 @@ struct SseStream<D> {
     events: VecDeque<Event>,
     body_ended: bool,
     finished: bool,
+    /// The body's type has been checked.
+    started: bool,
 }
 
 impl<D: SseDecoder> SseStream<D> {
     /// The next event; an error (a cut connection, a malformed or over-long frame, an in-band
     /// vendor error, an incomplete answer) is the last item.
     async fn next(&mut self) -> Option<Result<Event, ProviderError>> {
+        if !self.started {
+            self.started = true;
+            if is_json(self.body.headers()) {
+                self.finished = true;
+                return Some(Err(json_instead_of_events(&mut self.body).await));
+            }
+        }
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Some(Ok(event));
@@ -259,9 +327,14 @@ impl<D: SseDecoder> SseStream<D> {
             if self.finished {
                 return None;
             }
-            // Once the vendor says it is done, nothing after is read.
+            // Once the vendor says it is done, nothing after is read; but its end marker is no
+            // finish reason: `end` still decides whether the answer is complete.
             if self.decoder.is_done() {
                 self.finished = true;
+                match self.decoder.end() {
+                    Ok(events) => self.events.extend(events),
+                    Err(e) => return Some(Err(e)),
+                }
                 continue;
             }
             let step = if let Some(event) = self.sse.pop_front() {

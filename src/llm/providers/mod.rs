@@ -43,6 +43,20 @@ pub struct HttpSettings {
     urls: Arc<Mutex<HashMap<String, Arc<Endpoint>>>>,
 }
 
+/// The reqwest client of a provider: rustls, TCP_NODELAY, and **no redirects**. reqwest's
+/// default policy follows up to 10 redirects and strips only `Authorization` when the host
+/// changes, so a redirect would carry `x-api-key` or `x-goog-api-key` to whatever host it names.
+/// A provider's 3xx is an upstream error instead ([`crate::llm::error::Verdict::Retry`]). (The
+/// plain client, hyper's, never follows redirects.)
+pub fn http_client(connect_timeout: Duration, pool_idle_timeout: Duration) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .pool_idle_timeout(pool_idle_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 /// hyper's pooled HTTP/1.1 client for plain `http://` upstreams.
 pub(crate) type PlainClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, PlainBody>;
 pub(crate) type PlainBody = http_body_util::Full<bytes::Bytes>;

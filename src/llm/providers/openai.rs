@@ -40,9 +40,7 @@ impl OpenAi {
         if stream {
             Ok(decode_sse(response, StreamDecoder::default()))
         } else {
-            let body = http::read_body(response).await?;
-            let events = decode_completion_body(&body)?;
-            Ok(Box::pin(futures::stream::iter(events.into_iter().map(Ok))))
+            Ok(http::whole_body(response, decode_completion_body))
         }
     }
 }
@@ -210,6 +208,8 @@ impl SseDecoder for StreamDecoder {
     fn end(&mut self) -> Result<Vec<Event>, ProviderError> {
         if self.finished {
             Ok(Vec::new())
+        } else if self.done {
+            Err(ProviderError::stream("upstream sent [DONE] without a finish reason (truncated answer)"))
         } else {
             Err(ProviderError::stream("upstream closed the stream before finishing"))
         }
@@ -648,6 +648,15 @@ mod tests {
         let mut d = StreamDecoder::default();
         feed(&mut d, &[r#"{"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":"stop"}]}"#]);
         assert!(d.end().is_ok());
+    }
+
+    #[test]
+    fn done_without_a_finish_reason_is_a_truncated_answer() {
+        let mut d = StreamDecoder::default();
+        feed(&mut d, &[r#"{"choices":[{"index":0,"delta":{"content":"Hel"}}]}"#, "[DONE]"]);
+        assert!(d.is_done());
+        let e = d.end().unwrap_err();
+        assert!(e.to_string().contains("[DONE] without a finish reason"), "{e}");
     }
 
     #[test]

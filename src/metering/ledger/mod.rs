@@ -178,7 +178,8 @@ pub struct RequestRecord {
     pub ts_ms: i64,
     pub key_id: String,
     pub model: String,
-    /// `ok`, `error`, `cancelled` (see `llm::usage::Outcome`).
+    /// `ok`, `error`, `cancelled` (see `llm::usage::Outcome`), with `_estimated` added when the
+    /// upstream never reported usage and the tokens are voxgate's estimate.
     pub outcome: String,
     pub input_tokens: u64,
     pub output_tokens: u64,
