@@ -34,6 +34,8 @@ impl OpenAiTts {
         let client = reqwest::Client::builder()
             .connect_timeout(vendor.connect_timeout)
             .tcp_nodelay(true)
+            // A redirect could carry the key to another host: a 3xx is a vendor failure instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("tts: provider {:?}: cannot build an HTTP client: {e}", vendor.id))?;
         Ok(OpenAiTts { vendor, voice, model, client })

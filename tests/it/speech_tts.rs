@@ -556,3 +556,30 @@ async fn a_session_picks_an_engine_of_the_list_by_its_voice() {
     let sent = messages(&recorder);
     assert!(sent.iter().filter(|m| m["transcript"] != "").all(|m| m["voice"]["id"] == "voice-7"), "{sent:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_redirecting_tts_vendor_is_never_followed_and_the_next_engine_speaks() {
+    // The OpenAI adapter's endpoint answers 307 to another host: following it would hand that host
+    // the request (and with it the vendor's key header). voxgate treats the 3xx as a failure.
+    let elsewhere_hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hits = elsewhere_hits.clone();
+    let elsewhere = crate::support::spawn(axum::Router::new().fallback(move || {
+        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        async { "audio" }
+    }))
+    .await;
+    let redirect = crate::support::spawn(axum::Router::new().fallback(move || async move {
+        (axum::http::StatusCode::TEMPORARY_REDIRECT, [(axum::http::header::LOCATION, format!("http://{elsewhere}/v1/audio/speech"))])
+    }))
+    .await;
+    let base = server("openai", &format!("http://{redirect}/v1"), r#"["tts", "fake"]"#, "").await;
+    let mut ws = connect(&base).await;
+    ask(&mut ws).await;
+    let events = until(&mut ws, "response.done").await;
+    let done = &events.last().unwrap()["response"];
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["voxgate"]["tts_engine"], "fake");
+    assert!(of(&events, "error").is_empty(), "the client saw a vendor error");
+    assert_eq!(spoken(&events), format!("You said: {SAID}"));
+    assert_eq!(elsewhere_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "the redirect was followed");
+}
