@@ -173,9 +173,12 @@ impl<S: Store> Actor<S> {
             Command::Open { start, counters, reply } => {
                 let _ = reply.send(self.open_session(start, counters));
             }
-            Command::Close { id, reason, reply } => {
+            Command::Close { id, reason, ended_ms, reply } => {
                 let now = self.clock.now_unix_ms();
-                self.close_session(&id, reason, now);
+                match ended_ms {
+                    None => self.close_session(&id, reason, now),
+                    Some(at) => self.close_session_at(&id, reason, at.min(now)),
+                }
                 let _ = reply.send(());
             }
             Command::Dropped => self.close_dropped(),
@@ -231,9 +234,15 @@ impl<S: Store> Actor<S> {
 
     /// Writes the final record of an open session once; unknown ids (already closed) are ignored.
     fn close_session(&mut self, id: &str, reason: String, now_ms: i64) {
-        let Some(session) = self.open.remove(id) else { return };
+        let Some(checkpoint_ms) = self.open.get(id).map(|s| s.checkpoint_ms) else { return };
         // Never before the start or the last checkpoint, whatever the wall clock did.
-        let end_ms = now_ms.max(session.checkpoint_ms).max(session.started_ms);
+        self.close_session_at(id, reason, now_ms.max(checkpoint_ms));
+    }
+
+    /// Writes the final record of an open session ended at `end_ms` (never before its start).
+    fn close_session_at(&mut self, id: &str, reason: String, end_ms: i64) {
+        let Some(session) = self.open.remove(id) else { return };
+        let end_ms = end_ms.max(session.started_ms);
         let record = session.record(id, end_ms, Some(reason));
         if let Err(e) = self.write_or_fallback(FallbackLine::Session(record)) {
             tracing::error!(session_id = %id, error = %e, "a session's final record could not be written anywhere; kept in memory for retry");
