@@ -455,4 +455,28 @@ mod tests {
         ledger.shutdown().await;
         assert!(matches!(ledger.session("a").await, Err(LedgerError::Closed)));
     }
+
+    #[tokio::test]
+    async fn a_session_closed_at_its_last_sign_of_life_may_end_before_its_last_checkpoint() {
+        let d = dir("last-heard");
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let (ledger, _) = open(&d, clock.clone()).await;
+        let m = ledger.open_session(start("a")).await.unwrap();
+        clock.advance_ms(40_000);
+        ledger.checkpoint().await.unwrap();
+        // The client was last heard 2.5 s in; the silence was noticed 40 s in.
+        m.close_at("peer_unresponsive", 1_002_500).await;
+        let r = ledger.session("a").await.unwrap().unwrap();
+        assert_eq!((r.ended_ms, r.billed_seconds, r.close_reason.as_deref()), (Some(1_002_500), 3, Some("peer_unresponsive")));
+        // Never before the start, nor after now.
+        let m = ledger.open_session(start("b")).await.unwrap();
+        m.close_at("peer_unresponsive", 0).await;
+        let r = ledger.session("b").await.unwrap().unwrap();
+        assert_eq!((r.ended_ms, r.billed_seconds), (Some(r.started_ms), 1));
+        let m = ledger.open_session(start("c")).await.unwrap();
+        m.close_at("peer_unresponsive", i64::MAX).await;
+        let r = ledger.session("c").await.unwrap().unwrap();
+        assert_eq!(r.ended_ms, Some(clock.now_unix_ms()));
+        ledger.shutdown().await;
+    }
 }
