@@ -26,12 +26,17 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ("voxgate_gateway_breaker_open", Kind::Gauge, "1 while a provider's circuit breaker is open, by provider."),
     ("voxgate_http_requests_total", Kind::Counter, "HTTP requests by route and status code."),
     ("voxgate_realtime_sessions_active", Kind::Gauge, "Voice sessions open now."),
+    (
+        "voxgate_outbound_queued_bytes",
+        Kind::Gauge,
+        "Bytes of server messages waiting for voice clients to take them, over all sessions (in 64 KiB steps).",
+    ),
     ("voxgate_barge_ins_total", Kind::Counter, "Responses cut short because the caller started speaking."),
     ("voxgate_session_seconds_billed_total", Kind::Counter, "Seconds billed to closed voice sessions (per started second)."),
     (
         "voxgate_errors_total",
         Kind::Counter,
-        "Errors reported to a client or that refused work, by kind (ledger_unavailable, too_many_sessions, session_limit, rate_limited, bad_client_event, client_not_reading, stt_failed, llm_failed, tts_failed).",
+        "Errors reported to a client or that refused work, by kind (ledger_unavailable, too_many_sessions, session_limit, rate_limited, bad_client_event, client_not_reading, peer_unresponsive, idle_timeout, max_duration, stt_failed, llm_failed, tts_failed).",
     ),
     ("voxgate_speech_fallbacks_total", Kind::Counter, "Moves to the next speech engine of a fallback list, by stage (stt, tts), engine left and reason."),
     ("voxgate_speech_vendor_failures_total", Kind::Counter, "Speech vendor streams that failed, by stage and engine."),

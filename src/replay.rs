@@ -88,7 +88,7 @@ pub async fn replay(config: &Config, route: &str, input: &Path, out: &Path) -> R
     let (in_tx, in_rx) = mpsc::channel(256);
     let (out_tx, mut out_rx) = mpsc::channel(4096);
     let cancel = CancellationToken::new();
-    let session = tokio::spawn(run_session(engines, start, None, in_rx, out_tx, cancel.clone()));
+    let session = tokio::spawn(run_session(engines, start, None, None, in_rx, out_tx, cancel.clone()));
 
     let began = Instant::now();
     let ms = |t: Instant| t.duration_since(began).as_secs_f64() * 1000.0;

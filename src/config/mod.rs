@@ -159,7 +159,7 @@ impl EdgeSettings {
     }
 }
 
-/// `[realtime]`: limits of `/v1/realtime` sessions.
+/// `[realtime]`: limits of voice sessions (`/v1/realtime` and phone calls).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRealtime {
@@ -179,6 +179,24 @@ pub struct RawRealtime {
     /// stuck engine fails the response instead of leaving the caller in silence. Time spent waiting
     /// for the caller to hear earlier audio does not count.
     pub tts_timeout_ms: Option<u64>,
+    /// Bytes of server events a voice session may have waiting for a client that does not read
+    /// (default 4 MiB, at least twice `max_event_bytes`); over it the session is closed with 1008.
+    pub max_outbound_bytes: Option<usize>,
+    /// Longest one outbound message may wait for the client's network to take it (default 10000);
+    /// past it the client is taken as not reading and the session is closed with 1008.
+    pub send_timeout_ms: Option<u64>,
+    /// A WebSocket ping every this long (default 20000) ...
+    pub ping_interval_ms: Option<u64>,
+    /// ... and this long to hear anything back (default 20000): a peer silent for the whole wait is
+    /// gone, and its call ends, billed to the last time it was heard from.
+    pub pong_timeout_ms: Option<u64>,
+    /// A `/v1/realtime` client that sends no event for this long is closed (default 300000).
+    pub idle_timeout_ms: Option<u64>,
+    /// A Twilio stream that sends no media for this long is ended (default 10000): Twilio sends a
+    /// frame every 20 ms for as long as the call lasts.
+    pub twilio_media_timeout_ms: Option<u64>,
+    /// The longest call (default 14400000, 4 h): then an `error` (`session_expired`) and the close.
+    pub max_session_ms: Option<u64>,
 }
 
 /// The validated configuration.
@@ -210,6 +228,13 @@ pub struct RealtimeSettings {
     pub max_history_items: usize,
     pub stt_timeout_ms: u64,
     pub tts_timeout_ms: u64,
+    pub max_outbound_bytes: usize,
+    pub send_timeout_ms: u64,
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub twilio_media_timeout_ms: u64,
+    pub max_session_ms: u64,
 }
 
 impl Default for RealtimeSettings {
@@ -221,9 +246,19 @@ impl Default for RealtimeSettings {
             max_history_items: 200,
             stt_timeout_ms: 10_000,
             tts_timeout_ms: 10_000,
+            max_outbound_bytes: 4 * 1024 * 1024,
+            send_timeout_ms: 10_000,
+            ping_interval_ms: 20_000,
+            pong_timeout_ms: 20_000,
+            idle_timeout_ms: 300_000,
+            twilio_media_timeout_ms: 10_000,
+            max_session_ms: 4 * 3600 * 1000,
         }
     }
 }
+
+/// The longest any `[realtime]` duration may be (30 days): far beyond any call, short of overflow.
+const DURATION_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
 
 impl RealtimeSettings {
     fn from_raw(r: &RawRealtime) -> Result<RealtimeSettings, ConfigError> {
@@ -235,8 +270,44 @@ impl RealtimeSettings {
                 return Err(ConfigError::Invalid(format!("realtime.{field} = 0 is not allowed; leave it out for the default")));
             }
         }
+        let durations = [
+            ("send_timeout_ms", r.send_timeout_ms),
+            ("ping_interval_ms", r.ping_interval_ms),
+            ("pong_timeout_ms", r.pong_timeout_ms),
+            ("idle_timeout_ms", r.idle_timeout_ms),
+            ("twilio_media_timeout_ms", r.twilio_media_timeout_ms),
+            ("max_session_ms", r.max_session_ms),
+        ];
+        for (field, v) in durations {
+            match v {
+                Some(0) => return Err(ConfigError::Invalid(format!("realtime.{field} = 0 is not allowed; leave it out for the default"))),
+                Some(v) if v > DURATION_MS_MAX => {
+                    return Err(ConfigError::Invalid(format!("realtime.{field} = {v} is over the limit of {DURATION_MS_MAX} (30 days)")))
+                }
+                _ => {}
+            }
+        }
+        let max_event_bytes = r.max_event_bytes.unwrap_or(d.max_event_bytes);
+        // Room for the two echoes (`conversation.item.added` and `.done`) of one event of the largest size.
+        let outbound_floor = max_event_bytes.saturating_mul(2).saturating_add(64 * 1024);
+        let max_outbound_bytes = match r.max_outbound_bytes {
+            Some(v) if v < outbound_floor => {
+                return Err(ConfigError::Invalid(format!(
+                    "realtime.max_outbound_bytes = {v} is too small: the echo of one event of max_event_bytes ({max_event_bytes}) needs {outbound_floor}"
+                )))
+            }
+            Some(v) => v,
+            None => d.max_outbound_bytes.max(outbound_floor),
+        };
         Ok(RealtimeSettings {
-            max_event_bytes: r.max_event_bytes.unwrap_or(d.max_event_bytes),
+            max_outbound_bytes,
+            send_timeout_ms: r.send_timeout_ms.unwrap_or(d.send_timeout_ms),
+            ping_interval_ms: r.ping_interval_ms.unwrap_or(d.ping_interval_ms),
+            pong_timeout_ms: r.pong_timeout_ms.unwrap_or(d.pong_timeout_ms),
+            idle_timeout_ms: r.idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            twilio_media_timeout_ms: r.twilio_media_timeout_ms.unwrap_or(d.twilio_media_timeout_ms),
+            max_session_ms: r.max_session_ms.unwrap_or(d.max_session_ms),
+            max_event_bytes,
             max_sessions: r.max_sessions.unwrap_or(d.max_sessions),
             output_lead_ms: r.output_lead_ms.unwrap_or(d.output_lead_ms),
             max_history_items: r.max_history_items.unwrap_or(d.max_history_items),
@@ -556,6 +627,55 @@ ttft_ms_max = 1200
             ("[[speech]]\nengine = \"fake\"\nusd_per_kchar = 0.1\nprice = 3\n", "unknown field"),
             ("[providers.dg]\nkind = \"deepgram\"\n[[speech]]\nengine = \"dg\"\nusd_per_audio_minute = 0.00771234\n", "six decimals"),
             ("[providers.x]\nkind = \"openai\"\n[[speech]]\nengine = \"x\"\nusd_per_audio_minute = 0.1\nusd_per_kchar = 0.1\n", "not both"),
+        ] {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_and_are_checked() {
+        let r = Config::from_raw(RawConfig::default(), &no_env).unwrap().realtime;
+        assert_eq!(
+            (r.max_outbound_bytes, r.send_timeout_ms, r.ping_interval_ms, r.pong_timeout_ms),
+            (4 * 1024 * 1024, 10_000, 20_000, 20_000)
+        );
+        assert_eq!((r.idle_timeout_ms, r.twilio_media_timeout_ms, r.max_session_ms), (300_000, 10_000, 14_400_000));
+        // A larger event raises the default bound to fit its two echoes.
+        let r = Config::from_toml(
+            "[realtime]
+max_event_bytes = 3145728
+",
+            &no_env,
+        )
+        .unwrap()
+        .realtime;
+        assert_eq!(r.max_outbound_bytes, 2 * 3_145_728 + 64 * 1024);
+        for (text, want) in [
+            (
+                "[realtime]
+ping_interval_ms = 0
+",
+                "ping_interval_ms = 0 is not allowed",
+            ),
+            (
+                "[realtime]
+max_session_ms = 9999999999999
+",
+                "max_session_ms = 9999999999999 is over the limit",
+            ),
+            (
+                "[realtime]
+max_outbound_bytes = 1000
+",
+                "max_outbound_bytes = 1000 is too small",
+            ),
+            (
+                "[realtime]
+pong_timeout = 5
+",
+                "unknown field",
+            ),
         ] {
             let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");

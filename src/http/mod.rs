@@ -189,6 +189,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Shared, shutdown: C
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
+        crate::transport::set_tcp_keepalive(tcp);
     });
     axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -175,11 +175,13 @@ async fn refuse_over_limit(mut socket: WebSocket, key: &str, limited: &Limited) 
         param: None,
         event_id: None,
     });
+    // Every send has a deadline: a client that does not read cannot hold this task.
+    let send_within = std::time::Duration::from_secs(5);
     if let Ok(text) = serde_json::to_string(&error) {
-        let _ = socket.send(Message::Text(Utf8Bytes::from(text))).await;
+        let _ = tokio::time::timeout(send_within, socket.send(Message::Text(Utf8Bytes::from(text)))).await;
     }
     let reason = format!("session limit: key {key:?} allows {} concurrent", limited.limit);
-    let _ = socket.send(crate::transport::close_frame(1008, &reason)).await;
+    let _ = tokio::time::timeout(send_within, socket.send(crate::transport::close_frame(1008, &reason))).await;
     // Let the client's close frame arrive (or the client go) before the socket is dropped.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
         use futures::StreamExt;

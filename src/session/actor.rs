@@ -21,17 +21,20 @@ use super::playback::{heard_text, Playback, Release, MAX_QUEUED_AUDIO_MS};
 use super::response::{ResponseJob, ResponseMsg, Speech};
 use super::settings::Settings;
 use super::turn::{chat_request, Active};
-use super::{RateLimited, SessionStart, VoiceEngines};
+use super::{Peer, RateLimited, SessionStart, VoiceEngines};
 use crate::audio::AudioFormat;
 use crate::metering::ledger::SessionMeter;
 
-/// Runs one session until the client leaves, `cancel` fires, or the transport stops reading.
+/// Runs one session until the client leaves, `cancel` fires, the transport stops reading, the client
+/// stays idle too long or the call reaches `max_session_ms`.
 /// `meter` bills the session (flat rate from open to close) and collects its usage for the record;
-/// `None` runs it unmetered (replay, tests).
+/// `None` runs it unmetered (replay, tests). `peer` is the client's end as the transport sees it
+/// (`None`: no idle limit, billed to the close, as for replay).
 pub async fn run_session(
     engines: Arc<VoiceEngines>,
     start: SessionStart,
     meter: Option<SessionMeter>,
+    peer: Option<Arc<Peer>>,
     mut inbound: mpsc::Receiver<Inbound>,
     outbound: mpsc::Sender<Outbound>,
     cancel: CancellationToken,
@@ -44,6 +47,7 @@ pub async fn run_session(
         m
     });
     let mut close_reason = "server_shutdown";
+    let mut ended_by: Option<CloseReason> = None;
     actor.emit_settings(true);
     actor.report_rate_limits();
     info!(session_id = %actor.start.session_id, route = %actor.start.route, "realtime session opened");
@@ -53,6 +57,14 @@ pub async fn run_session(
     let timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed: Option<Instant> = None;
+    // The call's limits: its maximum length, and how long the client may send nothing. One timer,
+    // moved only when it fires early (a command came since it was set), never per command.
+    let max_at = Instant::now() + Duration::from_millis(actor.engines.settings.max_session_ms);
+    let idle = peer.as_ref().map(|p| p.idle());
+    let mut last_command = Instant::now();
+    let limit_due = |last_command: Instant| idle.map_or(max_at, |idle| max_at.min(last_command + idle));
+    let limit = tokio::time::sleep_until(limit_due(last_command));
+    tokio::pin!(limit);
     loop {
         let due = actor.next_due();
         // A deadline already reached (the next audio of a new response, a chunk's text) is ready at
@@ -68,8 +80,21 @@ pub async fn run_session(
         tokio::select! {
             biased;
             _ = &mut cancelled => break,
+            () = &mut limit => {
+                let now = Instant::now();
+                if now >= max_at {
+                    actor.end_call(CloseReason::MaxDuration, None);
+                } else if limit_due(last_command) <= now {
+                    actor.end_call(CloseReason::Idle, idle);
+                } else {
+                    limit.as_mut().reset(limit_due(last_command));
+                }
+            }
             msg = inbound.recv() => match msg {
-                Some(Inbound { command, reply_to }) => actor.on_command(command, reply_to),
+                Some(Inbound { command, reply_to }) => {
+                    last_command = Instant::now();
+                    actor.on_command(command, reply_to)
+                }
                 None => {
                     close_reason = "client_closed";
                     break;
@@ -85,7 +110,7 @@ pub async fn run_session(
         }
         if let Some(reason) = actor.closing.take() {
             if let Some(reason) = reason {
-                close_reason = "client_not_reading";
+                ended_by = Some(reason);
                 let _ = actor.outbound.try_send(Outbound::Close(reason));
             } else {
                 close_reason = "client_closed";
@@ -93,15 +118,39 @@ pub async fn run_session(
             break;
         }
     }
+    // Why it ended: the session's own reason, else the transport's (a peer gone silent, a client
+    // that does not read), else the client's close or the server's shutdown.
+    let ended_by = ended_by.or_else(|| peer.as_ref().and_then(|p| p.ended()));
+    if let Some(reason) = ended_by {
+        close_reason = reason.as_str();
+    }
+    // A client that vanished (its connection cut, its pings unanswered) or went silent is billed to
+    // the last time it was heard from; one that closed, or a live call the server ends, to now.
+    let last_heard = peer.as_ref().filter(|p| match ended_by {
+        Some(reason) => reason.bills_to_last_heard(),
+        None => close_reason == "client_closed" && p.was_lost(),
+    });
+    let heard_ago = last_heard.map(|p| Instant::now().saturating_duration_since(p.last_heard()));
     actor.shutdown().await;
     // Audio whose transcript never came back was still sent: the configured engine had it.
     for item_id in actor.stt_unmetered.keys().cloned().collect::<Vec<_>>() {
         actor.meter_stt(&item_id, None);
     }
     if let Some(meter) = actor.meter.take() {
-        let (seconds, _) = meter.so_far(wall_ms());
-        actor.engines.metrics.add("voxgate_session_seconds_billed_total", &[], seconds as f64);
-        meter.close(close_reason).await;
+        let now_ms = meter.now_unix_ms();
+        match heard_ago {
+            Some(ago) => {
+                let ended_ms = now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)).max(meter.started_ms());
+                let (seconds, _) = meter.so_far(ended_ms);
+                actor.engines.metrics.add("voxgate_session_seconds_billed_total", &[], seconds as f64);
+                meter.close_at(close_reason, ended_ms).await;
+            }
+            None => {
+                let (seconds, _) = meter.so_far(now_ms);
+                actor.engines.metrics.add("voxgate_session_seconds_billed_total", &[], seconds as f64);
+                meter.close(close_reason).await;
+            }
+        }
     }
     info!(session_id = %actor.start.session_id, "realtime session closed");
 }
@@ -207,6 +256,25 @@ impl Actor {
 
     fn error(&mut self, error: SessionError, reply_to: Option<&str>) {
         self.emit(Event::Error(SessionError { reply_to: reply_to.map(str::to_string), ..error }));
+    }
+
+    /// Ends a live call for one of the session's own limits (`MaxDuration`, or `Idle` after `idle`):
+    /// an `error` the client can read, then the close.
+    fn end_call(&mut self, reason: CloseReason, idle: Option<Duration>) {
+        let (kind, message) = match (reason, idle) {
+            (CloseReason::Idle, Some(idle)) => {
+                (ErrorKind::IdleTimeout, format!("the session ends: nothing was received from the client for {} s", idle.as_secs()))
+            }
+            _ => (
+                ErrorKind::SessionExpired,
+                format!("the session reached its maximum length of {} s and ends", self.engines.settings.max_session_ms / 1000),
+            ),
+        };
+        info!(session_id = %self.start.session_id, reason = reason.as_str(), "ending the session");
+        self.emit(Event::Error(SessionError::new(kind, message)));
+        if self.closing.is_none() {
+            self.closing = Some(Some(reason));
+        }
     }
 
     fn queued_ms(&self) -> f64 {
@@ -907,6 +975,8 @@ fn item_not_found(item_id: &str) -> SessionError {
 fn error_kind(event: &Event) -> Option<&'static str> {
     match event {
         Event::Error(SessionError { kind: ErrorKind::RateLimited { .. }, .. }) => Some("rate_limited"),
+        Event::Error(SessionError { kind: ErrorKind::SessionExpired, .. }) => Some("max_duration"),
+        Event::Error(SessionError { kind: ErrorKind::IdleTimeout, .. }) => Some("idle_timeout"),
         Event::Error(_) => Some("bad_client_event"),
         Event::TranscriptFailed { .. } => Some("stt_failed"),
         Event::ResponseDone(summary) => match &summary.status {

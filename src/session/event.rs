@@ -20,11 +20,37 @@ pub enum Outbound {
     Close(CloseReason),
 }
 
-/// Why the session closes the connection.
+/// Why a call ends other than by the client's own close or a server shutdown: the session's
+/// reasons (it sends [`Outbound::Close`] with them) and the transport's (it records them in the
+/// call's [`super::Peer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The client left too many events unread.
+    /// The client left too many events, or too many bytes, unread, or one message unsent past its deadline.
     ClientNotReading,
+    /// The client answered no ping within the pong deadline: its network is gone.
+    PeerUnresponsive,
+    /// The client sent nothing (Realtime: no event; Twilio: no media) for the idle limit.
+    Idle,
+    /// The call reached `max_session_ms`.
+    MaxDuration,
+}
+
+impl CloseReason {
+    /// The ledger's `close_reason` and the metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientNotReading => "client_not_reading",
+            CloseReason::PeerUnresponsive => "peer_unresponsive",
+            CloseReason::Idle => "idle_timeout",
+            CloseReason::MaxDuration => "max_duration",
+        }
+    }
+
+    /// Whether the call is billed to the client's last sign of life (it vanished or went silent)
+    /// rather than to the moment it ended (a live client the server closed).
+    pub fn bills_to_last_heard(self) -> bool {
+        matches!(self, CloseReason::PeerUnresponsive | CloseReason::Idle)
+    }
 }
 
 /// Something that happened in the session.
@@ -259,6 +285,10 @@ pub enum ErrorKind {
     RateLimited {
         limit: &'static str,
     },
+    /// The call reached `max_session_ms` and ends.
+    SessionExpired,
+    /// The client sent nothing for the idle limit and the call ends.
+    IdleTimeout,
 }
 
 /// The setting or command field an error concerns.

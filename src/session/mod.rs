@@ -42,6 +42,68 @@ use crate::metrics::Metrics;
 use crate::stt::SpeechToText;
 use crate::tts::TextToSpeech;
 
+/// The client's end of a call as its transport sees it: when the client was last heard from (any
+/// frame, a pong included), how long it may go without sending a command before the session ends the
+/// call as idle, and why the transport ended the call when the transport did (a peer that stopped
+/// answering pings, a client that does not read). A call whose client vanished or went silent is
+/// billed to the last time it was heard from, not to the moment that was noticed.
+#[derive(Debug)]
+pub struct Peer {
+    epoch: tokio::time::Instant,
+    /// Milliseconds from `epoch` to the last frame read: one relaxed store per frame.
+    heard_ms: std::sync::atomic::AtomicU64,
+    idle: Duration,
+    ended: std::sync::OnceLock<CloseReason>,
+    /// The connection ended without a close frame (reset, or cut).
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Peer {
+    /// A peer heard from now, whose session ends after `idle` without a command.
+    pub fn new(idle: Duration) -> Peer {
+        Peer { epoch: tokio::time::Instant::now(), heard_ms: Default::default(), idle, ended: Default::default(), lost: Default::default() }
+    }
+
+    /// The client was heard from now.
+    pub fn heard(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.heard_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the client was heard from at `at` or later (to the millisecond).
+    pub fn heard_since(&self, at: tokio::time::Instant) -> bool {
+        let at_ms = u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX);
+        self.heard_ms.load(std::sync::atomic::Ordering::Relaxed) >= at_ms
+    }
+
+    pub fn last_heard(&self) -> tokio::time::Instant {
+        self.epoch + Duration::from_millis(self.heard_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The transport ends the call for `reason` (the first reason given stays).
+    pub fn end(&self, reason: CloseReason) {
+        let _ = self.ended.set(reason);
+    }
+
+    pub fn ended(&self) -> Option<CloseReason> {
+        self.ended.get().copied()
+    }
+
+    /// The connection ended without the client's close frame: it vanished, and its call is billed
+    /// to the last time it was heard from.
+    pub fn lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn was_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Completes when `token` is cancelled, and costs an atomic load to poll.
 ///
 /// `CancellationToken::cancelled()` locks the token's tree node every time it is polled, and the

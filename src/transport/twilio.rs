@@ -27,8 +27,8 @@ use crate::audio::{ulaw_decode, ulaw_encode, AudioFormat, G711_RATE_HZ};
 use crate::metering::ledger::SessionMeter;
 use crate::session::conversation::{Content, Item, MessageItem, Role};
 use crate::session::settings::Voice;
-use crate::session::{run_session, CloseReason, Command, Event, Inbound, Outbound, SessionStart, SettingsUpdate, VoiceEngines};
-use crate::transport::{push_audio, INBOUND_CAPACITY};
+use crate::session::{run_session, Command, Event, Inbound, Outbound, Peer, SessionStart, SettingsUpdate, VoiceEngines};
+use crate::transport::{close_for, end_connection, push_audio, Outbox, OutboxLimits, INBOUND_CAPACITY};
 
 /// 20 ms of μ-law at 8 kHz: the frame Twilio plays.
 const FRAME_BYTES: usize = 160;
@@ -38,6 +38,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Outbound events waiting for the writer; the actor closes a call that leaves this many unsent.
 const OUTBOUND_CAPACITY: usize = 1024;
+
+/// How long the caller may take to answer the server's close frame before its socket is dropped.
+const CLOSE_REPLY_WAIT: Duration = Duration::from_secs(2);
 
 /// Our marks are named `voxgate-N`, N counting up from 1 in each call.
 const MARK_PREFIX: &str = "voxgate-";
@@ -169,7 +172,9 @@ where
     E: std::fmt::Display,
 {
     let (mut sink, mut stream) = socket.split();
-    let started = tokio::time::timeout(START_TIMEOUT, wait_for_start(&mut stream)).await.unwrap_or(Err(CallError::NoStart));
+    // Heard from at every frame; a stream whose media stops for `twilio_media_timeout_ms` is ended.
+    let peer = Arc::new(Peer::new(Duration::from_millis(engines.settings.twilio_media_timeout_ms)));
+    let started = tokio::time::timeout(START_TIMEOUT, wait_for_start(&mut stream, &peer)).await.unwrap_or(Err(CallError::NoStart));
     let checked = match started.and_then(check_start) {
         Ok(start) => admit(start.custom_parameters.clone()).await.map(|a| (a, start)).map_err(CallError::Refused),
         Err(e) => Err(e),
@@ -178,7 +183,8 @@ where
         Ok(s) => s,
         Err(e) => {
             warn!(error = %e, "twilio stream refused");
-            let _ = sink.send(super::close_frame(e.close_code(), &e.to_string())).await;
+            let send = sink.send(super::close_frame(e.close_code(), &e.to_string()));
+            let _ = tokio::time::timeout(Duration::from_millis(engines.settings.send_timeout_ms), send).await;
             return;
         }
     };
@@ -191,7 +197,8 @@ where
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let session_cancel = cancel.child_token();
-    let mut actor = tokio::spawn(run_session(engines.clone(), session_start, meter, in_rx, out_tx, session_cancel.clone()));
+    let mut actor =
+        tokio::spawn(run_session(engines.clone(), session_start, meter, Some(peer.clone()), in_rx, out_tx, session_cancel.clone()));
     // Configure the session for the phone line before any audio.
     let configure = Command::Configure { update: Box::new(phone_settings(&params)), applied: None };
     let _ = in_tx.send(Inbound::from(configure)).await;
@@ -202,10 +209,11 @@ where
     let (echoed_tx, echoed_rx) = watch::channel(0u64);
     let (close_tx, close_rx) = oneshot::channel();
     let writer = Writer::new(stream_sid.clone(), session_id.clone(), in_tx.downgrade());
-    let mut writer = tokio::spawn(writer.run(sink, out_rx, echoed_rx, close_rx));
-    let reader = read_call(&mut stream, in_tx, echoed_tx, &stream_sid, &session_id, &engines);
+    let outbox = Outbox::new(sink, OutboxLimits::from_settings(&engines.settings), peer.clone(), engines.metrics.clone());
+    let mut writer = tokio::spawn(writer.run(outbox, out_rx, echoed_rx, close_rx, peer.clone(), engines.clone()));
+    let reader = read_call(&mut stream, in_tx, echoed_tx, &stream_sid, &session_id, &engines, &peer);
 
-    let mut writer_done = false;
+    let (mut writer_done, mut graceful) = (false, false);
     let cancelled = crate::session::cancellation_signal(&session_cancel);
     let client_left = tokio::select! {
         ended = reader => {
@@ -219,8 +227,9 @@ where
             true
         }
         // The session closed the call, or the socket broke.
-        _ = &mut writer => {
+        closed = &mut writer => {
             writer_done = true;
+            graceful = matches!(closed, Ok(true));
             true
         }
         _ = cancelled => false,
@@ -232,8 +241,27 @@ where
         let _ = actor.await;
     }
     session_cancel.cancel();
-    if !writer_done && tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
-        writer.abort();
+    // Aborted, not detached: a writer stuck on a socket nobody reads would keep it and its queue.
+    if !writer_done {
+        match tokio::time::timeout(Duration::from_secs(2), &mut writer).await {
+            Ok(closed) => graceful = matches!(closed, Ok(true)),
+            Err(_) => {
+                writer.abort();
+                let _ = writer.await;
+            }
+        }
+    }
+    // A close sent on a working connection: let the caller's own close frame arrive before the
+    // socket goes, so nothing the server said is lost to a reset.
+    if graceful {
+        let reply = async {
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, reply).await;
     }
     metrics().add("voxgate_realtime_sessions_active", &[], -1.0);
 }
@@ -246,6 +274,7 @@ async fn read_call<S, E>(
     stream_sid: &str,
     session_id: &str,
     engines: &VoiceEngines,
+    peer: &Peer,
 ) -> Result<(), CallError>
 where
     S: Stream<Item = Result<Message, E>> + Unpin,
@@ -257,6 +286,9 @@ where
         _ => Ok(()),
     };
     while let Some(message) = stream.next().await {
+        if message.is_ok() {
+            peer.heard();
+        }
         let text = match message {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => return Err(CallError::NotTwilio("a binary frame (Twilio sends JSON text)".into())),
@@ -264,6 +296,7 @@ where
             Ok(_) => continue,
             Err(e) => {
                 debug!(%session_id, error = %e, "twilio socket read failed");
+                peer.lost();
                 return Ok(());
             }
         };
@@ -325,6 +358,8 @@ where
             TwilioIn::Connected {} => {}
         }
     }
+    // The stream ended without `stop` or a close frame: the connection was cut.
+    peer.lost();
     Ok(())
 }
 
@@ -390,25 +425,29 @@ impl Writer {
     }
 
     /// Writes the actor's events as Twilio frames until the session ends (then closes the call), the
-    /// reader reports bad input (then closes with its reason), or the socket breaks.
+    /// reader reports bad input (then closes with its reason), or the connection fails (a socket
+    /// that takes nothing, too many bytes waiting, a peer that answers no ping).
     async fn run<K>(
         mut self,
-        mut sink: K,
+        mut outbox: Outbox<K>,
         mut from_actor: mpsc::Receiver<Outbound>,
         mut echoed: watch::Receiver<u64>,
         mut bad_input: oneshot::Receiver<CallError>,
-    ) where
+        peer: Arc<Peer>,
+        engines: Arc<VoiceEngines>,
+    ) -> bool
+    where
         K: Sink<Message> + Unpin,
     {
         let mut reader_done = false;
-        loop {
+        let stop = loop {
             // Echoes first: a mark echoed before a `clear` went out was heard.
             let frames = tokio::select! {
                 biased;
+                stop = outbox.run() => break stop,
                 bad = &mut bad_input, if !reader_done => match bad {
                     Ok(e) => {
-                        let _ = sink.send(super::close_frame(e.close_code(), &e.to_string())).await;
-                        return;
+                        return outbox.finish(super::close_frame(e.close_code(), &e.to_string())).await.is_ok();
                     }
                     Err(_) => {
                         reader_done = true;
@@ -422,20 +461,27 @@ impl Writer {
                 }
                 out = from_actor.recv() => match out {
                     Some(Outbound::Event(event)) => self.on_event(*event).await,
-                    Some(Outbound::Close(CloseReason::ClientNotReading)) => {
-                        let _ = sink.send(super::close_frame(1008, "client is not reading events")).await;
-                        return;
+                    Some(Outbound::Close(reason)) => {
+                        return outbox.finish(close_for(reason, &peer, &engines.settings)).await.is_ok();
                     }
-                    None => break,
+                    None => {
+                        return outbox.finish(super::close_frame(1000, "call ended")).await.is_ok();
+                    }
                 },
             };
+            let mut overflow = None;
             for frame in frames {
-                if sink.send(Message::Text(Utf8Bytes::from(frame.to_string()))).await.is_err() {
-                    return;
+                if let Err(stop) = outbox.push(Message::Text(Utf8Bytes::from(frame.to_string()))) {
+                    overflow = Some(stop);
+                    break;
                 }
             }
-        }
-        let _ = sink.send(super::close_frame(1000, "call ended")).await;
+            if let Some(stop) = overflow {
+                break stop;
+            }
+        };
+        end_connection(&mut outbox, stop, &peer, &engines, &self.session_id).await;
+        false
     }
 
     /// Everything up to mark `newest` has played.
@@ -530,11 +576,14 @@ impl Writer {
 }
 
 /// Reads frames until `start`; `connected` may come first. Anything else before `start` ends the call.
-async fn wait_for_start<S, E>(stream: &mut S) -> Result<StartInfo, CallError>
+async fn wait_for_start<S, E>(stream: &mut S, peer: &Peer) -> Result<StartInfo, CallError>
 where
     S: Stream<Item = Result<Message, E>> + Unpin,
 {
     while let Some(message) = stream.next().await {
+        if message.is_ok() {
+            peer.heard();
+        }
         let text = match message {
             Ok(Message::Text(t)) => t,
             Ok(Message::Binary(_)) => return Err(CallError::NotTwilio("a binary frame (Twilio sends JSON text)".into())),

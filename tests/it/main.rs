@@ -30,6 +30,7 @@ mod fixture_audio;
 mod realtime_events;
 mod realtime_session;
 mod replay;
+mod socket_limits;
 mod speech_context;
 mod speech_stt;
 mod speech_tts;

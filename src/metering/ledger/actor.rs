@@ -173,9 +173,12 @@ impl<S: Store> Actor<S> {
             Command::Open { start, counters, reply } => {
                 let _ = reply.send(self.open_session(start, counters));
             }
-            Command::Close { id, reason, reply } => {
+            Command::Close { id, reason, ended_ms, reply } => {
                 let now = self.clock.now_unix_ms();
-                self.close_session(&id, reason, now);
+                match ended_ms {
+                    None => self.close_session(&id, reason, now),
+                    Some(at) => self.close_session_at(&id, reason, at.min(now)),
+                }
                 let _ = reply.send(());
             }
             Command::Dropped => self.close_dropped(),
@@ -231,9 +234,15 @@ impl<S: Store> Actor<S> {
 
     /// Writes the final record of an open session once; unknown ids (already closed) are ignored.
     fn close_session(&mut self, id: &str, reason: String, now_ms: i64) {
-        let Some(session) = self.open.remove(id) else { return };
+        let Some(checkpoint_ms) = self.open.get(id).map(|s| s.checkpoint_ms) else { return };
         // Never before the start or the last checkpoint, whatever the wall clock did.
-        let end_ms = now_ms.max(session.checkpoint_ms).max(session.started_ms);
+        self.close_session_at(id, reason, now_ms.max(checkpoint_ms));
+    }
+
+    /// Writes the final record of an open session ended at `end_ms` (never before its start).
+    fn close_session_at(&mut self, id: &str, reason: String, end_ms: i64) {
+        let Some(session) = self.open.remove(id) else { return };
+        let end_ms = end_ms.max(session.started_ms);
         let record = session.record(id, end_ms, Some(reason));
         if let Err(e) = self.write_or_fallback(FallbackLine::Session(record)) {
             tracing::error!(session_id = %id, error = %e, "a session's final record could not be written anywhere; kept in memory for retry");
@@ -445,5 +454,29 @@ mod tests {
         assert!(matches!(ledger.open_session(start("a")).await, Err(LedgerError::Duplicate(_))));
         ledger.shutdown().await;
         assert!(matches!(ledger.session("a").await, Err(LedgerError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_session_closed_at_its_last_sign_of_life_may_end_before_its_last_checkpoint() {
+        let d = dir("last-heard");
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let (ledger, _) = open(&d, clock.clone()).await;
+        let m = ledger.open_session(start("a")).await.unwrap();
+        clock.advance_ms(40_000);
+        ledger.checkpoint().await.unwrap();
+        // The client was last heard 2.5 s in; the silence was noticed 40 s in.
+        m.close_at("peer_unresponsive", 1_002_500).await;
+        let r = ledger.session("a").await.unwrap().unwrap();
+        assert_eq!((r.ended_ms, r.billed_seconds, r.close_reason.as_deref()), (Some(1_002_500), 3, Some("peer_unresponsive")));
+        // Never before the start, nor after now.
+        let m = ledger.open_session(start("b")).await.unwrap();
+        m.close_at("peer_unresponsive", 0).await;
+        let r = ledger.session("b").await.unwrap().unwrap();
+        assert_eq!((r.ended_ms, r.billed_seconds), (Some(r.started_ms), 1));
+        let m = ledger.open_session(start("c")).await.unwrap();
+        m.close_at("peer_unresponsive", i64::MAX).await;
+        let r = ledger.session("c").await.unwrap().unwrap();
+        assert_eq!(r.ended_ms, Some(clock.now_unix_ms()));
+        ledger.shutdown().await;
     }
 }

@@ -331,6 +331,8 @@ enum Command {
     Close {
         id: String,
         reason: String,
+        /// When the session ended, if not now: a client that vanished is billed to its last sign of life.
+        ended_ms: Option<i64>,
         reply: oneshot::Sender<()>,
     },
     /// A meter was dropped: close what was dropped now rather than at the next checkpoint.
@@ -577,12 +579,28 @@ impl SessionMeter {
     /// Ends the session now and waits until its final record is written (to the ledger, or to the
     /// fallback file when the ledger cannot be written). Exactly once: a session already closed
     /// (by shutdown) stays as it was.
-    pub async fn close(mut self, reason: &str) {
+    pub async fn close(self, reason: &str) {
+        self.close_with(reason, None).await
+    }
+
+    /// Ends the session as [`SessionMeter::close`] does, but at `ended_ms` on the ledger's clock (the
+    /// client's last sign of life, when it vanished without closing): possibly before the last
+    /// checkpoint, never before the start nor after now.
+    pub async fn close_at(self, reason: &str, ended_ms: i64) {
+        self.close_with(reason, Some(ended_ms)).await
+    }
+
+    async fn close_with(mut self, reason: &str, ended_ms: Option<i64>) {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Command::Close { id: self.id.clone(), reason: reason.to_string(), reply }).await.is_ok() {
+        if self.tx.send(Command::Close { id: self.id.clone(), reason: reason.to_string(), ended_ms, reply }).await.is_ok() {
             self.closed = true;
             let _ = wait_for_ledger(rx).await;
         }
+    }
+
+    /// Now on the ledger's clock.
+    pub fn now_unix_ms(&self) -> i64 {
+        self.clock.now_unix_ms()
     }
 }
 

@@ -744,6 +744,8 @@ pub fn realtime_error(error: SessionError) -> RealtimeError {
                 ErrorKind::ResponseAlreadyActive => "conversation_already_has_active_response",
                 ErrorKind::NoActiveResponse => "response_cancel_not_active",
                 ErrorKind::RateLimited { .. } => "rate_limit_exceeded",
+                ErrorKind::SessionExpired => "session_expired",
+                ErrorKind::IdleTimeout => "idle_timeout",
             },
         ),
     };
