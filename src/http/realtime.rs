@@ -120,6 +120,8 @@ pub async fn upgrade(
                 return refuse_over_limit(socket, &caller.name, &limited).await;
             }
         };
+        // A message over the socket's limit gets a 1009 close with a reason, not a dropped connection.
+        let socket = super::ClosesWhenTooLarge::new(socket, "message too large: events are at most four times max_event_bytes");
         let tracker = state2.sessions.clone();
         let session = realtime_socket::serve(socket, state2.voice.clone(), start, meter, state2.sessions_cancel.clone());
         tracker

@@ -170,6 +170,24 @@ async fn an_oversized_twilio_frame_is_refused_with_close_1009() {
     assert_eq!(code, CloseCode::Unsupported);
 }
 
+#[tokio::test]
+async fn an_oversized_realtime_event_is_refused_with_close_1009() {
+    // `max_event_bytes` 1 KiB: the socket takes messages up to 4 KiB + 64 KiB.
+    let (base, _) = start_open("[realtime]\nmax_event_bytes = 1024\n").await;
+    let mut ws = connect(&ws_url(&base, "/v1/realtime"), &[]).await.unwrap();
+    assert_eq!(next_frame(&mut ws).await.unwrap()["type"], "session.created");
+    let huge = json!({"type": "session.update", "session": {"instructions": "x".repeat(100 * 1024)}});
+    ws.send(Message::text(huge.to_string())).await.unwrap();
+    let (code, reason) = loop {
+        match next_frame(&mut ws).await {
+            Ok(_) => continue,
+            Err(closed) => break closed,
+        }
+    };
+    assert_eq!(code, CloseCode::Size, "{reason}");
+    assert!(reason.contains("too large"), "{reason}");
+}
+
 // Defect 3: with `[phone] twilio_auth_token`, the stream's upgrade needs Twilio's signature of its URL.
 #[tokio::test]
 async fn the_stream_upgrade_needs_twilios_signature_when_an_auth_token_is_set() {
