@@ -38,6 +38,8 @@ pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
 pub struct Server {
     pub listener: tokio::net::TcpListener,
     pub state: Arc<AppState>,
+    /// `[http]`: connection deadlines and cap.
+    pub http: crate::config::HttpSettings,
 }
 
 impl Server {
@@ -72,7 +74,7 @@ impl Server {
             sink_ledger.record_request_nowait(record);
         }));
         let state = Arc::new(AppState::new(config, gateway, Arc::new(voice), ledger));
-        Ok(Server { listener, state })
+        Ok(Server { listener, state, http: config.http.clone() })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -96,7 +98,7 @@ impl Server {
                 state.sessions.wait().await;
             })
         };
-        let serving = http::serve(self.listener, self.state, shutdown);
+        let serving = http::serve_with(self.listener, self.state, &self.http, shutdown);
         tokio::pin!(serving);
         let deadline = async {
             stopped.cancelled().await;

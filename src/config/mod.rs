@@ -63,6 +63,22 @@ pub struct RawConfig {
     pub realtime: RawRealtime,
     #[serde(default)]
     pub metering: RawMetering,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[http]`: how the HTTP server treats connections before a handler sees them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// A connection that has not sent a whole request head this long after it opened (or after its
+    /// last response, on a kept-alive connection) is closed (default 10000).
+    pub header_timeout_ms: Option<u64>,
+    /// A request whose body has not all arrived this long after its head is answered 408 (default 30000).
+    pub body_timeout_ms: Option<u64>,
+    /// Open connections at most (default 8192); further connections wait in the listen queue, in
+    /// order, until one closes. Upgraded WebSockets do not count: `[realtime] max_sessions` bounds them.
+    pub max_connections: Option<usize>,
 }
 
 /// `[realtime]`: limits of `/v1/realtime` sessions.
@@ -104,6 +120,47 @@ pub struct Config {
     pub speech_prices: SpeechPrices,
     pub realtime: RealtimeSettings,
     pub metering: MeteringSettings,
+    pub http: HttpSettings,
+}
+
+/// `[http]`, validated (see [`RawHttp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { header_timeout_ms: 10_000, body_timeout_ms: 30_000, max_connections: 8192 }
+    }
+}
+
+impl HttpSettings {
+    fn from_raw(r: &RawHttp) -> Result<HttpSettings, ConfigError> {
+        let d = HttpSettings::default();
+        let zero = |field: &str| ConfigError::Invalid(format!("http.{field} = 0 is not allowed; leave it out for the default"));
+        if r.header_timeout_ms == Some(0) {
+            return Err(zero("header_timeout_ms"));
+        }
+        if r.body_timeout_ms == Some(0) {
+            return Err(zero("body_timeout_ms"));
+        }
+        if r.max_connections == Some(0) {
+            return Err(zero("max_connections"));
+        }
+        // tokio's semaphore holds at most usize::MAX >> 3 permits; no machine has that many sockets.
+        const MOST: usize = 1 << 24;
+        if r.max_connections.is_some_and(|n| n > MOST) {
+            return Err(ConfigError::Invalid(format!("http.max_connections is over {MOST}")));
+        }
+        Ok(HttpSettings {
+            header_timeout_ms: r.header_timeout_ms.unwrap_or(d.header_timeout_ms),
+            body_timeout_ms: r.body_timeout_ms.unwrap_or(d.body_timeout_ms),
+            max_connections: r.max_connections.unwrap_or(d.max_connections),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -190,8 +247,9 @@ impl Config {
         let speech_prices = speech_prices(&user.speech, &providers, &stt, &tts).map_err(ConfigError::Invalid)?;
         let realtime = RealtimeSettings::from_raw(&user.realtime)?;
         let metering = MeteringSettings::from_raw(&user.metering, env).map_err(ConfigError::Invalid)?;
+        let http = HttpSettings::from_raw(&user.http)?;
 
-        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, speech_prices, realtime, metering })
+        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, speech_prices, realtime, metering, http })
     }
 }
 
