@@ -94,6 +94,13 @@ pub struct RawRealtime {
     pub output_lead_ms: Option<u64>,
     /// Conversation items kept per session; the oldest are dropped beyond it (default 200).
     pub max_history_items: Option<usize>,
+    /// Text kept in a session's conversation, in bytes (default 262144): beyond it the oldest items
+    /// are dropped (system messages last); a larger single item is refused. Every model request
+    /// carries at most this much history.
+    pub max_history_bytes: Option<usize>,
+    /// Share of `max_sessions` one key without its own `max_sessions` may hold, in percent, when
+    /// more than one key is configured (default 50).
+    pub key_session_share_percent: Option<u8>,
     /// Longest wait for an utterance's final transcript after it ends (default 10000): a stuck STT
     /// engine fails the transcription instead of stalling the call.
     pub stt_timeout_ms: Option<u64>,
@@ -169,6 +176,8 @@ pub struct RealtimeSettings {
     pub max_sessions: usize,
     pub output_lead_ms: u64,
     pub max_history_items: usize,
+    pub max_history_bytes: usize,
+    pub key_session_share_percent: u8,
     pub stt_timeout_ms: u64,
     pub tts_timeout_ms: u64,
 }
@@ -180,6 +189,8 @@ impl Default for RealtimeSettings {
             max_sessions: 1000,
             output_lead_ms: 100,
             max_history_items: 200,
+            max_history_bytes: crate::session::conversation::DEFAULT_MAX_HISTORY_BYTES,
+            key_session_share_percent: 50,
             stt_timeout_ms: 10_000,
             tts_timeout_ms: 10_000,
         }
@@ -191,16 +202,26 @@ impl RealtimeSettings {
         let d = RealtimeSettings::default();
         for (field, v) in
             [("max_event_bytes", r.max_event_bytes), ("max_sessions", r.max_sessions), ("max_history_items", r.max_history_items)]
+                .into_iter()
+                .chain([
+                    ("max_history_bytes", r.max_history_bytes),
+                    ("key_session_share_percent", r.key_session_share_percent.map(usize::from)),
+                ])
         {
             if v == Some(0) {
                 return Err(ConfigError::Invalid(format!("realtime.{field} = 0 is not allowed; leave it out for the default")));
             }
+        }
+        if let Some(p) = r.key_session_share_percent.filter(|&p| p > 100) {
+            return Err(ConfigError::Invalid(format!("realtime.key_session_share_percent = {p} is over 100")));
         }
         Ok(RealtimeSettings {
             max_event_bytes: r.max_event_bytes.unwrap_or(d.max_event_bytes),
             max_sessions: r.max_sessions.unwrap_or(d.max_sessions),
             output_lead_ms: r.output_lead_ms.unwrap_or(d.output_lead_ms),
             max_history_items: r.max_history_items.unwrap_or(d.max_history_items),
+            max_history_bytes: r.max_history_bytes.unwrap_or(d.max_history_bytes),
+            key_session_share_percent: r.key_session_share_percent.unwrap_or(d.key_session_share_percent),
             stt_timeout_ms: r.stt_timeout_ms.unwrap_or(d.stt_timeout_ms),
             tts_timeout_ms: r.tts_timeout_ms.unwrap_or(d.tts_timeout_ms),
         })

@@ -59,7 +59,7 @@ impl AppState {
     pub fn new(config: &Config, gateway: Arc<Gateway>, voice: Arc<VoiceEngines>, ledger: Ledger) -> Self {
         AppState {
             gateway,
-            keys: KeyBook::new(&config.keys),
+            keys: KeyBook::with_session_share(&config.keys, config.realtime.max_sessions, config.realtime.key_session_share_percent),
             body_limit_bytes: config.gateway.body_limit_bytes,
             session_slots: Arc::new(Semaphore::new(voice.settings.max_sessions)),
             voice,
