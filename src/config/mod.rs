@@ -459,6 +459,31 @@ ttft_ms_max = 1200
     }
 
     #[test]
+    fn connection_and_history_limits_have_defaults_and_are_checked() {
+        let c = Config::from_raw(RawConfig::default(), &no_env).unwrap();
+        assert_eq!(c.http, HttpSettings { header_timeout_ms: 10_000, body_timeout_ms: 30_000, max_connections: 8192 });
+        assert_eq!((c.realtime.max_history_bytes, c.realtime.key_session_share_percent), (256 * 1024, 50));
+        let text = "[http]\nheader_timeout_ms = 2000\nbody_timeout_ms = 5000\nmax_connections = 100\n\
+                    [realtime]\nmax_history_bytes = 4096\nkey_session_share_percent = 100\n";
+        let c = Config::from_toml(text, &no_env).unwrap();
+        assert_eq!(c.http, HttpSettings { header_timeout_ms: 2000, body_timeout_ms: 5000, max_connections: 100 });
+        assert_eq!((c.realtime.max_history_bytes, c.realtime.key_session_share_percent), (4096, 100));
+        for (text, want) in [
+            ("[http]\nheader_timeout_ms = 0\n", "http.header_timeout_ms = 0"),
+            ("[http]\nbody_timeout_ms = 0\n", "http.body_timeout_ms = 0"),
+            ("[http]\nmax_connections = 0\n", "http.max_connections = 0"),
+            ("[http]\nmax_connections = 100000000\n", "http.max_connections is over"),
+            ("[http]\nidle_ms = 5\n", "unknown field"),
+            ("[realtime]\nmax_history_bytes = 0\n", "realtime.max_history_bytes = 0"),
+            ("[realtime]\nkey_session_share_percent = 0\n", "realtime.key_session_share_percent = 0"),
+            ("[realtime]\nkey_session_share_percent = 101\n", "is over 100"),
+        ] {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
     fn secrets_never_print() {
         let env = |k: &str| (k == "K").then(|| "sk-very-secret".to_string());
         let c = Config::from_toml("[providers.x]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:1/v1\"\napi_key = \"env:K\"\n", &env)
