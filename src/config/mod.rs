@@ -71,6 +71,22 @@ pub struct RawConfig {
     pub phone: RawPhone,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// `[http]`: how the HTTP server treats connections before a handler sees them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// A connection that has not sent a whole request head this long after it opened (or after its
+    /// last response, on a kept-alive connection) is closed (default 10000).
+    pub header_timeout_ms: Option<u64>,
+    /// A request whose body has not all arrived this long after its head is answered 408 (default 30000).
+    pub body_timeout_ms: Option<u64>,
+    /// Open connections at most (default 8192); further connections wait in the listen queue, in
+    /// order, until one closes. Upgraded WebSockets do not count: `[realtime] max_sessions` bounds them.
+    pub max_connections: Option<usize>,
 }
 
 /// `[server]`: who may reach the server from a web page.
@@ -172,6 +188,13 @@ pub struct RawRealtime {
     pub output_lead_ms: Option<u64>,
     /// Conversation items kept per session; the oldest are dropped beyond it (default 200).
     pub max_history_items: Option<usize>,
+    /// Text kept in a session's conversation, in bytes (default 262144): beyond it the oldest items
+    /// are dropped (system messages last); a larger single item is refused. Every model request
+    /// carries at most this much history.
+    pub max_history_bytes: Option<usize>,
+    /// Share of `max_sessions` one key without its own `max_sessions` may hold, in percent, when
+    /// more than one key is configured (default 50).
+    pub key_session_share_percent: Option<u8>,
     /// Longest wait for an utterance's final transcript after it ends (default 10000): a stuck STT
     /// engine fails the transcription instead of stalling the call.
     pub stt_timeout_ms: Option<u64>,
@@ -218,6 +241,47 @@ pub struct Config {
     pub metering: MeteringSettings,
     /// `[server]`, `[phone]`, `[metrics]`.
     pub edge: EdgeSettings,
+    pub http: HttpSettings,
+}
+
+/// `[http]`, validated (see [`RawHttp`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    pub header_timeout_ms: u64,
+    pub body_timeout_ms: u64,
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings { header_timeout_ms: 10_000, body_timeout_ms: 30_000, max_connections: 8192 }
+    }
+}
+
+impl HttpSettings {
+    fn from_raw(r: &RawHttp) -> Result<HttpSettings, ConfigError> {
+        let d = HttpSettings::default();
+        let zero = |field: &str| ConfigError::Invalid(format!("http.{field} = 0 is not allowed; leave it out for the default"));
+        if r.header_timeout_ms == Some(0) {
+            return Err(zero("header_timeout_ms"));
+        }
+        if r.body_timeout_ms == Some(0) {
+            return Err(zero("body_timeout_ms"));
+        }
+        if r.max_connections == Some(0) {
+            return Err(zero("max_connections"));
+        }
+        // tokio's semaphore holds at most usize::MAX >> 3 permits; no machine has that many sockets.
+        const MOST: usize = 1 << 24;
+        if r.max_connections.is_some_and(|n| n > MOST) {
+            return Err(ConfigError::Invalid(format!("http.max_connections is over {MOST}")));
+        }
+        Ok(HttpSettings {
+            header_timeout_ms: r.header_timeout_ms.unwrap_or(d.header_timeout_ms),
+            body_timeout_ms: r.body_timeout_ms.unwrap_or(d.body_timeout_ms),
+            max_connections: r.max_connections.unwrap_or(d.max_connections),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -226,6 +290,8 @@ pub struct RealtimeSettings {
     pub max_sessions: usize,
     pub output_lead_ms: u64,
     pub max_history_items: usize,
+    pub max_history_bytes: usize,
+    pub key_session_share_percent: u8,
     pub stt_timeout_ms: u64,
     pub tts_timeout_ms: u64,
     pub max_outbound_bytes: usize,
@@ -244,6 +310,8 @@ impl Default for RealtimeSettings {
             max_sessions: 1000,
             output_lead_ms: 100,
             max_history_items: 200,
+            max_history_bytes: crate::session::conversation::DEFAULT_MAX_HISTORY_BYTES,
+            key_session_share_percent: 50,
             stt_timeout_ms: 10_000,
             tts_timeout_ms: 10_000,
             max_outbound_bytes: 4 * 1024 * 1024,
@@ -265,6 +333,11 @@ impl RealtimeSettings {
         let d = RealtimeSettings::default();
         for (field, v) in
             [("max_event_bytes", r.max_event_bytes), ("max_sessions", r.max_sessions), ("max_history_items", r.max_history_items)]
+                .into_iter()
+                .chain([
+                    ("max_history_bytes", r.max_history_bytes),
+                    ("key_session_share_percent", r.key_session_share_percent.map(usize::from)),
+                ])
         {
             if v == Some(0) {
                 return Err(ConfigError::Invalid(format!("realtime.{field} = 0 is not allowed; leave it out for the default")));
@@ -299,6 +372,9 @@ impl RealtimeSettings {
             Some(v) => v,
             None => d.max_outbound_bytes.max(outbound_floor),
         };
+        if let Some(p) = r.key_session_share_percent.filter(|&p| p > 100) {
+            return Err(ConfigError::Invalid(format!("realtime.key_session_share_percent = {p} is over 100")));
+        }
         Ok(RealtimeSettings {
             max_outbound_bytes,
             send_timeout_ms: r.send_timeout_ms.unwrap_or(d.send_timeout_ms),
@@ -311,6 +387,8 @@ impl RealtimeSettings {
             max_sessions: r.max_sessions.unwrap_or(d.max_sessions),
             output_lead_ms: r.output_lead_ms.unwrap_or(d.output_lead_ms),
             max_history_items: r.max_history_items.unwrap_or(d.max_history_items),
+            max_history_bytes: r.max_history_bytes.unwrap_or(d.max_history_bytes),
+            key_session_share_percent: r.key_session_share_percent.unwrap_or(d.key_session_share_percent),
             stt_timeout_ms: r.stt_timeout_ms.unwrap_or(d.stt_timeout_ms),
             tts_timeout_ms: r.tts_timeout_ms.unwrap_or(d.tts_timeout_ms),
         })
@@ -358,8 +436,9 @@ impl Config {
         let realtime = RealtimeSettings::from_raw(&user.realtime)?;
         let metering = MeteringSettings::from_raw(&user.metering, env).map_err(ConfigError::Invalid)?;
         let edge = EdgeSettings::from_raw(&user.server, &user.phone, &user.metrics, env)?;
+        let http = HttpSettings::from_raw(&user.http)?;
 
-        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, speech_prices, realtime, metering, edge })
+        Ok(Config { listen, models_dir, keys, gateway, providers, models, routes, stt, tts, speech_prices, realtime, metering, edge, http })
     }
 }
 
@@ -545,6 +624,31 @@ ttft_ms_max = 1200
         assert!(err.contains("speech provider"), "{err}");
         let err = Config::from_toml("[providers.o]\nkind = \"openai\"\nbase_url = \"wss://x\"\n", &no_env).unwrap_err().to_string();
         assert!(err.contains("http:// or https://"), "{err}");
+    }
+
+    #[test]
+    fn connection_and_history_limits_have_defaults_and_are_checked() {
+        let c = Config::from_raw(RawConfig::default(), &no_env).unwrap();
+        assert_eq!(c.http, HttpSettings { header_timeout_ms: 10_000, body_timeout_ms: 30_000, max_connections: 8192 });
+        assert_eq!((c.realtime.max_history_bytes, c.realtime.key_session_share_percent), (256 * 1024, 50));
+        let text = "[http]\nheader_timeout_ms = 2000\nbody_timeout_ms = 5000\nmax_connections = 100\n\
+                    [realtime]\nmax_history_bytes = 4096\nkey_session_share_percent = 100\n";
+        let c = Config::from_toml(text, &no_env).unwrap();
+        assert_eq!(c.http, HttpSettings { header_timeout_ms: 2000, body_timeout_ms: 5000, max_connections: 100 });
+        assert_eq!((c.realtime.max_history_bytes, c.realtime.key_session_share_percent), (4096, 100));
+        for (text, want) in [
+            ("[http]\nheader_timeout_ms = 0\n", "http.header_timeout_ms = 0"),
+            ("[http]\nbody_timeout_ms = 0\n", "http.body_timeout_ms = 0"),
+            ("[http]\nmax_connections = 0\n", "http.max_connections = 0"),
+            ("[http]\nmax_connections = 100000000\n", "http.max_connections is over"),
+            ("[http]\nidle_ms = 5\n", "unknown field"),
+            ("[realtime]\nmax_history_bytes = 0\n", "realtime.max_history_bytes = 0"),
+            ("[realtime]\nkey_session_share_percent = 0\n", "realtime.key_session_share_percent = 0"),
+            ("[realtime]\nkey_session_share_percent = 101\n", "is over 100"),
+        ] {
+            let err = Config::from_toml(text, &no_env).unwrap_err().to_string();
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
     }
 
     #[test]

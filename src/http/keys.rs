@@ -24,6 +24,12 @@ use crate::session::{RateBudget, RateLimited, RateLimits};
 pub const WINDOW: Duration = Duration::from_secs(60);
 const WINDOW_NS: i128 = 60_000_000_000;
 
+/// `share_percent` of `server_max_sessions`, rounded up, at least 1.
+pub fn session_share(server_max_sessions: usize, share_percent: u8) -> u32 {
+    let share = (server_max_sessions as u64 * u64::from(share_percent)).div_ceil(100).max(1);
+    u32::try_from(share).unwrap_or(u32::MAX)
+}
+
 /// Every configured key, by hash.
 #[derive(Debug, Default)]
 pub struct KeyBook {
@@ -42,8 +48,25 @@ pub enum Lookup {
 }
 
 impl KeyBook {
+    /// Each key with its own limits only (a key without `max_sessions` may open any number).
     pub fn new(keys: &[KeyConfig]) -> Self {
         KeyBook { keys: keys.iter().map(|k| Arc::new(KeyState::new(k.clone()))).collect() }
+    }
+
+    /// Each key with its own limits, and a default share of the voice sessions: when more than one
+    /// live key is configured, a key without its own `max_sessions` may hold at most
+    /// [`session_share`] of the server's `max_sessions`, so no one such key can take every slot.
+    pub fn with_session_share(keys: &[KeyConfig], server_max_sessions: usize, share_percent: u8) -> Self {
+        let live = keys.iter().filter(|k| !k.revoked).count();
+        let share = (live > 1).then(|| session_share(server_max_sessions, share_percent));
+        let state = |k: &KeyConfig| {
+            let mut state = KeyState::new(k.clone());
+            if let (None, Some(share)) = (k.max_sessions, share) {
+                state.max_sessions = share;
+            }
+            Arc::new(state)
+        };
+        KeyBook { keys: keys.iter().map(state).collect() }
     }
 
     /// No keys: the server is open (it then listens on loopback only).
@@ -118,6 +141,9 @@ pub struct Budget {
 /// One key: its configuration and live counters.
 pub struct KeyState {
     pub config: KeyConfig,
+    /// Concurrent voice sessions allowed: the key's own `max_sessions`, else its default share
+    /// ([`KeyBook::with_session_share`]), else unlimited (`u32::MAX`).
+    max_sessions: u32,
     sessions: AtomicU32,
     requests: Option<Mutex<Bucket>>,
     tokens: Option<Mutex<Bucket>>,
@@ -133,6 +159,7 @@ impl KeyState {
     pub fn new(config: KeyConfig) -> Self {
         let now = Instant::now();
         KeyState {
+            max_sessions: config.max_sessions.unwrap_or(u32::MAX),
             sessions: AtomicU32::new(0),
             requests: config.requests_per_minute.map(|l| Mutex::new(Bucket::full(u64::from(l), now))),
             tokens: config.tokens_per_minute.map(|l| Mutex::new(Bucket::full(l, now))),
@@ -151,7 +178,7 @@ impl KeyState {
 
     /// Open a voice session if the key has a slot free; the guard frees it on drop.
     pub fn try_open_session(self: &Arc<Self>) -> Result<SessionGuard, Limited> {
-        let max = self.config.max_sessions.unwrap_or(u32::MAX);
+        let max = self.max_sessions;
         self.sessions
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
             .map(|_| SessionGuard { key: self.clone() })
@@ -349,6 +376,23 @@ mod tests {
         assert_eq!(state.sessions_open(), 2);
         drop(two);
         assert_eq!(state.sessions_open(), 1);
+    }
+
+    #[test]
+    fn keys_without_their_own_session_limit_share_the_slots() {
+        let own = KeyConfig { max_sessions: Some(7), ..key("own", "k1") };
+        let book = KeyBook::with_session_share(&[key("a", "k2"), own.clone(), key("b", "k3")], 10, 50);
+        let limit = |name: &str| book.by_name(name).unwrap().max_sessions;
+        assert_eq!((limit("a"), limit("b"), limit("own")), (5, 5, 7));
+        let a = book.by_name("a").unwrap();
+        let _held: Vec<SessionGuard> = (0..5).map(|_| a.try_open_session().unwrap()).collect();
+        assert_eq!((a.try_open_session().unwrap_err().limit), 5);
+        // One live key alone may use every slot (a revoked one does not count).
+        let gone = KeyConfig { revoked: true, ..key("gone", "k4") };
+        let book = KeyBook::with_session_share(&[key("a", "k2"), gone], 10, 50);
+        assert_eq!(book.by_name("a").unwrap().max_sessions, u32::MAX);
+        // Rounded up, never 0.
+        assert_eq!((session_share(3, 50), session_share(1, 10), session_share(1000, 100)), (2, 1, 1000));
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,8 +11,12 @@ pub mod origin;
 pub mod phone;
 pub mod realtime;
 
+use std::future::Future as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -26,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, EdgeSettings};
+use crate::config::{Config, EdgeSettings, HttpSettings};
 use crate::llm::router::Gateway;
 use crate::metering::ledger::Ledger;
 use crate::session::VoiceEngines;
@@ -68,7 +72,7 @@ impl AppState {
     pub fn new(config: &Config, gateway: Arc<Gateway>, voice: Arc<VoiceEngines>, ledger: Ledger) -> Self {
         AppState {
             gateway,
-            keys: KeyBook::new(&config.keys),
+            keys: KeyBook::with_session_share(&config.keys, config.realtime.max_sessions, config.realtime.key_session_share_percent),
             body_limit_bytes: config.gateway.body_limit_bytes,
             session_slots: Arc::new(Semaphore::new(voice.settings.max_sessions)),
             voice,
@@ -182,18 +186,154 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
-/// Serve until `shutdown` is cancelled, then let in-flight responses finish.
+/// Serve with the default `[http]` settings (see [`serve_with`]).
 pub async fn serve(listener: tokio::net::TcpListener, state: Shared, shutdown: CancellationToken) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
+    serve_with(listener, state, &HttpSettings::default(), shutdown).await
+}
+
+/// Serve until `shutdown` is cancelled, then let in-flight responses finish.
+///
+/// hyper's HTTP/1 server with its timer on tokio time (so tests can pause it), not `axum::serve`,
+/// which runs without a timer and so without a header deadline: a connection that has not sent a
+/// whole request head within `header_timeout_ms` (counted again after each response on a
+/// kept-alive connection) is closed; a body not all in `body_timeout_ms` after its head gets a 408;
+/// at most `max_connections` are open (the rest wait in the listen queue, first come first served).
+/// Every accepted socket gets `TCP_NODELAY`; each request carries `ConnectInfo<SocketAddr>`;
+/// WebSocket upgrades leave the count when upgraded.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: Shared,
+    settings: &HttpSettings,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::serve::Listener as _;
+    use hyper::service::Service as _;
+
+    let mut listener = listener.tap_io(|tcp| {
         // Without it a response written in two pieces waits on Nagle + delayed ACK (~40 ms).
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!(error = %e, "could not set TCP_NODELAY");
         }
         crate::transport::set_tcp_keepalive(tcp);
     });
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = hyper_util::service::TowerToHyperService::new(router(state));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_millis(settings.header_timeout_ms));
+    let body_timeout = Duration::from_millis(settings.body_timeout_ms);
+    // Fair: tokio's semaphore hands permits out in the order they were asked for.
+    let open = Arc::new(Semaphore::new(settings.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let permit = tokio::select! {
+            permit = open.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let (io, remote) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+            let late = (!hyper::body::Body::is_end_stream(request.body())).then(|| Arc::new(AtomicBool::new(false)));
+            let request = match &late {
+                Some(late) => request.map(|body| axum::body::Body::new(BodyDeadline::new(body, body_timeout, late.clone()))),
+                None => request.map(axum::body::Body::new),
+            };
+            let answer = app.call(request);
+            async move {
+                let response = answer.await?;
+                if late.is_some_and(|late| late.load(Ordering::Acquire)) {
+                    return Ok(body_too_slow(body_timeout));
+                }
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        let connection = http1.serve_connection(hyper_util::rt::TokioIo::new(io), service).with_upgrades();
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            tokio::pin!(connection);
+            tokio::select! {
+                done = connection.as_mut() => if let Err(e) = done {
+                    tracing::debug!(%remote, error = %e, "connection ended with an error");
+                },
+                _ = stop.cancelled() => {
+                    // Finish the request in flight (if any), then close.
+                    connection.as_mut().graceful_shutdown();
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%remote, error = %e, "connection ended with an error");
+                    }
+                }
+            }
+        });
+    }
+    // Stop accepting (new connections are refused), then wait for the open ones to finish.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+    Ok(())
+}
+
+/// The answer to a request whose body did not all arrive in time; the connection then closes.
+fn body_too_slow(limit: Duration) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        format!("The request body did not all arrive within {} ms of its head.", limit.as_millis()),
+    )
+    .code("request_timeout")
+    .into_response();
+    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once `limit` has passed since its head: a client that sends a
+/// `Content-Length` and then trickles (or never sends) the bytes holds a handler for that long at most.
+/// The handler sees a body error; the server answers 408 in its place (it sets `late`).
+struct BodyDeadline {
+    body: hyper::body::Incoming,
+    deadline: tokio::time::Instant,
+    /// Made at the first read that has to wait (most bodies are all there by then).
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    late: Arc<AtomicBool>,
+}
+
+impl BodyDeadline {
+    fn new(body: hyper::body::Incoming, limit: Duration, late: Arc<AtomicBool>) -> Self {
+        BodyDeadline { body, deadline: tokio::time::Instant::now() + limit, sleep: None, late }
+    }
+}
+
+impl hyper::body::Body for BodyDeadline {
+    type Data = axum::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if sleep.as_mut().poll(cx).is_ready() {
+            this.late.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err("the request body did not arrive in time".into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn auth(State(state): State<Shared>, mut request: Request, next: Next) -> Response {

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::command::{Command, Inbound, ResponseOverrides};
-use super::conversation::{new_response_id, Content, Conversation, Item, ItemStatus, Role, Spoken};
+use super::conversation::{new_response_id, Content, Conversation, ConversationError, Item, ItemStatus, Role, Spoken};
 use super::event::{CancelReason, CloseReason, ErrorKind, Event, Joined, MeterReading, Outbound, ResponseStatus, SessionError, Setting};
 use super::input::{Committed, Input, Signal, SttMsg, TurnTimes};
 use super::playback::{heard_text, Playback, Release, MAX_QUEUED_AUDIO_MS};
@@ -208,7 +208,7 @@ impl Actor {
             settings.input_format.rate_hz(),
         );
         Actor {
-            conversation: Conversation::new(engines.settings.max_history_items),
+            conversation: Conversation::new(engines.settings.max_history_items).with_max_bytes(engines.settings.max_history_bytes),
             engines,
             start,
             outbound,
@@ -473,6 +473,14 @@ impl Actor {
             }
             Item::FunctionCall(_) => {}
         }
+        let bytes = super::conversation::item_bytes(&item);
+        if bytes > self.conversation.max_bytes() {
+            let error = SessionError::new(
+                ErrorKind::InvalidValue,
+                ConversationError::TooLarge { bytes, max: self.conversation.max_bytes() }.to_string(),
+            );
+            return self.error(error.concerning(Setting::ItemContent), reply_to);
+        }
         match self.conversation.insert(item, previous, None) {
             Ok((item, previous_item_id)) => {
                 self.emit(Event::ItemAdded { item: item.clone(), previous_item_id: previous_item_id.clone() });
@@ -646,6 +654,9 @@ impl Actor {
                 "audio output needs a text-to-speech engine and none is configured; ask for output_modalities [\"text\"]",
             );
             return self.error(error.concerning(Setting::ResponseOutputModalities), reply_to.as_deref());
+        }
+        if let Err(e) = super::settings::check_prompt(overrides.instructions.as_deref(), overrides.tools.as_deref()) {
+            return self.error(e, reply_to.as_deref());
         }
         let request = chat_request(&self.settings, &overrides, &self.conversation);
         if let Some(limits) = self.start.limits.clone() {

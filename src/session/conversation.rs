@@ -130,18 +130,126 @@ pub enum ConversationError {
     NoSuchItem(String),
     #[error("an item with id {0:?} is already in the conversation")]
     DuplicateId(String),
+    #[error("the item holds {bytes} bytes of text, over the conversation's limit of {max} bytes ([realtime] max_history_bytes)")]
+    TooLarge { bytes: usize, max: usize },
 }
 
-/// The items of one session, oldest first, at most `max_items` (the oldest are dropped).
+impl Entry {
+    /// What the entry holds in text (item, speaker, words, spoken timeline), in bytes: what the
+    /// history budget counts. Each word and timeline chunk also counts a fixed 32 for its numbers.
+    pub fn size_bytes(&self) -> usize {
+        const PER_PART: usize = 32;
+        let words: usize = self.words.iter().map(|w| w.text.len() + PER_PART).sum();
+        let spoken: usize = self
+            .spoken
+            .as_ref()
+            .map_or(0, |s| s.timeline.iter().map(|said| said.text.len() + PER_PART + said.words.len() * PER_PART).sum::<usize>());
+        item_bytes(&self.item) + self.speaker.as_ref().map_or(0, String::len) + words + spoken
+    }
+}
+
+/// The text an item carries, in bytes.
+pub fn item_bytes(item: &Item) -> usize {
+    let text = |t: &Option<String>| t.as_ref().map_or(0, String::len);
+    match item {
+        Item::Message(m) => {
+            text(&m.id)
+                + m.content
+                    .iter()
+                    .map(|part| match part {
+                        Content::InputText { text } | Content::OutputText { text } => text.len(),
+                        Content::InputAudio { transcript } | Content::OutputAudio { transcript } => {
+                            transcript.as_ref().map_or(0, String::len)
+                        }
+                    })
+                    .sum::<usize>()
+        }
+        Item::FunctionCall(c) => text(&c.id) + text(&c.call_id) + c.name.len() + c.arguments.len(),
+        Item::FunctionCallOutput(o) => text(&o.id) + o.call_id.len() + o.output.len(),
+    }
+}
+
+/// The default of `[realtime] max_history_bytes`.
+pub const DEFAULT_MAX_HISTORY_BYTES: usize = 256 * 1024;
+
+/// The items of one session, oldest first, at most `max_items` and `max_bytes` (see
+/// [`Entry::size_bytes`]): beyond either, the oldest items are dropped first, system messages
+/// last, and a tool's output goes with the call it answers. A request is rendered within the same
+/// budget even when items grew after they were added (transcripts arrive later).
 #[derive(Debug)]
 pub struct Conversation {
     entries: Vec<Entry>,
     max_items: usize,
+    max_bytes: usize,
 }
 
 impl Conversation {
     pub fn new(max_items: usize) -> Self {
-        Conversation { entries: Vec::new(), max_items: max_items.max(1) }
+        Conversation { entries: Vec::new(), max_items: max_items.max(1), max_bytes: DEFAULT_MAX_HISTORY_BYTES }
+    }
+
+    /// The same with a budget of `max_bytes` for the items' text.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
+    }
+
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// The text the items hold now, in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.entries.iter().map(Entry::size_bytes).sum()
+    }
+
+    /// Which entries fit the budgets: the oldest non-system entries go first, then (if system
+    /// messages alone are over) the oldest system ones; a tool output whose call went goes too.
+    fn kept(&self) -> Vec<bool> {
+        let mut keep = vec![true; self.entries.len()];
+        let mut count = self.entries.len();
+        let mut bytes = self.size_bytes();
+        let is_system = |e: &Entry| matches!(&e.item, Item::Message(m) if m.role == Role::System);
+        for system_pass in [false, true] {
+            for (i, entry) in self.entries.iter().enumerate() {
+                if count <= self.max_items && bytes <= self.max_bytes {
+                    break;
+                }
+                if keep[i] && is_system(entry) == system_pass {
+                    keep[i] = false;
+                    count -= 1;
+                    bytes -= entry.size_bytes();
+                }
+            }
+        }
+        // An output without its call is refused by the vendors: drop the outputs of dropped calls.
+        let dropped_calls: Vec<&str> = self
+            .entries
+            .iter()
+            .zip(&keep)
+            .filter_map(|(e, &k)| match &e.item {
+                Item::FunctionCall(c) if !k => c.call_id.as_deref(),
+                _ => None,
+            })
+            .collect();
+        if !dropped_calls.is_empty() {
+            for (entry, k) in self.entries.iter().zip(keep.iter_mut()) {
+                if matches!(&entry.item, Item::FunctionCallOutput(o) if dropped_calls.contains(&o.call_id.as_str())) {
+                    *k = false;
+                }
+            }
+        }
+        keep
+    }
+
+    /// Drops what is over the budgets (see [`Conversation::kept`]).
+    fn trim(&mut self) {
+        let keep = self.kept();
+        if keep.iter().all(|&k| k) {
+            return;
+        }
+        let mut keep = keep.into_iter();
+        self.entries.retain(|_| keep.next().unwrap_or(true));
     }
 
     pub fn len(&self) -> usize {
@@ -164,6 +272,10 @@ impl Conversation {
         previous_item_id: Option<&str>,
         speaker: Option<String>,
     ) -> Result<(Item, Option<String>), ConversationError> {
+        let bytes = item_bytes(&item) + speaker.as_ref().map_or(0, String::len);
+        if bytes > self.max_bytes {
+            return Err(ConversationError::TooLarge { bytes, max: self.max_bytes });
+        }
         let id = match item.id() {
             Some(id) if !id.is_empty() => id.to_string(),
             _ => {
@@ -182,10 +294,7 @@ impl Conversation {
         };
         let previous = if at == 0 { None } else { self.entries[at - 1].item.id().map(str::to_string) };
         self.entries.insert(at, Entry { item: item.clone(), speaker, words: Vec::new(), spoken: None });
-        if self.entries.len() > self.max_items {
-            let excess = self.entries.len() - self.max_items;
-            self.entries.drain(..excess);
-        }
+        self.trim();
         Ok((item, previous))
     }
 
@@ -234,7 +343,9 @@ impl Conversation {
         if let Some(text) = instructions.filter(|t| !t.trim().is_empty()) {
             messages.push(Message::system(text));
         }
-        for entry in &self.entries {
+        // Items may have grown since they were added (transcripts, words): a request stays in budget.
+        let keep = self.kept();
+        for (entry, _) in self.entries.iter().zip(keep).filter(|(_, k)| *k) {
             items_to_messages(entry, rendering, &mut messages);
         }
         messages
@@ -404,6 +515,73 @@ mod tests {
         assert_eq!(c.len(), 3);
         let m = c.to_messages(None);
         assert_eq!(serde_json::to_value(&m[0]).unwrap()["content"], "7");
+    }
+
+    fn system(text: &str) -> Item {
+        Item::Message(MessageItem { id: None, status: None, role: Role::System, content: vec![Content::InputText { text: text.into() }] })
+    }
+
+    fn contents(c: &Conversation) -> Vec<String> {
+        c.to_messages(None).iter().map(|m| serde_json::to_value(m).unwrap()["content"].as_str().unwrap_or("").to_string()).collect()
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_oldest_first_system_last() {
+        let mut c = Conversation::new(200).with_max_bytes(1_000);
+        c.insert(system(&"s".repeat(100)), None, None).unwrap();
+        for i in 0..20 {
+            c.insert(user(&format!("{i:02}{}", "x".repeat(98))), None, None).unwrap();
+        }
+        assert!(c.size_bytes() <= 1_000, "{}", c.size_bytes());
+        let texts = contents(&c);
+        assert!(texts[0].starts_with('s'), "the system message stays: {texts:?}");
+        // The newest items, in order, as many as fit beside it (each also counts its id).
+        let kept: Vec<&str> = texts[1..].iter().map(|t| &t[..2]).collect();
+        let first = 20 - kept.len();
+        let want: Vec<String> = (first..20).map(|i| format!("{i:02}")).collect();
+        assert_eq!(kept, want, "{texts:?}");
+        assert!(kept.len() >= 6, "{texts:?}");
+        // One item over the whole budget is refused, and nothing is dropped for it.
+        let err = c.insert(user(&"y".repeat(1_001)), None, None).unwrap_err();
+        assert_eq!(err, ConversationError::TooLarge { bytes: 1_001, max: 1_000 });
+        assert_eq!(contents(&c), texts);
+    }
+
+    #[test]
+    fn a_request_stays_in_budget_when_items_grow_after_they_are_added() {
+        let mut c = Conversation::new(200).with_max_bytes(1_000);
+        for i in 0..3 {
+            c.insert(user(&format!("typed {i}")), None, None).unwrap();
+        }
+        let audio = Item::Message(MessageItem {
+            id: None,
+            status: None,
+            role: Role::User,
+            content: vec![Content::InputAudio { transcript: None }],
+        });
+        let (audio, _) = c.insert(audio, None, None).unwrap();
+        // The transcript arrives later, long enough to push the typed items out of the request.
+        let Item::Message(m) = &mut c.get_mut(audio.id().unwrap()).unwrap().item else { unreachable!() };
+        m.content = vec![Content::InputAudio { transcript: Some("w".repeat(900)) }];
+        let texts = contents(&c);
+        assert!(texts.last().unwrap().starts_with('w'), "{texts:?}");
+        assert!(!texts.contains(&"typed 0".to_string()) && !texts.contains(&"typed 1".to_string()), "{texts:?}");
+        assert!(texts.iter().map(String::len).sum::<usize>() <= 1_000);
+    }
+
+    #[test]
+    fn a_tool_output_goes_with_its_call() {
+        let mut c = Conversation::new(200).with_max_bytes(300);
+        let call =
+            FunctionCallItem { id: None, status: None, call_id: Some("call_1".into()), name: "f".into(), arguments: "a".repeat(150) };
+        c.insert(Item::FunctionCall(call), None, None).unwrap();
+        let output = FunctionCallOutputItem { id: None, status: None, call_id: "call_1".into(), output: "ok".into() };
+        c.insert(Item::FunctionCallOutput(output), None, None).unwrap();
+        c.insert(user(&"u".repeat(150)), None, None).unwrap();
+        let v = serde_json::to_value(c.to_messages(None)).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1, "no tool message without its call: {v}");
+        assert_eq!(v[0]["role"], "user");
+        assert!(!c.has_call("call_1"));
     }
 
     #[test]

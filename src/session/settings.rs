@@ -79,6 +79,13 @@ pub struct Tool {
     pub parameters: Option<serde_json::Value>,
 }
 
+impl Tool {
+    /// Its name, description and parameter schema (as JSON), in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.name.len() + self.description.as_ref().map_or(0, String::len) + self.parameters.as_ref().map_or(0, |p| p.to_string().len())
+    }
+}
+
 /// Whether and which tool the model must call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToolChoice {
@@ -129,6 +136,33 @@ pub struct TurnUpdate {
     pub by_vendor: Option<bool>,
 }
 
+/// Longest `instructions` a session or a response takes, in bytes.
+pub const MAX_INSTRUCTIONS_BYTES: usize = 64 * 1024;
+/// Most tools a session or a response declares (OpenAI's own limit per request).
+pub const MAX_TOOLS: usize = 128;
+/// Most bytes of tool definitions (their JSON) a session or a response declares.
+pub const MAX_TOOLS_BYTES: usize = 64 * 1024;
+
+/// Instructions and tool definitions from a client are copied into every model request: bounded.
+pub fn check_prompt(instructions: Option<&str>, tools: Option<&[Tool]>) -> Result<(), SessionError> {
+    if let Some(text) = instructions.filter(|t| t.len() > MAX_INSTRUCTIONS_BYTES) {
+        let message = format!("instructions of {} bytes are over the limit of {MAX_INSTRUCTIONS_BYTES} bytes", text.len());
+        return Err(SessionError::new(ErrorKind::InvalidValue, message));
+    }
+    if let Some(tools) = tools {
+        if tools.len() > MAX_TOOLS {
+            let message = format!("{} tools are over the limit of {MAX_TOOLS}", tools.len());
+            return Err(SessionError::new(ErrorKind::InvalidValue, message));
+        }
+        let bytes: usize = tools.iter().map(Tool::size_bytes).sum();
+        if bytes > MAX_TOOLS_BYTES {
+            let message = format!("tool definitions of {bytes} bytes are over the limit of {MAX_TOOLS_BYTES} bytes");
+            return Err(SessionError::new(ErrorKind::InvalidValue, message));
+        }
+    }
+    Ok(())
+}
+
 impl Settings {
     /// A new session's settings: 24 kHz PCM both ways, turn detection on, spoken answers when a
     /// voice engine is there.
@@ -159,6 +193,7 @@ impl Settings {
             }
             next.model = model;
         }
+        check_prompt(update.instructions.as_deref(), update.tools.as_deref())?;
         if let Some(instructions) = update.instructions {
             next.instructions = Some(instructions);
         }

@@ -309,7 +309,7 @@ pub fn chat_request(settings: &Settings, overrides: &ResponseOverrides, conversa
     let instructions = overrides.instructions.clone().or_else(|| settings.instructions.clone());
     let messages = match &overrides.input {
         Some(items) => {
-            let mut scratch = Conversation::new(items.len().max(1));
+            let mut scratch = Conversation::new(items.len().max(1)).with_max_bytes(conversation.max_bytes());
             for item in items {
                 if let Some(id) = item.id().filter(|_| matches!(item, Item::Message(m) if m.content.is_empty())) {
                     // An item reference: a message with an id and no content copies that item.

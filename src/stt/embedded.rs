@@ -206,6 +206,9 @@ impl WhisperStt {
     /// `settings.workers` worker threads. Blocks while the models load (well under a second each).
     pub fn load(model_dir: &Path, settings: WhisperSettings) -> Result<WhisperStt, SttError> {
         check_model_dir(model_dir)?;
+        for file in MODEL_FILES {
+            crate::models::check_pinned(&model_dir.join(file)).map_err(|e| SttError::Unavailable(e.to_string()))?;
+        }
         ensure_preprocessor_config(model_dir)?;
         let workers = settings.workers.clamp(1, 64);
         let threads = settings.threads_per_worker.clamp(1, 64);

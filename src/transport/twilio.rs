@@ -341,6 +341,11 @@ where
             }
             TwilioIn::Dtmf { dtmf, stream_sid: sid } => {
                 same_stream("dtmf", sid)?;
+                // The digit goes into the prompt: only a keypad key (0-9, *, #, A-D) is one.
+                if !matches!(dtmf.digit.as_bytes(), [b'0'..=b'9' | b'*' | b'#' | b'A'..=b'D']) {
+                    let error = format!("`dtmf.digit` must be one key of 0-9, *, #, A-D; got {} bytes", dtmf.digit.len());
+                    return Err(CallError::Malformed { event: "dtmf".into(), error });
+                }
                 let text = format!("(The caller pressed {} on the phone keypad.)", dtmf.digit);
                 let item =
                     Item::Message(MessageItem { id: None, status: None, role: Role::User, content: vec![Content::InputText { text }] });

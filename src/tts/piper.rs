@@ -81,6 +81,11 @@ impl PiperTts {
         for (what, path) in [("Piper voice", voice_path), ("Piper voice config", &config_path), ("onnxruntime library", onnxruntime_path)] {
             require_file(what, path)?;
         }
+        // Each file the lock list pins must still be that file (size and SHA-256) before it is
+        // read or dlopen()ed.
+        for path in [voice_path, &config_path, onnxruntime_path] {
+            crate::models::check_pinned(path).map_err(|e| TtsError::Unavailable(e.to_string()))?;
+        }
         let voice = Voice::read(&config_path)?;
         let espeak = PathBuf::from(ESPEAK_PROGRAM);
         check_program(&espeak)?;
@@ -634,6 +639,23 @@ mod tests {
         let clauses = [("həlˈoʊ", Comma), ("wˈɜːld", Period), ("hˈaʊ ɑːɹ juː", Question), ("ʃˈʊɹ", End), ("", Period)];
         let clauses: Vec<(String, Terminator)> = clauses.iter().map(|&(p, t)| (p.to_owned(), t)).collect();
         assert_eq!(join_sentences(&clauses), ["həlˈoʊ, wˈɜːld.", "hˈaʊ ɑːɹ juː?", "ʃˈʊɹ"]);
+    }
+
+    #[test]
+    fn files_changed_since_they_were_installed_are_not_loaded() {
+        // The models folder's layout with files that are not the pinned ones (a tampered copy).
+        let dir = std::env::temp_dir().join(format!("voxgate-piper-tamper-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let voice = crate::models::piper_voice_path(&dir);
+        let library = crate::models::onnxruntime_path(&dir);
+        for path in [&voice, &voice_config_path(&voice), &library] {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"{}").unwrap();
+        }
+        let Err(TtsError::Unavailable(message)) = PiperTts::load(&voice, &library, 1) else { panic!("a tampered voice loads") };
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(message.contains("not the pinned model file") && message.contains("voxgate models fetch"), "{message}");
+        assert!(message.contains("en_US-joe-medium.onnx"), "names the file: {message}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod keys_limits;
 mod provider_anthropic;
 mod provider_gemini;
 mod secrets_in_logs;
+mod server_limits;
 mod shutdown;
 
 // Voice sessions: Realtime and Twilio over WebSockets, the fixtures, `voxgate replay`, hosted speech.

@@ -471,6 +471,8 @@ mod engine {
     fn load(model_path: &std::path::Path) -> Result<Loaded, ProviderError> {
         let backend = backend()?;
         let started = Instant::now();
+        // The file the lock list pins must still be that file (size and SHA-256).
+        crate::models::check_pinned(model_path).map_err(|e| ProviderError::Engine(e.to_string()))?;
         let _guard = LOAD_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let model = LlamaModel::load_from_file(backend, model_path, &LlamaModelParams::default()).map_err(|e| {
             ProviderError::Engine(format!(
