@@ -8,7 +8,7 @@ def healthz_times(n):
     s = socket.create_connection(("127.0.0.1", port)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     for _ in range(n):
         t = time.perf_counter()
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        s.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
         buf = b""
         while not buf.endswith(b'{"status":"ok"}'):
             chunk = s.recv(4096)
@@ -22,7 +22,7 @@ print("no slow heads:", healthz_times(requests), "us")
 slow = []
 t = time.perf_counter()
 for _ in range(slow_n):
-    c = socket.create_connection(("127.0.0.1", port)); c.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+    c = socket.create_connection(("127.0.0.1", port)); c.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Slow: ".encode())
     slow.append(c)
     if len(slow) % 100 == 0:
         time.sleep(0.01)  # a burst over the listen backlog (1024) costs 1 s SYN retries
