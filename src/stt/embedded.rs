@@ -71,6 +71,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::{BoxFuture, SpeechToText, SttError, Transcript, Utterance, Word, STT_RATE_HZ};
 
+mod byte_level;
+mod log_mel;
+
 /// Finals that may wait for a worker; `transcribe` waits (asynchronously) when this many do.
 pub const QUEUED_FINALS_MAX: usize = 16;
 /// The longest utterance kept, in ms of audio; the rest is dropped.
@@ -544,20 +547,25 @@ fn worker_loop(engine: &Engine, queue: &Queue, stats: &Counters) {
 
 struct Engine {
     whisper: ct2rs::sys::Whisper,
-    tokenizer: ct2rs::tokenizers::hf::Tokenizer,
     features: Features,
-    final_options: ct2rs::WhisperOptions,
-    partial_options: ct2rs::WhisperOptions,
+    final_options: ct2rs::sys::WhisperOptions,
+    partial_options: ct2rs::sys::WhisperOptions,
 }
 
 /// Log-mel feature extraction, as Whisper's preprocessor config describes it.
 struct Features {
-    n_fft: usize,
     hop_length: usize,
     n_samples: usize,
-    feature_size: usize,
     nb_max_frames: usize,
-    mel_filters: ndarray::Array2<f64>,
+    log_mel: log_mel::LogMel,
+}
+
+/// Features for the encoder: `count` windows of `n_mels` rows of `frames` values, row-major.
+struct Mel {
+    values: Vec<f32>,
+    count: usize,
+    n_mels: usize,
+    frames: usize,
 }
 
 impl Features {
@@ -569,14 +577,16 @@ impl Features {
     fn parse(text: &str) -> Result<Features, String> {
         let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let field = |name: &str| v[name].as_u64().map(|n| n as usize).ok_or_else(|| format!("no `{name}`"));
-        let (sampling_rate, n_fft, feature_size) = (field("sampling_rate")?, field("n_fft")?, field("feature_size")?);
+        let (sampling_rate, n_fft, feature_size, hop_length) =
+            (field("sampling_rate")?, field("n_fft")?, field("feature_size")?, field("hop_length")?);
+        if n_fft < 2 || hop_length == 0 || hop_length > n_fft || feature_size == 0 {
+            return Err(format!("n_fft {n_fft}, hop_length {hop_length} and feature_size {feature_size} make no spectrogram"));
+        }
         Ok(Features {
-            n_fft,
-            hop_length: field("hop_length")?,
-            n_samples: field("n_samples")?,
-            feature_size,
+            hop_length,
+            n_samples: field("n_samples")?.max(1),
             nb_max_frames: field("nb_max_frames")?,
-            mel_filters: mel_spec::mel::mel(sampling_rate as f64, n_fft, feature_size, None, None, false, true),
+            log_mel: log_mel::LogMel::new(sampling_rate as f64, n_fft, hop_length, feature_size),
         })
     }
 
@@ -589,33 +599,31 @@ impl Features {
         wanted.max(frames_per_ms(WINDOW_MIN_MS)).min(self.nb_max_frames)
     }
 
-    /// The stacked log-mel spectrogram of `samples` in windows of `n_samples` (each cut to
-    /// [`Features::frames_for`] frames), and the window count. As Whisper's own feature extractor
-    /// does: log10 of the mel power, floored 8 below the window's loudest value, then scaled; the
-    /// frames after the audio hold the floor, as zero samples would.
-    fn extract(&self, samples: &[f32]) -> (ndarray::Array3<f32>, usize) {
-        use ndarray::{s, Array2, Axis};
-        let mut stft = mel_spec::stft::Spectrogram::new(self.n_fft, self.hop_length);
-        let mut chunks = Vec::new();
+    /// The log-mel spectrogram of `samples` in windows of `n_samples`, each cut to the frames
+    /// [`Features::frames_for`] gives the first. As Whisper's own feature extractor does: log10 of
+    /// the mel power, floored 8 below the window's loudest value, then scaled; the frames after the
+    /// audio hold the floor, as zero samples would. (`decode` never gives more than one window.)
+    fn extract(&self, samples: &[f32]) -> Mel {
+        let n_mels = self.log_mel.n_mels();
+        let frames = self.frames_for(samples.len().min(self.n_samples));
+        let mut stft = self.log_mel.stft();
+        let mut column = vec![0.0; n_mels];
+        let mut values = Vec::new();
+        let mut count = 0;
         for chunk in samples.chunks(self.n_samples) {
-            let frames = self.frames_for(chunk.len());
-            // log10 of the smallest power the extractor keeps (1e-10): what silence gives.
-            let mut log_mel = Array2::<f64>::from_elem((self.feature_size, frames), -10.0);
+            let mut log_mel = vec![log_mel::LOG_POWER_MIN; n_mels * frames];
             for (i, hop) in chunk.chunks(self.hop_length).enumerate().take(frames) {
-                if let Some(fft) = stft.add(hop) {
-                    let mel = mel_spec::mel::log_mel_spectrogram(&fft, &self.mel_filters);
-                    log_mel.slice_mut(s![.., i]).assign(&mel.slice(s![.., 0]));
+                if stft.add(hop, &mut column) {
+                    for (m, &v) in column.iter().enumerate() {
+                        log_mel[m * frames + i] = v;
+                    }
                 }
             }
-            let floor = log_mel.fold(f64::NEG_INFINITY, |max, &v| max.max(v)) - 8.0;
-            chunks.push(log_mel.mapv(|v| ((v.max(floor) + 4.0) / 4.0) as f32));
+            let floor = log_mel.iter().fold(f64::NEG_INFINITY, |max, &v| max.max(v)) - 8.0;
+            values.extend(log_mel.iter().map(|&v| ((v.max(floor) + 4.0) / 4.0) as f32));
+            count += 1;
         }
-        let count = chunks.len();
-        let views: Vec<_> = chunks.iter().map(|a| a.view()).collect();
-        let stacked = ndarray::stack(Axis(0), &views)
-            .map(|a| a.as_standard_layout().into_owned())
-            .unwrap_or_else(|_| ndarray::Array3::zeros((0, 0, 0)));
-        (stacked, count)
+        Mel { values, count, n_mels, frames }
     }
 }
 
@@ -624,25 +632,22 @@ impl Engine {
         let unavailable = |e: String| SttError::Unavailable(format!("cannot load the Whisper model from {}: {e}", model_dir.display()));
         let config = ct2rs::Config { num_threads_per_replica: threads, compute_type: COMPUTE_TYPE, ..Default::default() };
         let whisper = ct2rs::sys::Whisper::new(model_dir, config).map_err(|e| unavailable(format!("{e:#}")))?;
-        let tokenizer = ct2rs::tokenizers::hf::Tokenizer::new(model_dir).map_err(|e| unavailable(format!("{e:#}")))?;
         let features = Features::read(&model_dir.join("preprocessor_config.json")).map_err(unavailable)?;
-        let final_options = ct2rs::WhisperOptions { beam_size: FINAL_BEAM_SIZE, ..Default::default() };
-        let partial_options = ct2rs::WhisperOptions { beam_size: 1, ..Default::default() };
-        Ok(Engine { whisper, tokenizer, features, final_options, partial_options })
+        let final_options = ct2rs::sys::WhisperOptions { beam_size: FINAL_BEAM_SIZE, ..Default::default() };
+        let partial_options = ct2rs::sys::WhisperOptions { beam_size: 1, ..Default::default() };
+        Ok(Engine { whisper, features, final_options, partial_options })
     }
 
     /// Decodes with the prompt the model was trained on. English-only models (`.en`) know no language
     /// or task tokens: they start `<|startoftranscript|><|notimestamps|>`, which ct2rs's `Whisper`
     /// wrapper (it always adds `<|en|><|transcribe|>`) cannot do.
-    fn generate(&self, audio: &[f32], options: &ct2rs::WhisperOptions) -> Result<Vec<String>, String> {
-        use ct2rs::Tokenizer as _;
-        let (mut mel, count) = self.features.extract(audio);
-        if count == 0 {
+    fn generate(&self, audio: &[f32], options: &ct2rs::sys::WhisperOptions) -> Result<Vec<String>, String> {
+        let mut mel = self.features.extract(audio);
+        if mel.count == 0 {
             return Ok(Vec::new());
         }
-        let shape = mel.shape().to_vec();
-        let slice = mel.as_slice_mut().ok_or("the features are not contiguous")?;
-        let view = ct2rs::sys::StorageView::new(&shape, slice, Default::default()).map_err(|e| format!("{e:#}"))?;
+        let (count, shape) = (mel.count, [mel.count, mel.n_mels, mel.frames]);
+        let view = ct2rs::sys::StorageView::new(&shape, &mut mel.values, Default::default()).map_err(|e| format!("{e:#}"))?;
         let prompt: Vec<&str> = if self.whisper.is_multilingual() {
             vec!["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
         } else {
@@ -655,7 +660,7 @@ impl Engine {
             .into_iter()
             .map(|r| {
                 let tokens = r.sequences.into_iter().next().ok_or("no transcript")?;
-                self.tokenizer.decode(tokens).map_err(|e| format!("{e:#}"))
+                Ok(byte_level::decode(&tokens))
             })
             .collect()
     }
@@ -837,13 +842,13 @@ mod tests {
         let f = Features::parse(PREPROCESSOR_CONFIG).unwrap();
         // 1 s of a 440 Hz tone at half scale.
         let tone: Vec<f32> = (0..16_000).map(|i| 0.5 * (i as f32 * 440.0 * std::f32::consts::TAU / 16_000.0).sin()).collect();
-        let (mel, count) = f.extract(&tone);
-        assert_eq!((count, mel.shape()), (1, &[1, 80, 1500][..]));
-        let max = mel.fold(f32::MIN, |m, &v| m.max(v));
-        let min = mel.fold(f32::MAX, |m, &v| m.min(v));
+        let mel = f.extract(&tone);
+        assert_eq!((mel.count, mel.n_mels, mel.frames, mel.values.len()), (1, 80, 1500, 80 * 1500));
+        let max = mel.values.iter().fold(f32::MIN, |m, &v| m.max(v));
+        let min = mel.values.iter().fold(f32::MAX, |m, &v| m.min(v));
         assert!((max - min - 2.0).abs() < 1e-4, "log10 floored 8 below the max, scaled by 1/4: {max} {min}");
-        let padding = mel.slice(ndarray::s![0, .., 200..]);
-        assert!(padding.iter().all(|&v| v == min), "frames after the audio hold the floor");
+        let mut padding = mel.values.chunks_exact(1500).flat_map(|row| &row[200..]);
+        assert!(padding.all(|&v| v == min), "frames after the audio hold the floor");
     }
 
     #[test]
