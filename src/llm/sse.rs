@@ -63,6 +63,13 @@ impl SseParser {
         Ok(out)
     }
 
+    /// Bytes held for events not yet complete (the unterminated line, the data lines so far, the
+    /// event name): at most [`MAX_EVENT_BYTES`] plus a line's name after a `push` that succeeded.
+    #[doc(hidden)]
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len() + self.data.len() + self.event.as_ref().map_or(0, String::len)
+    }
+
     /// The stream ended: dispatch a final event that lacked its blank line, if any.
     pub fn finish(&mut self) -> Option<SseEvent> {
         if !self.buf.is_empty() {
