@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::IntoResponse;
+use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -1192,6 +1193,115 @@ fn tts_adapters_against_a_fuzzed_vendor() {
             },
         );
     }
+}
+
+/// What the fake OpenAI speech endpoint answers: a status and a body, or (`endless_mib`) an error
+/// body that goes on for that many MiB, counting what it managed to send.
+#[derive(Clone, Default)]
+struct HttpAnswer {
+    status: u16,
+    body: Vec<u8>,
+    endless_mib: usize,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn http_answer(State(slot): State<Arc<Mutex<HttpAnswer>>>) -> axum::response::Response {
+    let answer = slot.lock().unwrap().clone();
+    let status = axum::http::StatusCode::from_u16(answer.status).unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+    if answer.endless_mib > 0 {
+        let sent = answer.sent.clone();
+        let pieces = futures::stream::iter(0..answer.endless_mib * 16).map(move |_| {
+            sent.fetch_add(64 * 1024, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 64 * 1024]))
+        });
+        return (status, axum::body::Body::from_stream(pieces)).into_response();
+    }
+    (status, answer.body).into_response()
+}
+
+/// OpenAI's speech endpoint on loopback, answering every request with the answer in the slot; and
+/// an OpenAI TTS engine pointed at it.
+async fn openai_speech() -> (Arc<Mutex<HttpAnswer>>, Arc<dyn voxgate::tts::TextToSpeech>) {
+    let slot = Arc::new(Mutex::new(HttpAnswer::default()));
+    let router = axum::Router::new().fallback(http_answer).with_state(slot.clone());
+    let addr = crate::support::spawn(router).await;
+    let config = format!("[providers.v]\nkind = \"openai\"\nbase_url = \"http://{addr}/v1\"\napi_key = \"env:K\"\n[stt]\nengine = \"none\"\n[tts]\nengines = [\"v\"]\n");
+    let config = voxgate::config::Config::from_toml(&config, &|_| Some("key".into())).unwrap();
+    let metrics = Arc::new(voxgate::metrics::Metrics::default());
+    (slot, voxgate::tts::build(&config.tts, &config.models_dir, &metrics).unwrap().unwrap())
+}
+
+/// Speaks "Hello." through `engine`, listening to what it makes: its result.
+async fn speak_once(engine: &dyn voxgate::tts::TextToSpeech) -> Result<(), voxgate::tts::TtsError> {
+    let (context, _guard) = voxgate::tts::TtsContext::new();
+    let (out, mut heard) = mpsc::channel(256);
+    let spoken = engine.speak(voxgate::tts::Chunk { text: "Hello.".into(), voice: None, context }, out);
+    let listened = async {
+        tokio::pin!(spoken);
+        loop {
+            tokio::select! {
+                result = &mut spoken => break result,
+                Some(_) = heard.recv() => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), listened).await.expect("the chunk never ended")
+}
+
+#[test]
+fn tts_openai_against_a_fuzzed_vendor() {
+    let rt = runtime();
+    let (slot, engine) = rt.block_on(openai_speech());
+    let samples: Vec<Vec<u8>> = [
+        r#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        r#"{"error":{"message":"Invalid voice","type":"invalid_request_error","param":"voice","code":null}}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let pcm: Vec<u8> = (0..4801u32).map(|i| (i * 7) as u8).collect(); // an odd length: half a sample at the end
+    fuzz(
+        Plan { name: "tts_openai_http", ci_cases: 200, socket: true },
+        |rng| {
+            if rng.one_in(3) {
+                let mut body = pcm[..rng.below(pcm.len() + 1)].to_vec();
+                body.insert(0, 200); // the status
+                body
+            } else {
+                let mut body = mutated(rng, &samples, TTS_TOKENS, |rng| rng.json(&["error", "message", "code", "type"], 3).into_bytes());
+                body.insert(0, *rng.pick(&[b'4', b'5', 0, 255]));
+                body
+            }
+        },
+        |_, input| {
+            let status = match input[0] {
+                200 => 200,
+                b'4' => 429,
+                b'5' => 503,
+                0 => 401,
+                _ => 400,
+            };
+            *slot.lock().unwrap() = HttpAnswer { status, body: input[1..].to_vec(), ..HttpAnswer::default() };
+            let result = rt.block_on(speak_once(engine.as_ref()));
+            assert_eq!(result.is_ok(), status == 200, "{result:?}");
+        },
+    );
+}
+
+/// Found while fuzzing the OpenAI speech adapter: an error answer's body was read whole into memory,
+/// however long; one that never ends was read for ever. Now at most 64 KiB of it is read.
+#[test]
+fn tts_openai_reads_at_most_the_start_of_an_error_body() {
+    let rt = runtime();
+    let (slot, engine) = rt.block_on(openai_speech());
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    *slot.lock().unwrap() = HttpAnswer { status: 500, body: Vec::new(), endless_mib: 256, sent: sent.clone() };
+    let result = rt.block_on(speak_once(engine.as_ref()));
+    assert!(result.is_err());
+    // Loopback socket buffers take some MiB before the server sees the client go; far less than all.
+    let sent_mib = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+    assert!(sent_mib < 64, "{sent_mib} MiB of a 256 MiB error body were read");
 }
 
 // ---------------------------------------------------------------------------------------------------
