@@ -443,6 +443,66 @@ fn provider_answers_and_error_bodies() {
     );
 }
 
+/// Found by the long campaign (`provider_answers` case 24273, `anthropic_stream` case 2676): token
+/// counts at the end of `u64` overflowed where a vendor's counts are added (Anthropic's input plus
+/// its cache reads and writes; Gemini's candidates plus thoughts), a panic in debug builds and a
+/// wrapped count in release, and sums over requests and keys could overflow the same way. Each
+/// count a vendor reports is now taken up to `USAGE_TOKENS_MAX`.
+#[test]
+fn token_counts_at_the_end_of_u64_are_capped_not_overflowed() {
+    use voxgate::llm::types::{Event, USAGE_TOKENS_MAX};
+    const MAX: &str = "18446744073709551615";
+    let usages =
+        |events: Vec<Event>| events.into_iter().filter_map(|e| if let Event::Usage(u) = e { Some(u) } else { None }).collect::<Vec<_>>();
+    let mut seen = Vec::new();
+    let caught = catch_unwind(|| {
+        let message: Value = serde_json::from_str(&format!(
+            r#"{{"type":"message","content":[{{"type":"text","text":"Hi."}}],"stop_reason":"end_turn","usage":{{"input_tokens":{MAX},"output_tokens":{MAX},"cache_read_input_tokens":{MAX},"cache_creation_input_tokens":{MAX}}}}}"#
+        ))
+        .unwrap();
+        let anthropic_whole = usages(anthropic::decode_message(&message, false).unwrap());
+        let mut decoder = anthropic::StreamDecoder::new(false);
+        let start = format!(
+            r#"{{"type":"message_start","message":{{"usage":{{"input_tokens":400,"cache_creation_input_tokens":{MAX},"cache_read_input_tokens":{MAX},"output_tokens":1}}}}}}"#
+        );
+        let mut anthropic_stream = Vec::new();
+        for (event, data) in [
+            ("message_start", start.as_str()),
+            (
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":18446744073709551615}}"#,
+            ),
+            ("message_stop", r#"{"type":"message_stop"}"#),
+        ] {
+            anthropic_stream.extend(decoder.event(SseEvent { event: Some(event.into()), data: data.into() }).unwrap());
+        }
+        anthropic_stream.extend(decoder.end().unwrap());
+        let gemini: Value = serde_json::from_str(&format!(
+            r#"{{"candidates":[{{"content":{{"parts":[{{"text":"a"}}]}},"finishReason":"STOP"}}],"usageMetadata":{{"promptTokenCount":{MAX},"candidatesTokenCount":{MAX},"thoughtsTokenCount":{MAX},"cachedContentTokenCount":{MAX}}}}}"#
+        ))
+        .unwrap();
+        let openai: Value = serde_json::from_str(&format!(
+            r#"{{"choices":[{{"message":{{"content":"a"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{MAX},"completion_tokens":{MAX},"prompt_tokens_details":{{"cached_tokens":{MAX}}},"completion_tokens_details":{{"reasoning_tokens":{MAX}}}}}}}"#
+        ))
+        .unwrap();
+        let mut all = anthropic_whole;
+        all.extend(usages(anthropic_stream));
+        all.extend(usages(gemini::decode_response(&gemini).unwrap()));
+        all.extend(usages(openai::decode_completion(&openai).unwrap()));
+        all.extend(usages(openai::decode_completion_body(openai.to_string().as_bytes()).unwrap()));
+        all
+    });
+    if let Ok(all) = caught {
+        seen = all;
+    }
+    assert_eq!(seen.len(), 5, "a decoder panicked or lost the usage");
+    for u in seen {
+        // Each count is capped; a count made of several (Anthropic's input) is at most their sum.
+        assert!(u.output_tokens <= 2 * USAGE_TOKENS_MAX && u.cached_input_tokens <= USAGE_TOKENS_MAX, "{u:?}");
+        assert!(u.input_tokens <= 3 * USAGE_TOKENS_MAX && u.input_tokens >= USAGE_TOKENS_MAX, "{u:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Retry-After
 // ---------------------------------------------------------------------------------------------------
