@@ -1056,14 +1056,24 @@ fn stt_adapters_against_a_fuzzed_vendor() {
             _ => "stt_openai_socket",
         };
         let script = RefCell::new(Script::default());
-        fuzz(
+        let heard = Cell::new(0);
+        let cases = fuzz(
             Plan { name, ci_cases: 60, socket: true },
             |rng| {
-                let s = Script {
-                    first: vendor_messages(rng, &samples, STT_TOKENS),
-                    last: vendor_messages(rng, &samples, STT_TOKENS),
-                    close_after_first: false,
-                };
+                // After the finish request: the vendor's final words for it, now and then mutated, then anything.
+                let refs: Vec<&[u8]> = samples.iter().map(Vec::as_slice).collect();
+                let mut last: Vec<AxMessage> = stt_final_answer(vendor)
+                    .iter()
+                    .map(|m| {
+                        let mut m = m.as_bytes().to_vec();
+                        if rng.one_in(4) {
+                            rng.mutate(&mut m, &refs, STT_TOKENS);
+                        }
+                        AxMessage::Text(String::from_utf8_lossy(&m).into_owned().into())
+                    })
+                    .collect();
+                last.extend(vendor_messages(rng, &samples, STT_TOKENS));
+                let s = Script { first: vendor_messages(rng, &samples, STT_TOKENS), last, close_after_first: false };
                 script.replace(s);
                 script_bytes(&script.borrow())
             },
@@ -1072,9 +1082,30 @@ fn stt_adapters_against_a_fuzzed_vendor() {
                 // An utterance anywhere in the call (up to about a day in): vendor times land on its timeline.
                 let start_ms = if rng.one_in(2) { rng.below_u64(5_000) } else { rng.below_u64(100_000_000) };
                 let frames = 1 + rng.below(3);
-                let _ = rt.block_on(stt_utterance(&engine, start_ms, frames));
+                if rt.block_on(stt_utterance(&engine, start_ms, frames)).is_ok_and(|t| !t.words.is_empty()) {
+                    heard.set(heard.get() + 1);
+                }
             },
         );
+        // The cases reach the transcript, not only the parser's refusals.
+        assert!(heard.get() * 20 >= cases, "{name}: {} of {cases} cases made a transcript with words", heard.get());
+    }
+}
+
+/// What each vendor says to end an utterance with words, after the finish request.
+fn stt_final_answer(vendor: &str) -> &'static [&'static str] {
+    match vendor {
+        "deepgram" => &[
+            r#"{"type":"Results","is_final":true,"speech_final":false,"from_finalize":true,"channel":{"alternatives":[{"words":[{"word":"book","start":0.02,"end":0.2,"confidence":0.9,"punctuated_word":"Book","speaker":0}]}]}}"#,
+        ],
+        "assemblyai" => &[
+            r#"{"type":"Turn","turn_order":0,"end_of_turn":true,"words":[{"text":"Book","start":20,"end":200,"confidence":0.9,"word_is_final":true}]}"#,
+        ],
+        _ => &[
+            r#"{"type":"input_audio_buffer.committed","item_id":"item_1","previous_item_id":null}"#,
+            r#"{"type":"conversation.item.input_audio_transcription.delta","item_id":"item_1","content_index":0,"delta":"Book"}"#,
+            r#"{"type":"conversation.item.input_audio_transcription.completed","item_id":"item_1","content_index":0,"transcript":"Book a table.","logprobs":[{"token":"Book","logprob":-0.1}]}"#,
+        ],
     }
 }
 
@@ -1210,7 +1241,8 @@ fn tts_adapters_against_a_fuzzed_vendor() {
         let mut samples: Vec<Vec<u8>> = tts_samples(kind).iter().map(|s| s.as_bytes().to_vec()).collect();
         samples.extend(tts_samples(if kind == "deepgram" { "elevenlabs" } else { "deepgram" }).iter().map(|s| s.as_bytes().to_vec()));
         let script = RefCell::new(Script::default());
-        fuzz(
+        let spoke = Cell::new(0);
+        let cases = fuzz(
             Plan {
                 name: ["tts_elevenlabs_socket", "tts_cartesia_socket", "tts_deepgram_socket"]
                     [["elevenlabs", "cartesia", "deepgram"].iter().position(|k| *k == kind).unwrap()],
@@ -1244,7 +1276,10 @@ fn tts_adapters_against_a_fuzzed_vendor() {
                             }
                         }
                     };
-                    assert!(tokio::time::timeout(Duration::from_secs(10), listened).await.is_ok(), "the chunk never ended");
+                    let result = tokio::time::timeout(Duration::from_secs(10), listened).await.expect("the chunk never ended");
+                    if result.is_ok() {
+                        spoke.set(spoke.get() + 1);
+                    }
                     drop(guard);
                     for _ in 0..50 {
                         tokio::task::yield_now().await;
@@ -1252,6 +1287,7 @@ fn tts_adapters_against_a_fuzzed_vendor() {
                 });
             },
         );
+        assert!(spoke.get() * 20 >= cases, "{kind}: {} of {cases} chunks were spoken to the end", spoke.get());
     }
 }
 
@@ -1465,7 +1501,8 @@ fn twilio_calls() {
         Arc::new(VoiceEngines::from_config(&config, gateway).unwrap())
     });
     let frames = RefCell::new(Vec::new());
-    fuzz(
+    let admitted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cases = fuzz(
         Plan { name: "twilio_call", ci_cases: 1_000, socket: true },
         |rng| {
             frames.replace(twilio_frames(rng, &samples));
@@ -1484,7 +1521,9 @@ fn twilio_calls() {
                 })
                 .collect();
             let socket = MemorySocket { incoming };
-            let admit: twilio::Admit = Arc::new(|params: HashMap<String, String>| {
+            let admitted = admitted.clone();
+            let admit: twilio::Admit = Arc::new(move |params: HashMap<String, String>| {
+                admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Box::pin(async move {
                     let route = params.get("model").cloned().unwrap_or_else(|| "echo".into());
                     if route != "echo" {
@@ -1500,6 +1539,9 @@ fn twilio_calls() {
             });
         },
     );
+    // The cases reach a session, not only the refusals of a bad opening.
+    let admitted = admitted.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(admitted * 4 >= cases, "{admitted} of {cases} calls were admitted");
 }
 
 // ---------------------------------------------------------------------------------------------------
