@@ -909,6 +909,27 @@ fn stt_vendor_messages() {
     }
 }
 
+/// Found while fuzzing the STT adapters: OpenAI's transcription deltas for an item were joined
+/// without a bound (a vendor that never completes an item grew it for ever), and each delta split
+/// the whole text again. Now an item's text so far stops growing at 64 KiB.
+#[test]
+fn openai_stt_text_so_far_is_bounded() {
+    use voxgate::stt::stream::Heard;
+    let mut protocol = stt_protocols().into_iter().find(|(v, _)| *v == "openai").unwrap().1("http://127.0.0.1:1".into());
+    protocol.read(r#"{"type":"input_audio_buffer.committed","item_id":"item_1"}"#);
+    let delta =
+        format!(r#"{{"type":"conversation.item.input_audio_transcription.delta","item_id":"item_1","delta":"{} "}}"#, "word ".repeat(200));
+    let mut longest = 0;
+    for _ in 0..200 {
+        for heard in protocol.read(&delta) {
+            if let Heard::Words { words, .. } = heard {
+                longest = longest.max(words.iter().map(|w| w.text.len() + 1).sum::<usize>());
+            }
+        }
+    }
+    assert!(longest > 0 && longest <= 65 * 1024, "the text so far reached {longest} bytes");
+}
+
 /// A fake vendor's socket: what it says, in two parts (after the first message it receives, and
 /// after the client's finish or close request), then it closes.
 #[derive(Clone, Default)]
