@@ -249,9 +249,8 @@ fn parse_sse(pieces: &[&[u8]]) -> Result<Vec<SseEvent>, String> {
             Ok(e) => events.extend(e),
             Err(e) => return Err(e.to_string()),
         }
-        // A name longer than a line cannot be held: the bound covers the name too.
         assert!(
-            parser.buffered_len() <= 2 * MAX_EVENT_BYTES,
+            parser.buffered_len() <= MAX_EVENT_BYTES,
             "the SSE parser holds {} bytes of an unfinished event (cap {MAX_EVENT_BYTES})",
             parser.buffered_len()
         );
@@ -301,6 +300,12 @@ fn sse_parser_holds_at_most_its_cap_of_an_unterminated_line() {
     let line = format!("data: {}\n", "b".repeat(64 * 1024));
     let refused = (0..100).any(|_| parser.push(line.as_bytes()).is_err() || parser.buffered_len() > MAX_EVENT_BYTES);
     assert!(refused && parser.buffered_len() <= MAX_EVENT_BYTES + line.len(), "{} bytes held", parser.buffered_len());
+    // The event's name counts too: a 3 MiB name, then 3 MiB of data, is over the cap.
+    let mut parser = SseParser::new();
+    let name = format!("event: {}\n", "n".repeat(3 << 20));
+    let data = format!("data: {}\n", "d".repeat(3 << 20));
+    let held = parser.push(name.as_bytes()).and_then(|_| parser.push(data.as_bytes()));
+    assert!(held.is_err() || parser.buffered_len() <= MAX_EVENT_BYTES, "{} bytes held for one event", parser.buffered_len());
 }
 
 const DECODER_TOKENS: &[&str] = &[
