@@ -57,10 +57,17 @@ impl SseParser {
                 out.push(ev);
             }
         }
-        if self.buf.len() + self.data.len() > MAX_EVENT_BYTES {
+        if self.buffered_len() > MAX_EVENT_BYTES {
             return Err(ProviderError::stream("stream event larger than 4 MiB"));
         }
         Ok(out)
+    }
+
+    /// Bytes held for an event not yet complete (the unterminated line, the data lines so far, the
+    /// event's name): at most [`MAX_EVENT_BYTES`] after a `push` that succeeded. Public for the fuzz tests.
+    #[doc(hidden)]
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len() + self.data.len() + self.event.as_ref().map_or(0, String::len)
     }
 
     /// The stream ended: dispatch a final event that lacked its blank line, if any.

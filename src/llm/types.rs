@@ -265,6 +265,11 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
+/// The most tokens a vendor's usage is taken to say in one count (about 4.3 billion): providers
+/// cap what they read to it, so the counts they add up and every sum over requests and keys stay
+/// far from overflowing `u64`.
+pub const USAGE_TOKENS_MAX: u64 = u32::MAX as u64;
+
 /// One piece of a model's answer, the same for every provider. A provider's stream yields these
 /// in order; a tool call starts with `ToolCallStart` (id and name) and continues with
 /// `ToolCallArgs` fragments for the same `index`. `index` counts tool calls only (0, 1, 2 …),

@@ -29,6 +29,9 @@ const RATE_HZ: u32 = 24_000;
 /// Samples (at 16 kHz) per append: 100 ms.
 const FRAME_SAMPLES: usize = 1_600;
 
+/// The most text of one item's deltas kept (an utterance's transcript is far shorter).
+const TEXT_SO_FAR_MAX: usize = 64 * 1024;
+
 /// One call's stream.
 pub struct OpenAiStt {
     pub base_url: String,
@@ -156,7 +159,11 @@ impl Protocol for OpenAiStt {
             "conversation.item.input_audio_transcription.delta" => {
                 let Some(&answer) = self.items.get(&item) else { return vec![Heard::Nothing] };
                 let so_far = self.text.entry(item).or_default();
-                so_far.push_str(m.delta.as_deref().unwrap_or(""));
+                // Bounded: a vendor that never completes the item cannot grow it for ever.
+                let delta = m.delta.as_deref().unwrap_or("");
+                if so_far.len() + delta.len() <= TEXT_SO_FAR_MAX {
+                    so_far.push_str(delta);
+                }
                 vec![Heard::Words { words: Self::words(so_far, None), is_final: false, end_of_turn: false, answer: Some(answer) }]
             }
             "conversation.item.input_audio_transcription.completed" => {

@@ -282,9 +282,9 @@ impl Span {
         Transcript { text, words, speaker: self.speaker.clone(), confidence, engine: Some(name.to_string()) }
     }
 
-    /// A vendor time on the session's timeline.
+    /// A vendor time on the session's timeline (saturating: a vendor may say any number).
     fn session_ms(&self, vendor_ms: u64) -> u64 {
-        self.session_start_ms + vendor_ms.saturating_sub(self.vendor_start_ms)
+        self.session_start_ms.saturating_add(vendor_ms.saturating_sub(self.vendor_start_ms))
     }
 
     /// Vendor words as session words. Words without times share the span's audio evenly.

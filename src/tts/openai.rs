@@ -79,8 +79,7 @@ impl TextToSpeech for OpenAiTts {
             })?;
             let status = response.status().as_u16();
             if !(200..300).contains(&status) {
-                let body = response.text().await.unwrap_or_default();
-                return Err(api_error(&vendor, status, &body));
+                return Err(api_error(&vendor, status, &error_body(response).await));
             }
             let mut body = response.bytes_stream();
             let mut carry = None;
@@ -94,6 +93,23 @@ impl TextToSpeech for OpenAiTts {
             Ok(())
         })
     }
+}
+
+/// At most this much of an error body is read: it is only quoted, and a vendor (or a proxy on the
+/// way) may send one without end.
+const ERROR_BODY_MAX: usize = 64 * 1024;
+
+/// The start of an error body, up to [`ERROR_BODY_MAX`]; the rest is not read.
+async fn error_body(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut pieces = response.bytes_stream();
+    while let Some(Ok(piece)) = pieces.next().await {
+        body.extend_from_slice(&piece[..piece.len().min(ERROR_BODY_MAX - body.len())]);
+        if body.len() == ERROR_BODY_MAX {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// An OpenAI error object (or whatever came) as a failure with its status's reason.

@@ -44,6 +44,9 @@ mod metering_clock;
 mod metering_http;
 mod speech_cost;
 
+// Fuzzing: every parser of outside input, on generated and mutated inputs.
+mod fuzz;
+
 // The embedded engines and the offline defaults (`voxgate models fetch` first).
 #[cfg(feature = "embedded-llm")]
 mod embedded_llm;

@@ -343,7 +343,7 @@ struct RawUsage {
 impl RawUsage {
     /// Overwrite the counts present in `usage`; Anthropic's counts are cumulative totals.
     fn update(&mut self, usage: &Value) {
-        let n = |key: &str| usage.get(key).and_then(Value::as_u64);
+        let n = |key: &str| usage.get(key).and_then(Value::as_u64).map(|v| v.min(crate::llm::types::USAGE_TOKENS_MAX));
         if let Some(v) = n("input_tokens") {
             self.input = v;
         }

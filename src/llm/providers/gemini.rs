@@ -430,7 +430,7 @@ fn map_finish(reason: &str) -> FinishReason {
 /// `promptTokenCount` already includes cached tokens (our convention); thinking is billed as
 /// output, so it is added to `candidatesTokenCount`.
 fn map_usage(usage: &Value) -> Usage {
-    let n = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let n = |key: &str| usage.get(key).and_then(Value::as_u64).unwrap_or(0).min(crate::llm::types::USAGE_TOKENS_MAX);
     let thoughts = n("thoughtsTokenCount");
     Usage {
         input_tokens: n("promptTokenCount"),

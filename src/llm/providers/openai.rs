@@ -403,12 +403,13 @@ impl CompletionWire<'_> {
         }
         out.push(Event::Finish(map_finish(choice.finish_reason.unwrap_or("stop"))));
         if let Some(Obj(usage)) = self.usage {
+            let n = |v: Option<u64>| v.unwrap_or(0).min(crate::llm::types::USAGE_TOKENS_MAX);
             out.push(Event::Usage(Usage {
-                input_tokens: usage.prompt_tokens.unwrap_or(0),
-                output_tokens: usage.completion_tokens.unwrap_or(0),
-                cached_input_tokens: usage.prompt_tokens_details.and_then(|Obj(d)| d.cached_tokens).unwrap_or(0),
+                input_tokens: n(usage.prompt_tokens),
+                output_tokens: n(usage.completion_tokens),
+                cached_input_tokens: n(usage.prompt_tokens_details.and_then(|Obj(d)| d.cached_tokens)),
                 cache_write_tokens: 0,
-                reasoning_tokens: usage.completion_tokens_details.and_then(|Obj(d)| d.reasoning_tokens).unwrap_or(0),
+                reasoning_tokens: n(usage.completion_tokens_details.and_then(|Obj(d)| d.reasoning_tokens)),
             }));
         }
         Ok(out)
@@ -471,7 +472,7 @@ fn map_finish(reason: &str) -> FinishReason {
 
 /// OpenAI `prompt_tokens` already includes cached tokens, which is our own convention.
 fn map_usage(usage: &Value) -> Usage {
-    let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0);
+    let n = |v: Option<&Value>| v.and_then(Value::as_u64).unwrap_or(0).min(crate::llm::types::USAGE_TOKENS_MAX);
     Usage {
         input_tokens: n(usage.get("prompt_tokens")),
         output_tokens: n(usage.get("completion_tokens")),
