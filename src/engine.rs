@@ -55,11 +55,21 @@ where
     }
 }
 
+/// The largest message or frame a speech vendor may send: a vendor's messages are results and audio
+/// pieces of tens of KiB; tungstenite's own limit (64 MiB) would let one vendor message take that
+/// much of the server's memory. A larger one breaks the socket, which falls back.
+pub const VENDOR_WS_MESSAGE_BYTES_MAX: usize = 4 << 20;
+
 /// The WebSocket settings of a socket to a speech vendor (one per call and vendor): reads in 16 KiB
 /// pieces and writes each message at once, instead of tungstenite's 128 KiB buffers each way, which
-/// made a thousand calls on a hosted vendor hold 160 MB more.
+/// made a thousand calls on a hosted vendor hold 160 MB more; messages up to
+/// [`VENDOR_WS_MESSAGE_BYTES_MAX`].
 pub fn vendor_ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0)
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(VENDOR_WS_MESSAGE_BYTES_MAX))
+        .max_frame_size(Some(VENDOR_WS_MESSAGE_BYTES_MAX))
 }
 
 /// A default engine that cannot run is left out with a warning (`without` says what sessions do
@@ -83,6 +93,28 @@ mod tests {
     use super::Lazy;
     use crate::stt::fake::{FakeStt, ScriptedUtterance};
     use crate::stt::{SpeechToText, SttError, Utterance};
+
+    #[tokio::test]
+    async fn a_vendor_message_over_the_limit_breaks_the_socket_instead_of_being_read() {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            ws.send(Message::text("x".repeat(1024))).await.unwrap();
+            ws.send(Message::text("x".repeat(super::VENDOR_WS_MESSAGE_BYTES_MAX + 1))).await.unwrap();
+            let _ = ws.next().await;
+        });
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), Some(super::vendor_ws_config()), true).await.unwrap();
+        assert!(matches!(ws.next().await, Some(Ok(Message::Text(t))) if t.len() == 1024));
+        match ws.next().await {
+            Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {}
+            other => panic!("a message over the limit was not refused: {:?}", other.map(|m| m.map(|m| m.len()))),
+        }
+    }
 
     #[tokio::test]
     async fn an_engine_loads_once_when_first_needed_and_a_failure_is_kept() {
