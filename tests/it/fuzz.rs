@@ -562,19 +562,7 @@ fn retry_after_values() {
 // Client input: Realtime events, the chat request, Twilio frames
 // ---------------------------------------------------------------------------------------------------
 
-const REALTIME_CLIENT_EVENTS: &[&str] = &[
-    "session.update",
-    "input_audio_buffer.append",
-    "input_audio_buffer.commit",
-    "input_audio_buffer.clear",
-    "conversation.item.create",
-    "conversation.item.retrieve",
-    "conversation.item.truncate",
-    "conversation.item.delete",
-    "response.create",
-    "response.cancel",
-    "output_audio_buffer.clear",
-];
+const REALTIME_CLIENT_EVENTS: &[&str] = &voxgate::transport::realtime::client::CLIENT_EVENT_TYPES;
 
 const REALTIME_TOKENS: &[&str] = &[
     "\"type\"",

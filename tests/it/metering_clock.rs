@@ -55,26 +55,6 @@ async fn start_with_clock(clock: Arc<ManualClock>) -> (String, Arc<voxgate::http
     (base, state)
 }
 
-/// Lets this process hold `wanted` descriptors (each session here is two sockets in one process).
-fn raise_open_files_limit(wanted: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
-            if limit.rlim_cur < wanted as libc::rlim_t {
-                limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
-                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0, "setrlimit");
-            }
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
-        }
-        assert!(limit.rlim_cur >= wanted as libc::rlim_t, "this test needs {wanted} open files; the hard limit is {}", limit.rlim_max);
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = wanted;
-}
-
 async fn next_text(ws: &mut Ws) -> Value {
     loop {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("an event").expect("open").expect("frame") {
@@ -120,7 +100,7 @@ async fn all_closed(base: &str, expected: usize) -> Value {
 async fn a_thousand_one_second_sessions_opened_and_closed_at_once_leave_exactly_a_thousand_records() {
     const SESSIONS: usize = 1_000;
     // The client's and the server's end of every socket, the ledger and the runtime.
-    raise_open_files_limit(2 * SESSIONS as u64 + 256);
+    crate::support::raise_open_files_limit(2 * SESSIONS as u64 + 256);
     let clock = Arc::new(ManualClock::new(T0_MS));
     let (base, state) = start_with_clock(clock.clone()).await;
     let url = format!("{}/v1/realtime?model=default", base.replace("http://", "ws://"));

@@ -61,26 +61,10 @@ async fn until_closed(tcp: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// Lets this process hold `wanted` descriptors (each connection here is two sockets in one process).
-fn raise_open_files_limit(wanted: u64) {
-    #[cfg(target_os = "linux")]
-    {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
-        unsafe {
-            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
-            if limit.rlim_cur < wanted as libc::rlim_t {
-                limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
-                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0, "setrlimit");
-            }
-        }
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn slowloris_heads_are_closed_at_the_header_deadline_and_healthz_answers_meanwhile() {
     const SLOW: usize = 2_000;
-    raise_open_files_limit(2 * SLOW as u64 + 512);
+    crate::support::raise_open_files_limit(2 * SLOW as u64 + 512);
     let (base, _state) = start_voxgate(FAKE_ECHO, &[]).await;
     let start = Instant::now();
     let mut slow = Vec::with_capacity(SLOW);

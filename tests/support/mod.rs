@@ -288,3 +288,24 @@ pub async fn events_until(ws: &mut Ws, until: &str) -> Vec<serde_json::Value> {
         }
     }
 }
+
+/// Lets this process hold `wanted` descriptors (a connection in these tests is two sockets in one
+/// process), up to the hard limit, which must allow it.
+pub fn raise_open_files_limit(wanted: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+        unsafe {
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
+            if limit.rlim_cur < wanted as libc::rlim_t {
+                limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
+                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0, "setrlimit");
+            }
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0, "getrlimit");
+        }
+        assert!(limit.rlim_cur >= wanted as libc::rlim_t, "this test needs {wanted} open files; the hard limit is {}", limit.rlim_max);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = wanted;
+}
