@@ -48,6 +48,10 @@ struct Counters {
     turns: AtomicU64,
     answers: AtomicU64,
     errors: AtomicU64,
+    /// Calls that could not connect (the server full, say).
+    refused: AtomicU64,
+    /// Why the server closed calls it ended itself: close code and reason, and how often.
+    server_closes: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// One sample of the child: seconds into the run, resident MB, open descriptors, calls so far.
@@ -85,7 +89,9 @@ pub async fn soak(options: SoakOptions) -> anyhow::Result<String> {
     let script = [fixture_path("json")];
     let realtime = Arc::new(load_frames(std::slice::from_ref(&wav), Transport::Realtime)?);
     let twilio = Arc::new(load_frames(std::slice::from_ref(&wav), Transport::Twilio)?);
-    let child = Child::start(options.sessions + 16, true, false, &script, None, None).await?;
+    // Room for the vanished calls too: each holds its slot until the server finds it dead (within a
+    // minute), while its client has called again.
+    let child = Child::start(2 * options.sessions + 16, true, false, &script, None, None).await?;
     let dials = [Transport::Realtime, Transport::Twilio]
         .map(|transport| Arc::new(Dial { transport, url: child.ws_url(transport), route: child.route, setup: None }));
     let counters = Arc::new(Counters::default());
@@ -159,13 +165,17 @@ pub async fn soak(options: SoakOptions) -> anyhow::Result<String> {
     );
     let _ = writeln!(
         out,
-        "calls {} ({} vanished without a close), turns spoken {}, answers heard {}, client errors {}",
+        "calls {} ({} vanished without a close, {} could not connect), turns spoken {}, answers heard {}, calls broken {}",
         counters.calls.load(Ordering::Relaxed),
         counters.vanished.load(Ordering::Relaxed),
+        counters.refused.load(Ordering::Relaxed),
         counters.turns.load(Ordering::Relaxed),
         counters.answers.load(Ordering::Relaxed),
         counters.errors.load(Ordering::Relaxed)
     );
+    for (why, n) in counters.server_closes.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let _ = writeln!(out, "calls the server closed: {n} × {why}");
+    }
     let _ = writeln!(
         out,
         "{} s after the last call (vanished calls still held open by the client): RSS {:.1} MB, open fds {} (at the first sample: {})",
@@ -186,7 +196,7 @@ async fn client(dial: Arc<Dial>, frames: Arc<Frames>, index: usize, start: Insta
         let (mut ws, mut line) = match connect(&dial, index).await {
             Ok(c) => c,
             Err(_) => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
+                counters.refused.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
@@ -228,6 +238,12 @@ async fn client(dial: Arc<Dial>, frames: Arc<Frames>, index: usize, start: Insta
                                 counters.answers.fetch_add(1, Ordering::Relaxed);
                             }
                             // Marks are never echoed.
+                        }
+                        Some(Ok(Message::Close(frame))) => {
+                            let why = frame.map_or("no close frame".to_string(), |f| format!("{} {}", u16::from(f.code), f.reason));
+                            *counters.server_closes.lock().unwrap_or_else(|p| p.into_inner()).entry(why).or_default() += 1;
+                            alive = false;
+                            break 'turns;
                         }
                         Some(Ok(_)) => {}
                         Some(Err(_)) | None => {
