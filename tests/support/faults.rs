@@ -237,18 +237,8 @@ pub struct LedgerRow {
 
 /// Start voxgate with `config` (TOML; `listen` and the ledger's paths are overridden) and `env`.
 pub async fn start_voxgate(config: &str, env: &[(&str, &str)]) -> Voxgate {
-    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let mut config = voxgate::config::Config::from_toml(config, &lookup).expect("test config is valid");
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let dir = super::temp_dir("faults");
-    config.metering.fallback = dir.join("ledger.sqlite.fallback.jsonl");
-    config.metering.ledger = dir.join("ledger.sqlite");
-    let server = voxgate::server::Server::bind(&config).await.expect("server binds");
-    let addr = server.local_addr().unwrap();
-    let state = server.state.clone();
-    tokio::spawn(server.run(tokio_util::sync::CancellationToken::new(), Duration::from_secs(1)));
-    Voxgate { base: format!("http://{addr}"), state, ledger: config.metering.ledger }
+    let (base, state, ledger) = super::start_voxgate_with_ledger(config, env).await;
+    Voxgate { base, state, ledger }
 }
 
 impl Voxgate {

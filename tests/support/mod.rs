@@ -204,6 +204,15 @@ output_usd_per_mtok = 2.0
 /// Start voxgate itself on a fresh loopback port with `config` (TOML, `listen` is overridden).
 /// Returns the base URL (`http://127.0.0.1:PORT`) and the shared state.
 pub async fn start_voxgate(config: &str, env: &[(&str, &str)]) -> (String, std::sync::Arc<voxgate::http::AppState>) {
+    let (base, state, _) = start_voxgate_with_ledger(config, env).await;
+    (base, state)
+}
+
+/// [`start_voxgate`], also returning the path of the server's ledger (an SQLite file).
+pub async fn start_voxgate_with_ledger(
+    config: &str,
+    env: &[(&str, &str)],
+) -> (String, std::sync::Arc<voxgate::http::AppState>, std::path::PathBuf) {
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let mut config = voxgate::config::Config::from_toml(config, &lookup).expect("test config is valid");
@@ -216,7 +225,7 @@ pub async fn start_voxgate(config: &str, env: &[(&str, &str)]) -> (String, std::
     let addr = server.local_addr().unwrap();
     let state = server.state.clone();
     tokio::spawn(server.run(tokio_util::sync::CancellationToken::new(), Duration::from_secs(1)));
-    (format!("http://{addr}"), state)
+    (format!("http://{addr}"), state, config.metering.ledger)
 }
 
 /// A fresh, empty folder under the system's temp dir for one test.
