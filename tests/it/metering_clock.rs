@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-use voxgate::metering::ledger::{Ledger, LedgerOptions};
 use voxgate::metering::ManualClock;
 
 use crate::support::{self, FAKE_ECHO};
@@ -35,24 +34,7 @@ checkpoint_ms = 200
 
 /// voxgate on a loopback port, built as `Server::bind` builds it but with its ledger on `clock`.
 async fn start_with_clock(clock: Arc<ManualClock>) -> (String, Arc<voxgate::http::AppState>) {
-    let mut config = voxgate::config::Config::from_toml(&config(), &|_| None).expect("test config is valid");
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let dir = support::temp_dir("clock");
-    let gateway = Arc::new(voxgate::llm::router::Gateway::new(&config).unwrap());
-    let voice = voxgate::session::VoiceEngines::from_config(&config, gateway.clone()).unwrap();
-    let (ledger, _) = Ledger::open_with(LedgerOptions {
-        path: dir.join("ledger.sqlite"),
-        fallback_path: dir.join("ledger.sqlite.fallback.jsonl"),
-        checkpoint_every: Duration::from_millis(config.metering.checkpoint_ms),
-        clock,
-    })
-    .await
-    .unwrap();
-    let state = Arc::new(voxgate::http::AppState::new(&config, gateway, Arc::new(voice), ledger));
-    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(voxgate::http::serve(listener, state.clone(), tokio_util::sync::CancellationToken::new()));
-    (base, state)
+    support::start_voxgate_on_clock(&config(), "clock", clock).await
 }
 
 async fn next_text(ws: &mut Ws) -> Value {

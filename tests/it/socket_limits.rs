@@ -14,7 +14,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use voxgate::metering::ledger::{Ledger, LedgerOptions, SessionQuery, SessionRecord};
+use voxgate::metering::ledger::{SessionQuery, SessionRecord};
 
 use crate::support::{self, Ws, FAKE_ECHO};
 
@@ -53,24 +53,9 @@ engine = "fake"
 /// voxgate on a loopback port with the default `[realtime]` limits and its ledger on `TokioClock`.
 async fn start() -> (String, Arc<voxgate::http::AppState>, Instant) {
     let started = Instant::now();
-    let mut config = voxgate::config::Config::from_toml(&config(), &|_| None).expect("test config is valid");
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let dir = support::temp_dir("socket-limits");
-    let gateway = Arc::new(voxgate::llm::router::Gateway::new(&config).unwrap());
-    let voice = voxgate::session::VoiceEngines::from_config(&config, gateway.clone()).unwrap();
-    let (ledger, _) = Ledger::open_with(LedgerOptions {
-        path: dir.join("ledger.sqlite"),
-        fallback_path: dir.join("ledger.sqlite.fallback.jsonl"),
-        checkpoint_every: Duration::from_millis(config.metering.checkpoint_ms),
-        clock: Arc::new(TokioClock(started, tokio::runtime::Handle::current())),
-    })
-    .await
-    .unwrap();
-    let state = Arc::new(voxgate::http::AppState::new(&config, gateway, Arc::new(voice), ledger));
-    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
-    let base = format!("ws://{}", listener.local_addr().unwrap());
-    tokio::spawn(voxgate::http::serve(listener, state.clone(), tokio_util::sync::CancellationToken::new()));
-    (base, state, started)
+    let clock = Arc::new(TokioClock(started, tokio::runtime::Handle::current()));
+    let (base, state) = support::start_voxgate_on_clock(&config(), "socket-limits", clock).await;
+    (base.replace("http://", "ws://"), state, started)
 }
 
 async fn connect(url: String) -> Ws {

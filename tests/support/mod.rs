@@ -318,3 +318,31 @@ pub fn raise_open_files_limit(wanted: u64) {
     #[cfg(not(target_os = "linux"))]
     let _ = wanted;
 }
+
+/// voxgate on a loopback port, built as `Server::bind` builds it but with its ledger (in a fresh
+/// folder named after `what`) on `clock`. Returns the base URL (`http://127.0.0.1:PORT`) and the
+/// shared state.
+pub async fn start_voxgate_on_clock(
+    config: &str,
+    what: &str,
+    clock: Arc<dyn voxgate::metering::Clock>,
+) -> (String, Arc<voxgate::http::AppState>) {
+    let mut config = voxgate::config::Config::from_toml(config, &|_| None).expect("test config is valid");
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let dir = temp_dir(what);
+    let gateway = Arc::new(voxgate::llm::router::Gateway::new(&config).unwrap());
+    let voice = voxgate::session::VoiceEngines::from_config(&config, gateway.clone()).unwrap();
+    let (ledger, _) = voxgate::metering::ledger::Ledger::open_with(voxgate::metering::ledger::LedgerOptions {
+        path: dir.join("ledger.sqlite"),
+        fallback_path: dir.join("ledger.sqlite.fallback.jsonl"),
+        checkpoint_every: Duration::from_millis(config.metering.checkpoint_ms),
+        clock,
+    })
+    .await
+    .unwrap();
+    let state = Arc::new(voxgate::http::AppState::new(&config, gateway, Arc::new(voice), ledger));
+    let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(voxgate::http::serve(listener, state.clone(), tokio_util::sync::CancellationToken::new()));
+    (base, state)
+}
